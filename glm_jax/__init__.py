@@ -1,0 +1,1 @@
+"""glm-jax: GLM (General Language Model) blank-infilling pretraining in JAX/Flax."""

@@ -1,0 +1,177 @@
+"""seqio preprocessors for GLM's three blank-infilling objectives, running the numpy core inside tf.data.
+
+Each takes documents {"text": tf.string} and yields corrupted examples with the task features of
+glm_jax.data.blank_infilling (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep), one
+document giving one example per piece (a long document gives many). Per document:
+  1. UTF-8 check in-graph (invalid documents are skipped and counted, never fed to the tokenizer);
+  2. tokenization with the output feature's vocabulary (`encode_tf`, tensorflow_text ops); the sentence
+     objective first splits the text into sentences and tokenizes each;
+  3. one `tf.numpy_function` call that corrupts the tokens with a generator seeded from the document's own
+     seqio seed (`seqio.map_over_dataset(num_seeds=1)`): the same `seqio.get_dataset(..., seed=s)` gives the
+     same examples;
+  4. `unbatch` of the pieces.
+
+The length L: `seqio.get_dataset(task_feature_lengths=feature_converter.task_feature_lengths(L))` hands seqio's
+`sequence_length` dict to the preprocessors; an objective's `max_length` is `sequence_length["input_ids"]`
+unless the objective sets a smaller one. The objectives are plain dataclasses; tasks/pretrain.py makes them
+gin-configurable (`TokenObjective.mask_ratio = 0.2`, ...).
+
+Shutdown: the corruption runs Python inside tf.data threads, so an iterator still alive when the interpreter
+finalizes (e.g. a module-level `it = ds.as_numpy_iterator()` over a repeated dataset) can hang the exit; drop
+iterators (`del it`, or keep them local to a function) before the process ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from glm_jax.data import blank_infilling, counters
+from glm_jax.data.blank_infilling import FEATURES
+
+# A document longer than this many times max_length is counted (it is still used, cut into pieces).
+LONG_DOCUMENT_FACTOR = 100
+
+# End of a sentence: terminal punctuation (and closing quotes / brackets) followed by whitespace, or a blank
+# line. The break keeps the punctuation with its sentence and drops the whitespace.
+_SENTENCE_END = r"([.!?][\"')\]]*)\s+"
+_PARAGRAPH_END = r"\n\s*\n"
+_BREAK = "\x1f"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenObjective:
+  """Token-level blank infilling (GLM's BERT-like objective): Poisson(λ) spans covering mask_ratio."""
+  mask_ratio: float = 0.15
+  poisson_lambda: float = 3.0
+  max_span_length: int = 39
+  max_length: int | None = None  # None: the task's sequence length
+
+  name = "token"
+
+  def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
+    del sentence_lengths
+    return blank_infilling.corrupt_tokens(
+        tokens, rng, max_length=max_length, special=special, mask_ratio=self.mask_ratio,
+        poisson_lambda=self.poisson_lambda, max_span_length=self.max_span_length, stats=stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceObjective:
+  """Sentence-level blank infilling: whole sentences covering mask_ratio, each replaced by [sMASK]."""
+  mask_ratio: float = 0.15
+  max_length: int | None = None
+
+  name = "sentence"
+
+  def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
+    return blank_infilling.corrupt_sentences(
+        tokens, sentence_lengths, rng, max_length=max_length, special=special, mask_ratio=self.mask_ratio,
+        stats=stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentObjective:
+  """Document-level blank infilling: one [gMASK] span of min_ratio..max_ratio of each piece (a suffix with
+  probability suffix_prob)."""
+  min_ratio: float = 0.5
+  max_ratio: float = 1.0
+  suffix_prob: float = 1.0
+  max_length: int | None = None
+
+  name = "document"
+
+  def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
+    del sentence_lengths
+    return blank_infilling.corrupt_document(
+        tokens, rng, max_length=max_length, special=special, min_ratio=self.min_ratio,
+        max_ratio=self.max_ratio, suffix_prob=self.suffix_prob, stats=stats)
+
+
+Objective = TokenObjective | SentenceObjective | DocumentObjective
+
+
+def resolve_max_length(objective: Objective, sequence_length: Mapping[str, int] | None) -> int:
+  """The corruption budget: the objective's max_length, else the task's input_ids length."""
+  task_length = (sequence_length or {}).get("input_ids")
+  if objective.max_length is None:
+    if task_length is None:
+      raise ValueError(f"the {objective.name} objective needs a sequence length: pass "
+                       "task_feature_lengths=glm_jax.data.feature_converter.task_feature_lengths(L) to "
+                       f"seqio.get_dataset, or set {type(objective).__name__}.max_length")
+    return int(task_length)
+  if task_length is not None and objective.max_length > task_length:
+    raise ValueError(f"{type(objective).__name__}.max_length={objective.max_length} exceeds the task sequence "
+                     f"length {task_length}; lower it or raise task_feature_lengths")
+  return int(objective.max_length)
+
+
+def split_sentences(text: tf.Tensor) -> tf.Tensor:
+  """Splits a scalar string into sentences [S] (tf.string) at terminal punctuation and blank lines."""
+  text = tf.strings.regex_replace(text, _PARAGRAPH_END, _BREAK)
+  text = tf.strings.regex_replace(text, _SENTENCE_END, "\\1" + _BREAK)
+  return tf.strings.split(text, _BREAK)
+
+
+def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
+  """A generator from seqio's per-document seed (a pair of int64 that may be negative)."""
+  return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
+
+
+def _corrupt_fn(objective: Objective, max_length: int, special: blank_infilling.SpecialIds) -> Callable:
+  """The numpy function of one document: flat features of all its pieces and the pieces' lengths."""
+  prefix = objective.name + "/"
+
+  def corrupt(tokens, sentence_lengths, valid_utf8, seed):
+    counters.increment(prefix + "documents")
+    examples = []
+    if not valid_utf8:
+      counters.increment(prefix + "invalid_utf8")
+    else:
+      stats = blank_infilling.CorruptionStats()
+      examples = objective.corrupt(tokens, sentence_lengths, _seeded_rng(seed), max_length, special, stats)
+      counters.increment(prefix + "empty_documents", stats.empty_documents)
+      counters.increment(prefix + "long_documents", int(tokens.size > LONG_DOCUMENT_FACTOR * max_length))
+      counters.increment(prefix + "examples", len(examples))
+    lengths = np.array([ex["input_ids"].size for ex in examples], np.int32)
+    flat = [np.concatenate([ex[name] for ex in examples]) if examples else np.zeros([0]) for name in FEATURES]
+    return (lengths, *(f.astype(np.float32 if name == "loss_mask" else np.int32) for name, f in
+                       zip(FEATURES, flat)))
+
+  return corrupt
+
+
+def blank_infilling_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
+                                 output_features: Mapping[str, seqio.Feature],
+                                 objective: Objective) -> tf.data.Dataset:
+  """Documents {"text"} -> corrupted examples of `objective` (a seqio preprocessor once `objective` is bound)."""
+  vocabulary = output_features["input_ids"].vocabulary
+  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special)
+  out_types = [tf.int32] + [tf.float32 if name == "loss_mask" else tf.int32 for name in FEATURES]
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def corrupt_document(ex, seed):
+    text = ex["text"]
+    # Transcoding drops invalid bytes, so a valid document is the only one that comes back unchanged.
+    valid_utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore"), text)
+    text = tf.where(valid_utf8, text, "")
+    if isinstance(objective, SentenceObjective):
+      sentences = vocabulary.encode_tf(split_sentences(text))
+      tokens, sentence_lengths = sentences.flat_values, sentences.row_lengths()
+    else:
+      tokens = vocabulary.encode_tf(text)
+      sentence_lengths = tf.size(tokens, out_type=tf.int64)[None]
+    lengths, *flat = tf.numpy_function(
+        corrupt, [tf.cast(tokens, tf.int32), sentence_lengths, valid_utf8, seed], out_types, stateful=False)
+    lengths.set_shape([None])
+    pieces = {}
+    for name, values in zip(FEATURES, flat):
+      values.set_shape([None])
+      pieces[name] = tf.RaggedTensor.from_row_lengths(values, tf.cast(lengths, tf.int64), validate=False)
+    return pieces
+
+  return corrupt_document(dataset).unbatch()

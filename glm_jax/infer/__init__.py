@@ -1,0 +1,1 @@
+"""Inference: greedy blank infilling (infilling.py)."""

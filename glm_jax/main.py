@@ -1,0 +1,143 @@
+"""glm-jax entry point, T5X style.
+
+  python -m glm_jax.main train --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart \
+      [--gin.TrainConfig.num_steps=100 ...]
+  python -m glm_jax.main infer --checkpoint=runs/quickstart --text="The [MASK] is in the module."
+
+gin binds only here, at the edge: the dataclass configs are gin-configurable and `train` below is the
+configurable that builds the Experiment; the library under glm_jax/ never reads gin. A misspelt binding fails at start with
+gin's own error naming it. `--gin_search_paths` (default: the repo root) lets gin files `include` each other
+by repo-relative paths.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+
+import flax.linen as nn
+import gin
+import jax
+
+from glm_jax.infer import infilling
+from glm_jax.model import GLM, GLMConfig, preset
+from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+
+gin.external_configurable(loop.TrainConfig, module="glm_jax")
+gin.external_configurable(optimizer.OptimizerConfig, module="glm_jax")
+gin.external_configurable(partitioning.MeshConfig, module="glm_jax")
+gin.external_configurable(inputs.DataConfig, module="glm_jax")
+
+
+@gin.configurable(module="glm_jax")
+def model_preset(name: str = gin.REQUIRED, overrides: dict | None = None) -> GLMConfig:
+  """A GLMConfig preset (glm_jax/model/config.py PRESETS) with field overrides, e.g. {"dropout": 0.0}."""
+  return preset(name, **(overrides or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything a training run is configured by (gin builds it through `experiment`)."""
+  model: GLMConfig
+  train: loop.TrainConfig
+  optimizer: optimizer.OptimizerConfig
+  mesh: partitioning.MeshConfig
+  data: inputs.DataConfig
+
+
+@gin.configurable(module="glm_jax")
+def experiment(model: GLMConfig = gin.REQUIRED, train_config: loop.TrainConfig = gin.REQUIRED,
+               optimizer_config: optimizer.OptimizerConfig = gin.REQUIRED,
+               mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+               data: inputs.DataConfig = inputs.DataConfig()) -> Experiment:
+  return Experiment(model, train_config, optimizer_config, mesh_config, data)
+
+
+def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
+  """Trains `exp.model` on the seqio Task/Mixture of `exp.data`; see glm_jax/train/loop.py."""
+  tc, data = exp.train, exp.data
+  train_batches = inputs.batches(data, data.train_split, tc.batch_size, tc.length, repeat=True, shuffle=True)
+  eval_batches = None
+  if data.eval_split:
+    eval_batches = lambda: inputs.batches(  # noqa: E731
+        data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
+    f.write(gin.operative_config_str())
+  return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches,
+                    progress=progress)
+
+
+def infer(checkpoint: str, text: str, max_span_length: int) -> str:
+  """Restores the params of the newest checkpoint under `checkpoint` and fills the masks of `text`."""
+  from glm_jax.data import vocab  # the vocabulary module loads SentencePiece; only infer needs it here
+
+  model = GLM(checkpoints.load_model_config(checkpoint))
+  abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
+  params = jax.device_get(checkpoints.restore_params(checkpoint, abstract))
+  return infilling.infill_text(model, params, vocab.default_vocabulary(), text, max_span_length)
+
+
+def _split_gin_args(argv: list[str]) -> tuple[list[str], list[str]]:
+  """`--gin.NAME=VALUE` (T5X style) -> gin bindings `NAME=VALUE`; the rest is left for argparse."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      binding = arg[len("--gin."):]
+      if "=" not in binding:
+        raise SystemExit(f"--gin.{binding}: expected --gin.NAME=VALUE")
+      bindings.append(binding)
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m glm_jax.main", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  train_cmd = commands.add_parser("train", help="train (or resume) a model")
+  train_cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
+  train_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
+  train_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
+  train_cmd.add_argument("--model_dir", required=True, help="checkpoints, metrics, TensorBoard, loss curve")
+  infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
+  infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
+  infer_cmd.add_argument("--text", required=True)
+  infer_cmd.add_argument("--max_span_length", type=int, default=32)
+  return parser
+
+
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str) -> None:
+  for path in filter(None, search_paths.split(",")):
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
+
+
+def main(argv: list[str] | None = None) -> dict | str:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  gin_bindings, rest = _split_gin_args(list(sys.argv[1:] if argv is None else argv))
+  args = _parser().parse_args(rest)
+  if args.command == "infer":
+    if gin_bindings:
+      raise SystemExit("infer takes no gin bindings: the model config comes from the checkpoint")
+    filled = infer(args.checkpoint, args.text, args.max_span_length)
+    print(filled)
+    return filled
+  parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
+  start = time.perf_counter()
+  summary = train(args.model_dir, experiment())
+  logging.info("trained to step %d in %.1f s: first loss %s, final loss %s, final eval loss %s",
+               summary["steps"], time.perf_counter() - start, summary["first_loss"], summary["final_loss"],
+               summary["final_eval_loss"])
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,234 @@
+"""GLM flash attention for GPU in Pallas (Triton lowering), with the mask fused and masked blocks skipped.
+
+Mask. No [L, L] mask exists anywhere: each query row carries the inclusive interval [lo, hi] of keys it
+may attend (attention_blocks.row_intervals: segment start .. max(q, segment start + sep - 1), clipped to
+the segment; empty for padding), and a tile's mask is two integer comparisons per element.
+
+Block skipping. Both interval ends never decrease along the real rows, so query block i sees exactly the
+key blocks [first(i), first(i) + count(i)) (attention_blocks.key_block_ranges). The forward and dQ kernels
+run on a grid over (B, H, query blocks) and `fori_loop` over only those key blocks; the dK/dV kernel runs
+on a grid over (B, H, key blocks) and loops over the mirror table's query blocks
+(attention_blocks.query_block_ranges). Skipped tiles are neither loaded nor computed: Part A of
+other segments, the causal future of Part B, and padding cost nothing.
+
+Numerics. Matmuls take the input dtype (bf16 or f32) and accumulate in f32; softmax statistics are
+f32. The backward is a `jax.custom_vjp` that recomputes each tile's probabilities from the saved
+log-sum-exp (no [L, L] residual). Padding rows return zeros and get zero gradients.
+
+Limits (each raises, naming the alternative): head dim 64 or 128, power-of-two blocks >= 16, no
+attention dropout. Values at masked positions of a visited tile must be finite (p = 0 times a NaN value
+is still NaN); values in skipped tiles are never read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from glm_jax.ops import attention_blocks
+
+HEAD_DIMS = (64, 128)
+DEFAULT_BLOCK_Q = 64
+DEFAULT_BLOCK_K = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  block_q: int
+  block_k: int
+  scale: float
+  interpret: bool
+  num_warps: int
+  num_stages: int
+
+
+def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
+              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, interpret: bool = False,
+              num_warps: int | None = None, num_stages: int = 2):
+  """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
+
+  Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
+  padded internally and sliced off). `interpret=True` runs the kernels in the Pallas interpreter (CPU).
+  """
+  del dropout_rng
+  batch, length, heads, head_dim = q.shape
+  if dropout_rate > 0.0:
+    raise ValueError(f"dropout_rate={dropout_rate}: attention dropout is not supported in the Pallas kernels; "
+                     "use implementation='xla' or set attention_dropout=0")
+  if head_dim not in HEAD_DIMS:
+    raise ValueError(f"head dim {head_dim} is not supported by the pallas_gpu kernel (supported: {HEAD_DIMS}); "
+                     "use implementation='xla'")
+  for name, block in (("block_q", block_q), ("block_k", block_k)):
+    if block < 16 or block & (block - 1):
+      raise ValueError(f"{name}={block} must be a power of two >= 16 (Triton tile shapes)")
+  if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+    raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
+  config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
+                   num_warps=num_warps or (4 if head_dim <= 64 else 8), num_stages=num_stages)
+
+  padded = attention_blocks.padded_length(length, block_q, block_k)
+  lo, hi = attention_blocks.row_intervals(sep, segment_ids, padded)
+  first, count = attention_blocks.key_block_ranges(lo, hi, block_q, block_k)
+  q_first, q_count = attention_blocks.query_block_ranges(first, count, padded // block_k)
+  extra = ((0, 0), (0, padded - length), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(x, extra) for x in (q, k, v))
+  out = _flash(config, q, k, v, lo, hi, first, count, q_first, q_count)
+  return out[:, :length]
+
+
+def _tile_mask(lo, hi, key_start, block_k):
+  """bool [rows, block_k]: key key_start + c lies in row r's interval [lo[r], hi[r]]."""
+  keys = key_start + jnp.arange(block_k, dtype=jnp.int32)
+  return (keys[None, :] >= lo[:, None]) & (keys[None, :] <= hi[:, None])
+
+
+def _forward_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *,
+                    scale: float, block_k: int):
+  """One (b, h, query block): q_ref [bq, D], k_ref, v_ref [Lp, D], lo_ref, hi_ref [bq]."""
+  q, lo, hi = q_ref[...], lo_ref[...], hi_ref[...]
+  block_q, head_dim = q.shape
+
+  def key_block(j, carry):
+    m, l, acc = carry
+    cols = pl.ds(j * block_k, block_k)
+    k, v = k_ref[cols, :], v_ref[cols, :]
+    s = pl.dot(q, k, trans_b=True) * scale
+    s = jnp.where(_tile_mask(lo, hi, j * block_k, block_k), s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with nothing visible yet
+    p = jnp.exp(s - m_safe[:, None])
+    alpha = jnp.exp(m - m_safe)
+    l = alpha * l + p.sum(axis=-1)
+    acc = alpha[:, None] * acc + pl.dot(p.astype(v.dtype), v)
+    return m_new, l, acc
+
+  init = (jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32),
+          jnp.zeros((block_q, head_dim), jnp.float32))
+  first = first_ref[()]
+  m, l, acc = jax.lax.fori_loop(first, first + count_ref[()], key_block, init)
+  empty = l == 0.0  # padding rows
+  l_safe = jnp.where(empty, 1.0, l)
+  out_ref[...] = jnp.where(empty[:, None], 0.0, acc / l_safe[:, None]).astype(out_ref.dtype)
+  lse_ref[...] = jnp.where(empty, 0.0, m + jnp.log(l_safe))
+
+
+def _dq_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
+               scale: float, block_k: int):
+  """One (b, h, query block): dQ over its visible key blocks. q_ref, do_ref [bq, D], k_ref, v_ref [Lp, D]."""
+  q, do, lo, hi = q_ref[...], do_ref[...], lo_ref[...], hi_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+
+  def key_block(j, dq):
+    cols = pl.ds(j * block_k, block_k)
+    k, v = k_ref[cols, :], v_ref[cols, :]
+    mask = _tile_mask(lo, hi, j * block_k, block_k)
+    s = pl.dot(q, k, trans_b=True) * scale
+    p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
+    dp = pl.dot(do, v, trans_b=True)
+    ds = p * (dp - delta[:, None]) * scale
+    return dq + pl.dot(ds.astype(k.dtype), k)
+
+  first = first_ref[()]
+  dq = jax.lax.fori_loop(first, first + count_ref[()], key_block, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dkv_kernel(q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                dk_ref, dv_ref, *, scale: float, block_q: int):
+  """One (b, h, key block): dK, dV over the query blocks that see it. k_ref, v_ref [bk, D], q_ref [Lp, D]."""
+  k, v = k_ref[...], v_ref[...]
+  block_k = k.shape[0]
+  key_start = pl.program_id(2) * block_k
+
+  def query_block(i, carry):
+    dk, dv = carry
+    rows = pl.ds(i * block_q, block_q)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    lse, delta = lse_ref[rows], delta_ref[rows]
+    mask = _tile_mask(lo_ref[rows], hi_ref[rows], key_start, block_k)
+    s = pl.dot(q, k, trans_b=True) * scale
+    p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
+    dp = pl.dot(do, v, trans_b=True)
+    ds = p * (dp - delta[:, None]) * scale
+    dv = dv + pl.dot(p.astype(do.dtype), do, trans_a=True)
+    dk = dk + pl.dot(ds.astype(q.dtype), q, trans_a=True)
+    return dk, dv
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  q_first = q_first_ref[()]
+  dk, dv = jax.lax.fori_loop(q_first, q_first + q_count_ref[()], query_block, (zeros, zeros))
+  dk_ref[...] = dk.astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _specs(block_q: int, block_k: int, length: int, head_dim: int):
+  """BlockSpecs on a grid (b, h, block): a block of rows, the whole row range, per-row scalars, a table entry."""
+  return dict(
+      rows_q=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+      rows_k=pl.BlockSpec((None, block_k, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+      all_rows=pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0)),
+      row_scalars_q=pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
+      all_row_scalars=pl.BlockSpec((None, length), lambda b, h, i: (b, 0)),
+      head_rows_q=pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
+      all_head_rows=pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0)),
+      table=pl.BlockSpec((None, None), lambda b, h, i: (b, i)),
+  )
+
+
+def _call(config: _Config, kernel, grid, in_specs, out_specs, out_shape, name):
+  return pl.pallas_call(
+      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
+      interpret=config.interpret, name=name)
+
+
+def _forward(config: _Config, q, k, v, lo, hi, first, count, q_first, q_count):
+  batch, length, heads, head_dim = q.shape
+  s = _specs(config.block_q, config.block_k, length, head_dim)
+  kernel = functools.partial(_forward_kernel, scale=config.scale, block_k=config.block_k)
+  out, lse = _call(
+      config, kernel, (batch, heads, length // config.block_q),
+      [s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
+       s["all_rows"]],
+      [s["rows_q"], s["head_rows_q"]],
+      [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
+      "glm_flash_forward")(first, count, lo, hi, q, k, v)
+  return out, (q, k, v, lo, hi, first, count, q_first, q_count, out, lse)
+
+
+def _backward(config: _Config, residuals, dout):
+  q, k, v, lo, hi, first, count, q_first, q_count, out, lse = residuals
+  batch, length, heads, head_dim = q.shape
+  delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), dout.astype(jnp.float32))
+  dout = dout.astype(q.dtype)
+  s = _specs(config.block_q, config.block_k, length, head_dim)
+  dq = _call(
+      config, functools.partial(_dq_kernel, scale=config.scale, block_k=config.block_k),
+      (batch, heads, length // config.block_q),
+      [s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
+       s["all_rows"], s["rows_q"], s["head_rows_q"], s["head_rows_q"]],
+      s["rows_q"], jax.ShapeDtypeStruct(q.shape, q.dtype),
+      "glm_flash_dq")(first, count, lo, hi, q, k, v, dout, lse, delta)
+  dk, dv = _call(
+      config, functools.partial(_dkv_kernel, scale=config.scale, block_q=config.block_q),
+      (batch, heads, length // config.block_k),
+      [s["table"], s["table"], s["all_row_scalars"], s["all_row_scalars"], s["all_rows"], s["rows_k"],
+       s["rows_k"], s["all_rows"], s["all_head_rows"], s["all_head_rows"]],
+      [s["rows_k"], s["rows_k"]],
+      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      "glm_flash_dkv")(q_first, q_count, lo, hi, q, k, v, dout, lse, delta)
+  return dq, dk, dv, None, None, None, None, None, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(config, q, k, v, lo, hi, first, count, q_first, q_count):
+  """q, k, v [B, Lp, H, D], Lp a multiple of both blocks; int32 tables from attention_blocks."""
+  return _forward(config, q, k, v, lo, hi, first, count, q_first, q_count)[0]
+
+
+_flash.defvjp(_forward, _backward)

@@ -1,0 +1,1 @@
+"""Training: optimizer, train state, partitioning, train/eval steps, checkpoints, metrics and the loop."""

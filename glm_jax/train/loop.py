@@ -1,0 +1,144 @@
+"""The training loop: init or restore, step, log, evaluate, checkpoint, plot.
+
+    state = restore_latest(...) or init_state(...)
+    for step in range(state.step, num_steps):
+      state, metrics = train_step(state, global_batch(next(batches)), dropout_rng)
+      (log every log_every, evaluate every eval_every, checkpoint every checkpoint_every)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+from clu import metric_writers
+from tqdm import tqdm
+
+from glm_jax.model import GLM, GLMConfig
+from glm_jax.train import checkpoints, metrics as metrics_lib, optimizer, partitioning, step as step_lib
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run. batch_size is global (all processes); length is the packed row length."""
+  num_steps: int = 1000
+  batch_size: int = 8
+  length: int = 256
+  accumulation_steps: int = 1
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 200
+  eval_steps: int = 10
+  checkpoint_every: int = 500
+  max_to_keep: int = 3
+  peak_flops_per_device: float | None = None  # None: the table in train/metrics.py (CPU: an estimate)
+
+
+def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) -> dict[str, float]:
+  sums = {"loss_sum": 0.0, "correct": 0.0, "num_tokens": 0.0}
+  for i, batch in enumerate(batches):
+    if i == num_batches:
+      break
+    out = jax.device_get(eval_step(params, partitioning.global_batch(batch, mesh)))
+    sums = {k: sums[k] + float(out[k]) for k in sums}
+  tokens = max(sums["num_tokens"], 1.0)
+  return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens}
+
+
+def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
+          mesh_config: partitioning.MeshConfig, train_batches: Iterator[dict[str, np.ndarray]],
+          model_dir: str, eval_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+          progress: bool = True) -> dict:
+  """Trains to `train_config.num_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
+
+  train_batches yields process-local numpy batches of model features [batch_size / processes, length];
+  eval_batches, if given, returns a fresh iterable of validation batches for each evaluation.
+  Returns a summary: steps, first_loss (of this run), final_loss, final_eval_loss.
+  """
+  tc = train_config
+  os.makedirs(model_dir, exist_ok=True)
+  model = GLM(model_config)
+  tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
+  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
+  mesh = partitioning.make_mesh(mesh_config)
+  root_rng = jax.random.key(tc.seed)
+  state, shardings = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length)
+  manager = checkpoints.make_manager(model_dir, tc.checkpoint_every, tc.max_to_keep)
+  restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state, shardings))
+  if restored is not None:
+    state = restored
+    logging.info("restored step %d from %s", int(state.step), model_dir)
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
+      json.dump(dataclasses.asdict(model_config), f, indent=2)
+
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh)
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
+  dropout_rng = jax.random.fold_in(root_rng, 1)
+
+  writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0, asynchronous=False)
+  metrics_path = os.path.join(model_dir, METRICS_FILE)
+  is_chief = jax.process_index() == 0
+  flops_token = metrics_lib.flops_per_token(model_config, tc.length)
+  peak, peak_is_estimate = metrics_lib.peak_flops_per_device(override=tc.peak_flops_per_device)
+  mfu_name = "mfu_estimate" if peak_is_estimate else "mfu"
+
+  start = int(jax.device_get(state.step))
+  summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None}
+  bar = tqdm(total=tc.num_steps, initial=start, disable=not (progress and is_chief), dynamic_ncols=True)
+  window_start, window_steps = time.perf_counter(), 0
+  for step in range(start, tc.num_steps):
+    state, metrics = train_step(state, partitioning.global_batch(next(train_batches), mesh), dropout_rng)
+    window_steps += 1
+    step_done = step + 1
+    bar.update(1)
+    if step_done % tc.log_every == 0 or step_done == tc.num_steps or step == start:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = time.perf_counter() - window_start
+      tokens_per_second = window_steps * tc.batch_size * tc.length / elapsed
+      record = {"step": step_done, "split": "train", **metrics, "tokens_per_second": tokens_per_second,
+                mfu_name: metrics_lib.mfu(tokens_per_second, flops_token, peak, jax.device_count())}
+      if step == start:  # the first window includes compilation: log its loss, not its speed
+        record.pop("tokens_per_second")
+        record.pop(mfu_name)
+        summary["first_loss"] = metrics["loss"]
+      summary["final_loss"] = metrics["loss"]
+      writer.write_scalars(step_done, {k: v for k, v in record.items() if k not in ("step", "split")})
+      if is_chief:
+        metrics_lib.append_jsonl(metrics_path, record)
+      postfix = {"loss": f"{metrics['loss']:.3f}", "lr": f"{metrics['learning_rate']:.2e}"}
+      if "tokens_per_second" in record:
+        postfix["tok/s"] = f"{tokens_per_second:,.0f}"
+        postfix["MFU" + ("(est.)" if peak_is_estimate else "")] = f"{record[mfu_name]:.2%}"
+      bar.set_postfix(postfix, refresh=False)
+      window_start, window_steps = time.perf_counter(), 0
+    if eval_batches is not None and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
+      eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh)
+      writer.write_scalars(step_done, {f"eval_{k}": v for k, v in eval_metrics.items()})
+      if is_chief:
+        metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
+      summary["final_eval_loss"] = eval_metrics["loss"]
+      bar.write(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
+      window_start, window_steps = time.perf_counter(), 0
+    checkpoints.save(manager, state, model_config, force=step_done == tc.num_steps)
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  writer.close()
+  if is_chief:
+    metrics_lib.plot_loss_curve(metrics_lib.read_jsonl(metrics_path), os.path.join(model_dir, LOSS_CURVE_FILE))
+  summary["steps"] = tc.num_steps
+  summary["state"] = state
+  return summary

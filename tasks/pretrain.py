@@ -1,0 +1,104 @@
+"""GLM pretraining Tasks and Mixtures: the three blank-infilling objectives over each document source.
+
+Tasks (`glm_{objective}_{source}`, objective in token / sentence / document):
+  glm_*_embedded  the embedded corpus (Python's documentation, built offline; glm_jax.data.sources)
+  glm_*_text      the user's .txt / .jsonl files: glob from $GLM_JAX_TEXT_FILES (validation split: a hashed 5%
+                  of the documents, or the files of $GLM_JAX_TEXT_VALIDATION_FILES), or the gin bindings
+                  `text_files_config.pattern = '...'`, `text_files_config.validation_pattern = '...'`
+  glm_*_c4        TFDS c4/en:3.0.1, read from $TFDS_DATA_DIR when a dataset is made (prepare it first)
+Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one source at the rates of
+`glm_mixture_rates` (GLM-10B's 0.5 token / 0.3 sentence / 0.2 document by default).
+`register_tfds_tasks(source_name, tfds_name)` adds the same Tasks and Mixture over any other TFDS text dataset.
+
+Gin (bindings apply when a dataset is made, so they may follow `import tasks` in a gin file):
+  TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length
+  SentenceObjective.mask_ratio / .max_length
+  DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
+  glm_mixture_rates.token / .sentence / .document
+The sequence length L comes from `seqio.get_dataset(task_feature_lengths=task_feature_lengths(L))`; an
+objective's max_length (default None) can only lower it (glm_jax.data.preprocessors.resolve_max_length).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import gin
+import seqio
+import tensorflow as tf
+
+from glm_jax.data import preprocessors, sources, vocab
+from glm_jax.data.blank_infilling import FEATURES
+
+OBJECTIVES = ("token", "sentence", "document")
+
+TokenObjective = gin.external_configurable(preprocessors.TokenObjective, "TokenObjective")
+SentenceObjective = gin.external_configurable(preprocessors.SentenceObjective, "SentenceObjective")
+DocumentObjective = gin.external_configurable(preprocessors.DocumentObjective, "DocumentObjective")
+_OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, "document": DocumentObjective}
+
+VOCABULARY = vocab.LazyVocabulary(vocab.default_vocabulary)
+
+
+def output_features(vocabulary: seqio.Vocabulary = VOCABULARY) -> dict[str, seqio.Feature]:
+  """The task features of glm_jax.data.feature_converter.GLMFeatureConverter.TASK_FEATURES."""
+  features = {}
+  for name in FEATURES:
+    ids = name in ("input_ids", "target_ids")
+    features[name] = seqio.Feature(vocabulary if ids else seqio.PassThroughVocabulary(1), add_eos=False,
+                                   dtype=tf.float32 if name == "loss_mask" else tf.int32)
+  return features
+
+
+@gin.configurable
+def glm_mixture_rates(token: float = 0.5, sentence: float = 0.3, document: float = 0.2) -> dict[str, float]:
+  """Sampling rates of the objectives in every GLM mixture (normalized by seqio)."""
+  rates = {"token": token, "sentence": sentence, "document": document}
+  if any(r < 0 for r in rates.values()) or not sum(rates.values()):
+    raise ValueError(f"glm_mixture_rates {rates} must be non-negative with a positive sum")
+  return rates
+
+
+@gin.configurable
+def text_files_config(pattern: str | None = None, validation_pattern: str | None = None,
+                      validation_fraction: float = 0.05) -> sources.TextFilesConfig:
+  """The user's text files; patterns default to $GLM_JAX_TEXT_FILES and $GLM_JAX_TEXT_VALIDATION_FILES."""
+  return sources.TextFilesConfig(
+      pattern=os.environ.get("GLM_JAX_TEXT_FILES", "") if pattern is None else pattern,
+      validation_pattern=(os.environ.get("GLM_JAX_TEXT_VALIDATION_FILES", "") if validation_pattern is None
+                          else validation_pattern),
+      validation_fraction=validation_fraction)
+
+
+def objective_preprocessor(dataset: tf.data.Dataset, sequence_length, output_features, *,
+                           objective: str) -> tf.data.Dataset:
+  """The seqio preprocessor of one objective; its gin-configured settings are read when it runs."""
+  return preprocessors.blank_infilling_preprocessor(dataset, sequence_length, output_features,
+                                                    _OBJECTIVE_FACTORIES[objective]())
+
+
+def _rate(objective: str, task: seqio.Task) -> float:
+  del task
+  return glm_mixture_rates()[objective]
+
+
+def register_tasks(source_name: str, source: seqio.DataSource, first_preprocessors=()) -> None:
+  """Registers glm_{objective}_{source_name} for each objective and the Mixture glm_{source_name}."""
+  for objective in OBJECTIVES:
+    seqio.TaskRegistry.add(
+        f"glm_{objective}_{source_name}", source=source, output_features=output_features(),
+        preprocessors=[*first_preprocessors, functools.partial(objective_preprocessor, objective=objective)])
+  seqio.MixtureRegistry.add(
+      f"glm_{source_name}",
+      [(f"glm_{objective}_{source_name}", functools.partial(_rate, objective)) for objective in OBJECTIVES])
+
+
+def register_tfds_tasks(source_name: str, tfds_name: str, text_key: str = "text") -> None:
+  """The GLM Tasks and Mixture over a TFDS text dataset (nothing is read before a dataset is made)."""
+  register_tasks(source_name, sources.tfds_source(tfds_name),
+                 [functools.partial(sources.rename_text, text_key=text_key)])
+
+
+register_tasks("embedded", sources.EmbeddedCorpusSource())
+register_tasks("text", sources.TextFilesSource(text_files_config))
+register_tfds_tasks("c4", "c4/en:3.0.1")

@@ -1,0 +1,111 @@
+"""The convert command: a PyTorch checkpoint in, an orbax checkpoint + config out, restoring to the same params."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from glm_jax import convert  # noqa: E402
+from glm_jax.convert import __main__ as convert_main  # noqa: E402
+from glm_jax.convert import pytorch as pt  # noqa: E402
+from glm_jax.model import GLMConfig  # noqa: E402
+
+CONFIG = GLMConfig(vocab_size=128, num_layers=2, hidden_size=16, num_heads=2, max_length=8)
+
+
+def write_random_hf(directory, seed=0):
+  rng = np.random.default_rng(seed)
+  sd = {k: torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for k, s in pt.torch_shapes(CONFIG).items()}
+  directory.mkdir(parents=True)
+  torch.save(sd, directory / "pytorch_model.bin")
+  (directory / "config.json").write_text(json.dumps(pt.hf_config_dict(CONFIG)))
+  return directory
+
+
+def test_convert_main_writes_a_checkpoint_that_restores_to_the_same_params(tmp_path):
+  source = write_random_hf(tmp_path / "hf")
+  assert convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == 0
+  config, params = convert.load_converted(str(tmp_path / "out"))
+  expected_config, expected = convert.from_pytorch(source)
+  assert config == expected_config == CONFIG
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(x, y)
+  assert (tmp_path / "out" / "0" / "model_config").exists() and (tmp_path / "out" / "0" / "state").exists()
+
+
+def test_convert_refuses_a_directory_holding_a_checkpoint(tmp_path):
+  source = write_random_hf(tmp_path / "hf")
+  convert.convert_checkpoint(str(source), str(tmp_path / "out"))
+  with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+    convert.convert_checkpoint(str(source), str(tmp_path / "out"))
+
+
+def test_load_converted_of_an_empty_directory_says_what_to_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="glm_jax.convert"):
+    convert.load_converted(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_python_m_glm_jax_convert(tmp_path):
+  source = write_random_hf(tmp_path / "hf")
+  subprocess.run([sys.executable, "-m", "glm_jax.convert", "--from_pytorch", str(source), "--output_dir",
+                  str(tmp_path / "out"), "--no_scan_layers"], check=True)
+  config, params = convert.load_converted(str(tmp_path / "out"))
+  assert not config.scan_layers and "layers_1" in params
+
+
+def test_training_library_reads_the_converted_checkpoint(tmp_path):
+  from glm_jax.train import checkpoints
+
+  source = write_random_hf(tmp_path / "hf")
+  convert.convert_checkpoint(str(source), str(tmp_path / "out"))
+  _, expected = convert.from_pytorch(source)
+  assert checkpoints.load_model_config(str(tmp_path / "out")) == CONFIG
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
+  params = checkpoints.restore_params(str(tmp_path / "out"), abstract)
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(x), y)
+
+
+def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
+  pytest.importorskip("tokenizers")
+  import sentencepiece as spm
+
+  from glm_jax.convert import tokenizers as glm_tokenizers
+
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(["今天天气很好", "我们去公园散步", "hello world"] * 20))
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=24,
+                                 model_type="unigram", character_coverage=1.0, minloglevel=2)
+  source = write_random_hf(tmp_path / "hf")
+  with pytest.raises(ValueError, match="--tokenizer"):  # CONFIG is no published shape
+    convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "a"),
+                       "--vocab_files", str(tmp_path / "sp.model")])
+  convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out"),
+                     "--vocab_files", str(tmp_path / "sp.model"), "--tokenizer", "chinese_sp"])
+  vocab = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
+  assert vocab.special_ids["[gMASK]"] == 24 + 9 and vocab.embedding_rows == CONFIG.padded_vocab_size
+  assert vocab.encode("天气[gMASK]") == glm_tokenizers.chinese_sentencepiece(str(tmp_path / "sp.model")).encode(
+      "天气[gMASK]")
+  config, _ = convert.load_converted(str(tmp_path / "out"))  # the tokenizer folder does not upset orbax
+  assert config == CONFIG
+  assert glm_tokenizers.load_with_checkpoint(str(tmp_path / "a")) is None
+
+
+def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
+  pytest.importorskip("tokenizers")
+  bert_vocab = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "vocab" / "bert-base-uncased-vocab.txt"
+  if not bert_vocab.exists():
+    pytest.skip(f"real BERT vocabulary not found at {bert_vocab}")
+  source = write_random_hf(tmp_path / "hf")
+  with pytest.raises(ValueError, match="do not fit 128 embedding rows"):
+    convert.convert_checkpoint(str(source), str(tmp_path / "out"), vocab_files=[str(bert_vocab)], tokenizer="bert")
+  assert not (tmp_path / "out").exists()

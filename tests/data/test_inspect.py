@@ -1,0 +1,62 @@
+"""Tests for the inspect command (glm_jax.data.inspect)."""
+from __future__ import annotations
+
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from glm_jax.data import feature_converter, inspect
+
+
+@pytest.fixture(autouse=True)
+def setup(tmp_path_factory):
+  os.environ["GLM_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "glm_jax_cache")
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_prints_examples_and_saves_design_features(tmp_path, capsys, pack):
+  out = tmp_path / "features.npz"
+  argv = ["--mixture", "glm_embedded", "--num_examples", "3", "--length", "40", "--out", str(out),
+          "--gin.TokenObjective.mask_ratio=0.3"]
+  if pack:  # examples of at most 16 tokens: at least two fit in each row of 40
+    argv += ["--pack"] + [f"--gin.{o}Objective.max_length=16" for o in ("Token", "Sentence", "Document")]
+  inspect.main(argv)
+  printed = capsys.readouterr().out
+  assert printed.count("example ") == 3 and "Part A" in printed and "span at A[" in printed
+  assert "[CLS]" in printed and "counters:" in printed and "token/documents=" in printed
+  saved = np.load(out)
+  assert set(saved.files) == set(feature_converter.GLMFeatureConverter.MODEL_FEATURES)
+  for name in saved.files:
+    assert saved[name].shape == (3, 40)
+    assert saved[name].dtype == (np.float32 if name == "loss_mask" else np.int32)
+  segments = saved["segment_ids"].max(axis=1)
+  assert np.all(segments >= 1) and (np.any(segments > 1) == pack)
+
+
+def test_bad_gin_binding_names_the_parameter():
+  with pytest.raises(SystemExit, match="TokenObjective.*mask_rate"):
+    inspect.main(["--mixture", "glm_embedded", "--gin.TokenObjective.mask_rate=0.3"])
+  with pytest.raises(SystemExit, match="NoSuchThing"):
+    inspect.main(["--mixture", "glm_embedded", "--gin.NoSuchThing.x=1"])
+
+
+@pytest.mark.slow
+def test_command_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  command = [sys.executable, "-m", "glm_jax.data.inspect", "--mixture", "glm_embedded", "--num_examples", "2",
+             "--length", "32"]
+  done = subprocess.run(command + ["--out", str(tmp_path / "x.npz")], cwd=repo, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  assert np.load(tmp_path / "x.npz")["input_ids"].shape == (2, 32)
+  bad = subprocess.run(command + ["--gin.TokenObjective.mask_rate=0.3"], cwd=repo, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert bad.returncode != 0 and "mask_rate" in bad.stderr

@@ -1,0 +1,117 @@
+"""Tests for glm_jax.data.preprocessors: the three objectives inside tf.data, bad input, determinism."""
+from __future__ import annotations
+
+import os
+import unicodedata
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from glm_jax.data import blank_infilling, counters, preprocessors, vocab
+from glm_jax.data.blank_infilling import FEATURES
+
+L = 32
+
+
+@pytest.fixture(scope="session")
+def default_vocab(tmp_path_factory):
+  os.environ["GLM_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "glm_jax_cache")
+  return vocab.default_vocabulary()
+
+
+def _features(vocabulary):
+  return {name: seqio.Feature(vocabulary if name.endswith("_ids") and "position" not in name and name != "sep"
+                              else seqio.PassThroughVocabulary(1), add_eos=False) for name in FEATURES}
+
+
+LONG = " ".join(f"Sentence {i} of a very long document goes on." for i in range(400))  # > 100 x L tokens
+DOCUMENTS = [
+    "The if statement is used for conditional execution. It selects exactly one of the suites! Then? Done.",
+    "",
+    "   \n\n  ",
+    "Hi",
+    b"Invalid \xff\xfe UTF-8 here.",
+    LONG,
+    "A second paragraph.\n\nStarts here and ends here.",
+]
+VALID = [d for d in DOCUMENTS if isinstance(d, str) and d.strip()]
+OBJECTIVES = [preprocessors.TokenObjective(), preprocessors.SentenceObjective(), preprocessors.DocumentObjective()]
+
+
+def _run(objective, vocabulary, seed=7, documents=DOCUMENTS, length=L):
+  ds = tf.data.Dataset.from_tensor_slices({"text": tf.constant(documents, tf.string)})
+  with seqio.utils.map_seed_manager(seed):
+    out = preprocessors.blank_infilling_preprocessor(ds, {"input_ids": length}, _features(vocabulary), objective)
+  return list(out.as_numpy_iterator())
+
+
+def _doc_tokens(objective, vocabulary, text: str) -> np.ndarray:
+  """The oracle: the document's tokens as the objective tokenizes it (sentence by sentence for sentences)."""
+  if isinstance(objective, preprocessors.SentenceObjective):
+    sentences = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
+    return np.array(sum((vocabulary.encode(s) for s in sentences), []), np.int32)
+  return np.array(vocabulary.encode(text), np.int32)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective, default_vocab):
+  counters.reset()
+  examples = _run(objective, default_vocab)
+  special = blank_infilling.SpecialIds.from_vocabulary(default_vocab)
+  for ex in examples:
+    assert {k: v.dtype for k, v in ex.items()} == {
+        name: np.float32 if name == "loss_mask" else np.int32 for name in FEATURES}
+    assert 1 <= ex["input_ids"].size <= L and all(ex[name].size == ex["input_ids"].size for name in FEATURES)
+  # Documents stay in order and their pieces are consecutive, so the pieces rebuild the valid documents.
+  rebuilt = np.concatenate([blank_infilling.reconstruct(ex, special) for ex in examples])
+  expected = np.concatenate([_doc_tokens(objective, default_vocab, d) for d in VALID])
+  np.testing.assert_array_equal(rebuilt, expected)
+  prefix = objective.name + "/"
+  assert counters.snapshot(prefix) == {
+      prefix + "documents": len(DOCUMENTS), prefix + "empty_documents": 2, prefix + "invalid_utf8": 1,
+      prefix + "long_documents": 1, prefix + "examples": len(examples)}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+def test_same_seed_same_examples(objective, default_vocab):
+  first, again, other = (_run(objective, default_vocab, seed) for seed in (1, 1, 2))
+  assert len(first) == len(again)
+  for a, b in zip(first, again):
+    for name in FEATURES:
+      np.testing.assert_array_equal(a[name], b[name])
+  assert any(not np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other))
+
+
+def test_objective_settings_change_the_examples(default_vocab):
+  def masked_fraction(objective):
+    examples = _run(objective, default_vocab, documents=[LONG])
+    spans = sum(int((ex["block_position_ids"] == 1).sum()) for ex in examples)
+    masked = sum(float(ex["loss_mask"].sum()) for ex in examples) - spans  # B minus one [sop] per span
+    tokens = sum(ex["input_ids"].size - 1 for ex in examples) - 2 * spans  # minus [CLS], a mask and [sop]
+    return masked / tokens
+
+  assert masked_fraction(preprocessors.TokenObjective(mask_ratio=0.5)) > 0.45
+  assert masked_fraction(preprocessors.TokenObjective()) < 0.25
+  short = _run(preprocessors.DocumentObjective(max_length=16), default_vocab, documents=[LONG])
+  assert max(ex["input_ids"].size for ex in short) == 16
+  masks = {vocab.special_id(default_vocab, name) for name in ("[MASK]", "[sMASK]", "[gMASK]")}
+  used = {int(t) for ex in short for t in ex["input_ids"][: ex["sep"][0]] if t in masks}
+  assert used == {vocab.special_id(default_vocab, "[gMASK]")}
+
+
+def test_max_length_flows_from_the_sequence_length():
+  assert preprocessors.resolve_max_length(preprocessors.TokenObjective(), {"input_ids": 64}) == 64
+  assert preprocessors.resolve_max_length(preprocessors.TokenObjective(max_length=32), {"input_ids": 64}) == 32
+  with pytest.raises(ValueError, match="exceeds the task sequence length 64"):
+    preprocessors.resolve_max_length(preprocessors.SentenceObjective(max_length=65), {"input_ids": 64})
+  with pytest.raises(ValueError, match="task_feature_lengths"):
+    preprocessors.resolve_max_length(preprocessors.DocumentObjective(), None)
+
+
+def test_split_sentences():
+  text = 'One. Two! "Three?" Four (five.) Six\n\nSeven e.g. 3.5 stays'
+  got = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
+  assert got == ["One.", "Two!", '"Three?"', "Four (five.)", "Six", "Seven e.g.", "3.5 stays"]
+  assert unicodedata.normalize("NFC", " ".join(got)) == " ".join(text.split())

@@ -1,0 +1,54 @@
+import jax
+import numpy as np
+import pytest
+
+from glm_jax.infer import infilling
+from glm_jax.model import GLM, GLMConfig
+
+IDS = infilling.InfillIds(pad=0, cls=2, sop=4, eop=5, masks=(3, 6, 7))
+
+
+def test_decode_inputs_layout():
+  part_a = [2, 10, 3, 11, 6]  # [CLS] a [MASK] b [sMASK]
+  row = infilling.decode_inputs(part_a, [(2, [20, 21]), (4, [])], sop=4, pad=0, length=12)
+  np.testing.assert_array_equal(row.input_ids, [2, 10, 3, 11, 6, 4, 20, 21, 4, 0, 0, 0])
+  np.testing.assert_array_equal(row.position_ids, [0, 1, 2, 3, 4, 2, 2, 2, 4, 0, 0, 0])
+  np.testing.assert_array_equal(row.block_position_ids, [0, 0, 0, 0, 0, 1, 2, 3, 1, 0, 0, 0])
+  assert row.sep == 5 and row.last == 8
+
+
+def test_fill_blanks_goes_left_to_right_and_conditions_on_earlier_spans():
+  seen = []
+
+  def next_token(row):  # span 1: 30, 31, [eop]; span 2: 40s until max_span_length
+    seen.append(row.input_ids[:row.last + 1].tolist())
+    span_len = int(row.block_position_ids[row.last]) - 1
+    if row.position_ids[row.last] == 2:
+      return [30, 31, IDS.eop][span_len]
+    return 40
+  filled, spans = infilling.fill_blanks(next_token, [10, 3, 11, 7], IDS, length=16, max_span_length=3)
+  assert spans == [[30, 31], [40, 40, 40]]
+  assert filled == [10, 30, 31, 11, 40, 40, 40]
+  assert len(seen) == 3 + 3
+  part_a = [2, 10, 3, 11, 7]
+  assert seen[0] == part_a + [4]
+  assert seen[3] == part_a + [4, 30, 31, 4]  # the second span sees the first in Part B
+
+
+@pytest.mark.slow  # the unpadded oracle compiles once per length
+def test_padded_greedy_decode_matches_unpadded_forward():
+  cfg = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64)
+  model = GLM(cfg)
+  ids = np.zeros((1, 8), np.int32)
+  params = model.init(jax.random.key(3), ids, ids, ids, sep=np.array([8]))["params"]
+
+  def oracle(row):  # direct forward on exactly the real tokens; argmax over the real vocabulary
+    n = row.last + 1
+    logits = model.apply({"params": params}, row.input_ids[None, :n], row.position_ids[None, :n],
+                         row.block_position_ids[None, :n], sep=np.array([row.sep]))
+    return int(np.argmax(np.asarray(logits[0, -1, :cfg.vocab_size])))
+  tokens = [12, 3, 13, 6]
+  fast = infilling.fill_blanks(infilling.make_next_token_fn(model, params), tokens, IDS, 32, max_span_length=3)
+  slow = infilling.fill_blanks(oracle, tokens, IDS, 32, max_span_length=3)
+  assert fast == slow
+  assert all(t < cfg.vocab_size for span in fast[1] for t in span)
