@@ -3,6 +3,7 @@
   python -m glm_jax.main train --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart \
       [--gin.TrainConfig.num_steps=100 ...]
   python -m glm_jax.main infer --checkpoint=runs/quickstart --text="The [MASK] is in the module."
+  python -m glm_jax.main convert --from_pytorch=glm-large/ --output_dir=ckpt/glm-large  # needs [convert]
 
 gin binds only here, at the edge: the dataclass configs are gin-configurable and `train` below is the
 configurable that builds the Experiment; the library under glm_jax/ never reads gin. A misspelt binding fails at start with
@@ -22,9 +23,11 @@ import flax.linen as nn
 import gin
 import jax
 
+from glm_jax.convert import tokenizers as convert_tokenizers
+from glm_jax.data import vocab
 from glm_jax.infer import infilling
 from glm_jax.model import GLM, GLMConfig, preset
-from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning
+from glm_jax.train import checkpoints, distributed, inputs, loop, optimizer, partitioning
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -62,26 +65,38 @@ def experiment(model: GLMConfig = gin.REQUIRED, train_config: loop.TrainConfig =
 def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
   """Trains `exp.model` on the seqio Task/Mixture of `exp.data`; see glm_jax/train/loop.py."""
   tc, data = exp.train, exp.data
-  train_batches = inputs.batches(data, data.train_split, tc.batch_size, tc.length, repeat=True, shuffle=True)
+  checkpoints.ensure_writable(model_dir)  # before any data is read or anything compiled
+  train_batches = inputs.batches(data, data.train_split, tc.batch_size, tc.length, repeat=True,
+                                 shuffle=data.shuffle, checkpointable=data.checkpoint_input)
   eval_batches = None
   if data.eval_split:
     eval_batches = lambda: inputs.batches(  # noqa: E731
         data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
-  os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
-    f.write(gin.operative_config_str())
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
+      f.write(gin.operative_config_str())
   return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches,
                     progress=progress)
 
 
 def infer(checkpoint: str, text: str, max_span_length: int) -> str:
   """Restores the params of the newest checkpoint under `checkpoint` and fills the masks of `text`."""
-  from glm_jax.data import vocab  # the vocabulary module loads SentencePiece; only infer needs it here
-
   model = GLM(checkpoints.load_model_config(checkpoint))
   abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
   params = jax.device_get(checkpoints.restore_params(checkpoint, abstract))
-  return infilling.infill_text(model, params, vocab.default_vocabulary(), text, max_span_length)
+  vocabulary = checkpoint_vocabulary(checkpoint)
+  if vocabulary.vocab_size > model.config.vocab_size:
+    raise ValueError(f"the vocabulary of {checkpoint!r} has {vocabulary.vocab_size} ids but the model has "
+                     f"{model.config.vocab_size} (a converted checkpoint needs its tokenizer: "
+                     f"convert with --vocab_files)")
+  return infilling.infill_text(model, params, vocabulary, text, max_span_length)
+
+
+def checkpoint_vocabulary(checkpoint: str):
+  """The vocabulary of a checkpoint directory: the tokenizer saved beside a converted THUDM checkpoint
+  (glm_jax.convert), else the default glm-jax SentencePiece vocabulary that `train` used."""
+  saved = convert_tokenizers.load_with_checkpoint(checkpoint)
+  return saved if saved is not None else vocab.default_vocabulary()
 
 
 def _split_gin_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -107,10 +122,20 @@ def _parser() -> argparse.ArgumentParser:
   train_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
   train_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
   train_cmd.add_argument("--model_dir", required=True, help="checkpoints, metrics, TensorBoard, loss curve")
+  # Multi-host (glm_jax/train/distributed.py): none of these on a TPU VM pod / SLURM (jax detects them).
+  train_cmd.add_argument("--coordinator_address", default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
+                         help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)")
+  train_cmd.add_argument("--num_processes", type=int, default=os.environ.get("GLM_JAX_NUM_PROCESSES"),
+                         help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)")
+  train_cmd.add_argument("--process_id", type=int, default=os.environ.get("GLM_JAX_PROCESS_ID"),
+                         help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)")
   infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
   infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
   infer_cmd.add_argument("--text", required=True)
   infer_cmd.add_argument("--max_span_length", type=int, default=32)
+  commands.add_parser(
+      "convert", add_help=False,
+      help="import a THUDM GLM checkpoint: convert --from_pytorch PATH --output_dir DIR (see `convert --help`)")
   return parser
 
 
@@ -120,9 +145,13 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str) -> N
   gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
 
 
-def main(argv: list[str] | None = None) -> dict | str:
+def main(argv: list[str] | None = None) -> dict | str | int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  gin_bindings, rest = _split_gin_args(list(sys.argv[1:] if argv is None else argv))
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["convert"]:  # its own flags: glm_jax/convert/__main__.py
+    from glm_jax.convert import __main__ as convert_main  # torch loads only when a file is read
+    return convert_main.main(argv[1:], prog="python -m glm_jax.main convert")
+  gin_bindings, rest = _split_gin_args(argv)
   args = _parser().parse_args(rest)
   if args.command == "infer":
     if gin_bindings:
@@ -130,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict | str:
     filled = infer(args.checkpoint, args.text, args.max_span_length)
     print(filled)
     return filled
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   start = time.perf_counter()
   summary = train(args.model_dir, experiment())

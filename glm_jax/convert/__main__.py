@@ -8,8 +8,8 @@ import sys
 from glm_jax.convert.checkpoint import convert_checkpoint
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m glm_jax.convert", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m glm_jax.convert") -> int:
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__)
   parser.add_argument("--from_pytorch", required=True,
                       help="HF folder (config.json + pytorch_model.bin), Megatron/DeepSpeed checkpoint folder, "
                            "or a single .bin/.pt file")

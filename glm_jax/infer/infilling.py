@@ -9,6 +9,7 @@ Part B is causal, so the padding after the current token does not change its log
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -113,5 +114,23 @@ def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int 
   token_ids = list(vocabulary.encode(text))
   num_masks = sum(t in ids.masks for t in token_ids)
   length = length or min(model.config.max_length, 1 + len(token_ids) + num_masks * (max_span_length + 1))
-  filled, _ = fill_blanks(make_next_token_fn(model, params), token_ids, ids, length, max_span_length)
-  return vocabulary.decode(filled)
+  filled, spans = fill_blanks(make_next_token_fn(model, params), token_ids, ids, length, max_span_length)
+  return splice_spans(text, vocabulary, ids, [vocabulary.decode(span).strip() for span in spans]) or \
+      vocabulary.decode(filled)
+
+
+def splice_spans(text: str, vocabulary, ids: InfillIds, spans: Sequence[str]) -> str | None:
+  """`text` with its k-th mask token replaced by spans[k], the rest of the text kept character for character
+  (decoding the whole filled sequence would re-normalize its whitespace). None when the mask tokens cannot be
+  found in the text one for one."""
+  names = [vocabulary.decode([mask]) for mask in ids.masks]
+  if not all(names):
+    return None
+  pattern = re.compile("|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)))
+  pieces = pattern.split(text)
+  if len(pieces) != len(spans) + 1:
+    return None
+  out = [pieces[0]]
+  for span, piece in zip(spans, pieces[1:]):
+    out += [span, piece]
+  return "".join(out)

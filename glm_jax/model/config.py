@@ -68,7 +68,7 @@ class GLMConfig:
 # Published GLM v1 shapes (layers / hidden / heads). BERT-vocabulary models pad 30522 + 2 to 30592;
 # GPT-2-vocabulary models pad 50257 + specials to 50304.
 PRESETS: dict[str, GLMConfig] = {
-    "tiny": GLMConfig(vocab_size=8192, num_layers=2, hidden_size=128, num_heads=4, max_length=256),
+    "tiny": GLMConfig(vocab_size=4096, num_layers=2, hidden_size=128, num_heads=4, max_length=256),
     "base": GLMConfig(vocab_size=30592, num_layers=12, hidden_size=768, num_heads=12, max_length=512),
     "large": GLMConfig(vocab_size=30592, num_layers=24, hidden_size=1024, num_heads=16, max_length=512),
     "410m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1024, num_heads=16, max_length=512),

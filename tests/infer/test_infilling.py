@@ -52,3 +52,21 @@ def test_padded_greedy_decode_matches_unpadded_forward():
   slow = infilling.fill_blanks(oracle, tokens, IDS, 32, max_span_length=3)
   assert fast == slow
   assert all(t < cfg.vocab_size for span in fast[1] for t in span)
+
+
+class _CharVocab:
+  """Characters as ids 10.. and the three mask names as single ids (a stand-in with real decode behaviour)."""
+  names = {3: "[MASK]", 6: "[sMASK]", 7: "[gMASK]"}
+
+  def decode(self, ids):
+    return "".join(self.names.get(i, chr(i)) for i in ids)
+
+
+def test_splice_spans_keeps_the_text_and_fills_masks_in_order():
+  text = "The [MASK] module  works with [gMASK]"
+  out = infilling.splice_spans(text, _CharVocab(), IDS, ["os", "paths."])
+  assert out == "The os module  works with paths."
+
+
+def test_splice_spans_gives_up_when_masks_do_not_match_one_for_one():
+  assert infilling.splice_spans("no masks here", _CharVocab(), IDS, ["x"]) is None

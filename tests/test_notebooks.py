@@ -1,0 +1,46 @@
+"""Every code cell of the notebooks runs, in order, in one namespace (papermill style: the cell tagged
+`parameters` is replaced by the test's values; IPython `!`/`%` lines, Colab-only, are skipped)."""
+import glob
+import json
+import os
+
+import gin
+import matplotlib
+import pytest
+
+from glm_jax import main
+
+matplotlib.use("Agg")
+NOTEBOOKS = sorted(glob.glob(os.path.join(main.REPO_ROOT, "notebooks", "*.ipynb")))
+
+
+def code_cells(path: str, parameters: str) -> list[str]:
+  with open(path) as f:
+    notebook = json.load(f)
+  cells = []
+  for cell in notebook["cells"]:
+    if cell["cell_type"] != "code":
+      continue
+    source = "".join(cell["source"])
+    if "parameters" in cell["metadata"].get("tags", []):
+      source = parameters
+    cells.append("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%"))))
+  return cells
+
+
+def test_there_is_a_quickstart_notebook():
+  assert any(p.endswith("quickstart.ipynb") for p in NOTEBOOKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+  monkeypatch.chdir(main.REPO_ROOT)
+  namespace: dict = {}
+  for i, source in enumerate(code_cells(path, f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp_path / 'run')!r}")):
+    try:
+      exec(compile(source, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)  # noqa: S102
+    finally:
+      gin.clear_config()
+  assert isinstance(namespace["filled"], str) and "[MASK]" not in namespace["filled"]
+  assert namespace["summary"]["steps"] == 8
