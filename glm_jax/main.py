@@ -6,8 +6,8 @@
   python -m glm_jax.main convert --from_pytorch=glm-large/ --output_dir=ckpt/glm-large  # needs [convert]
 
 gin binds only here, at the edge: the dataclass configs are gin-configurable and `train` below is the
-configurable that builds the Experiment; the library under glm_jax/ never reads gin. A misspelt binding fails at start with
-gin's own error naming it. `--gin_search_paths` (default: the repo root) lets gin files `include` each other
+configurable that builds the Experiment; the library under glm_jax/ never reads gin. A misspelt binding fails at
+start with gin's own error naming it. `--gin_search_paths` (default: the repo root) lets gin files `include` each other
 by repo-relative paths.
 """
 from __future__ import annotations
@@ -42,6 +42,13 @@ gin.external_configurable(inputs.DataConfig, module="glm_jax")
 def model_preset(name: str = gin.REQUIRED, overrides: dict | None = None) -> GLMConfig:
   """A GLMConfig preset (glm_jax/model/config.py PRESETS) with field overrides, e.g. {"dropout": 0.0}."""
   return preset(name, **(overrides or {}))
+
+
+@gin.configurable(module="glm_jax")
+def model_from_checkpoint(directory: str = gin.REQUIRED, overrides: dict | None = None) -> GLMConfig:
+  """The GLMConfig saved with the newest checkpoint under `directory` (a `train` model_dir or a
+  `convert --output_dir`), with field overrides, e.g. {"dropout": 0.1, "remat_policy": "full"}."""
+  return dataclasses.replace(checkpoints.load_model_config(directory), **(overrides or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +153,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str) -> N
 
 
 def main(argv: list[str] | None = None) -> dict | str | int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["convert"]:  # its own flags: glm_jax/convert/__main__.py
     from glm_jax.convert import __main__ as convert_main  # torch loads only when a file is read

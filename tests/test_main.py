@@ -70,6 +70,9 @@ def test_convert_subcommand_writes_a_checkpoint_infer_can_load(tmp_path):
   (source / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
   assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == 0
   assert checkpoints.load_model_config(str(tmp_path / "out")) == config
+  main.parse_gin([str(tmp_path / "out" / "model.gin")], [], main.REPO_ROOT)  # what fine-tuning includes
+  assert gin.query_parameter("experiment.model").scoped_configurable_fn() == config
+  gin.clear_config()
   # No tokenizer was given: infer falls back to the default vocabulary, which does not fit 128 rows.
   with pytest.raises(ValueError, match="vocabulary"):
     main.main(["infer", f"--checkpoint={tmp_path / 'out'}", "--text=a [MASK] b"])

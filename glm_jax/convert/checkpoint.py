@@ -36,6 +36,22 @@ def save_converted(output_dir: str, config: GLMConfig, params: dict) -> str:
   return output_dir
 
 
+MODEL_GIN = "model.gin"
+
+
+def write_model_gin(output_dir: str) -> str:
+  """Writes `output_dir`/model.gin, which binds the experiment's model to this checkpoint's config, so that
+  `train --gin_file=<output_dir>/model.gin --gin_file=<experiment>.gin` fine-tunes it (the experiment file
+  must not bind experiment.model itself)."""
+  output_dir = os.path.abspath(output_dir)
+  path = os.path.join(output_dir, MODEL_GIN)
+  with open(path, "w") as f:
+    f.write(f"# The model config of the checkpoint in this directory (written by glm_jax.convert).\n"
+            f"experiment.model = @model_from_checkpoint()\n"
+            f"model_from_checkpoint.directory = {output_dir!r}\n")
+  return path
+
+
 def load_converted(output_dir: str) -> tuple[GLMConfig, dict]:
   """Reads back what `convert_checkpoint` wrote -> (config, params as host numpy arrays)."""
   output_dir = os.path.abspath(output_dir)
@@ -91,6 +107,7 @@ def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | N
   save_converted(output_dir, config, _to_host_jax_arrays(params))
   if vocab_files:
     tokenizers.save_with_checkpoint(output_dir, tokenizer, *vocab_files, embedding_rows=config.padded_vocab_size)
+  write_model_gin(output_dir)
   logging.info("converted %s -> %s (%d layers, hidden %d, %d heads, %d vocabulary rows, max length %d; "
                "%d unused tensors ignored)", from_pytorch, output_dir, config.num_layers, config.hidden_size,
                config.num_heads, config.vocab_size, config.max_length, len(imported.unknown_keys))

@@ -259,9 +259,16 @@ class TextFilesSource(_DocumentSource):
     files = split_files(config, split)
     if shuffle:
       np.random.default_rng(seed).shuffle(files)
-    return tf.data.Dataset.from_generator(
-        lambda: text_file_documents(config, split, files),
-        output_signature=tf.TensorSpec([], tf.string)).map(lambda text: {"text": text})
+
+    def file_documents(path: bytes) -> np.ndarray:
+      texts = list(text_file_documents(config, split, [path.decode()]))
+      return np.array([t.encode("utf-8", "surrogatepass") for t in texts], dtype=object).reshape(-1)
+
+    # A file at a time through a pure numpy_function (not a Python generator), so the pipeline's position is
+    # tf.data state that iterator checkpoints (exact resume) can save.
+    documents = tf.data.Dataset.from_tensor_slices(files).map(
+        lambda path: tf.ensure_shape(tf.numpy_function(file_documents, [path], tf.string, stateful=False), [None]))
+    return documents.flat_map(tf.data.Dataset.from_tensor_slices).map(lambda text: {"text": text})
 
 
 # (c) Any TFDS text dataset.

@@ -1,0 +1,201 @@
+"""Multi-host training with real processes on localhost (CPU devices, gloo collectives, jax.distributed).
+
+Four runs of `glm_jax.main.main` in child processes, 4 devices in every run:
+  one:      1 process x 4 devices, steps 1-6
+  two:      2 processes x 2 devices (--coordinator_address/--num_processes/--process_id), steps 1-6
+  two->one: 1 process resuming a copy of two's checkpoint, steps 7-8
+  one->two: 2 processes resuming a copy of one's checkpoint, steps 7-8
+`one` and `two` run at the same time, then the two resumes.
+
+What holds: the per-step losses of `two` (metrics.jsonl, written by process 0) match `one`'s within LOSS_RTOL and
+their Part-B token counts are equal, so process-local shards assemble the same global batches; the step-6 params
+that 2 processes saved, read back here in 1 process, match those 1 process saved; and a checkpoint resumes
+across the change of host count in both directions, each resumed run going on at step 7 with the same losses.
+
+The data makes a 2-process global batch hold exactly the rows of the 1-process one (glm_jax/train/inputs.py):
+a Task over a seqio.FunctionDataSource of NUM_DOCUMENTS short documents (seqio shards such a source by example
+index, process p reading documents p, p + 2, ...), the GLM document-level blank-infilling preprocessor with a
+fixed span (min_ratio = max_ratio, suffix_prob = 1, so seqio's per-document seeds cannot change an example),
+unpacked, unshuffled, dropout 0.
+
+Run as a script, this file is the training command of those processes: it registers that Task and hands its
+command line to glm_jax.main.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TASK = "glm_multihost_test"
+NUM_DOCUMENTS = 64  # even: both shards hold the same number of documents
+STEPS = 6
+RESUMED_STEPS = 8
+DEVICES = 4
+LOSS_RTOL = 1e-4  # the same float32 sums in another order: measured relative differences ~1e-7
+PARAM_ATOL = 1e-4  # measured ~1e-6 after 6 Adam steps (params of size ~1)
+PHASE_TIMEOUT_S = 400
+WORDS = ("the module provides functions for working with paths files and directories a list of values is returned "
+         "when the object is called with an argument each class defines methods that read write or close the "
+         "stream").split()
+
+GIN = f"""
+include 'gin/models/tiny.gin'
+model_preset.overrides = {{'max_length': 64, 'num_layers': 1, 'embedding_dropout': 0.0, 'attention_dropout': 0.0,
+                          'hidden_dropout': 0.0}}
+experiment.data = @DataConfig()
+DataConfig.mixture_or_task_name = '{TASK}'
+DataConfig.eval_split = None
+DataConfig.pack = False
+DataConfig.shuffle = False
+experiment.train_config = @TrainConfig()
+TrainConfig.batch_size = 8
+TrainConfig.length = 64
+TrainConfig.log_every = 1
+TrainConfig.checkpoint_every = 1000
+experiment.optimizer_config = @OptimizerConfig()
+OptimizerConfig.learning_rate = 1e-2
+OptimizerConfig.warmup_steps = 0
+OptimizerConfig.decay_style = 'constant'
+"""
+
+
+def documents() -> list[str]:
+  """NUM_DOCUMENTS sentences of 4-12 words: each far shorter than a row, so one document is one example."""
+  rng = np.random.default_rng(0)
+  return [" ".join(rng.choice(WORDS, int(rng.integers(4, 13)))) + "." for _ in range(NUM_DOCUMENTS)]
+
+
+def register_task() -> None:
+  """The test Task (in the child processes): documents() through the GLM document-level preprocessor."""
+  import functools
+
+  import seqio
+  import tensorflow as tf
+
+  from glm_jax.data import preprocessors
+  from tasks import pretrain
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"text": documents()})
+
+  objective = preprocessors.DocumentObjective(min_ratio=0.5, max_ratio=0.5, suffix_prob=1.0)
+  seqio.TaskRegistry.add(
+      TASK, source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+      output_features=pretrain.output_features(),
+      preprocessors=[functools.partial(preprocessors.blank_infilling_preprocessor, objective=objective)])
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(name: str, model_dir: pathlib.Path, num_processes: int, num_steps: int, tmp_path: pathlib.Path):
+  """Starts one run: `num_processes` children with DEVICES / num_processes CPU devices each."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_") or k == "GLM_JAX_CACHE"}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}", JAX_PLATFORMS="cpu",
+             CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+             # the resumed runs compile the programs of the first two again: let them hit a cache
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  command = [sys.executable, __file__, "train", f"--gin_file={tmp_path / 'multihost.gin'}",
+             f"--model_dir={model_dir}", f"--gin.TrainConfig.num_steps={num_steps}"]
+  if num_processes > 1:
+    command += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
+  children = []
+  for process_id in range(num_processes):
+    log = tmp_path / f"{name}.{process_id}.log"
+    extra = [f"--process_id={process_id}"] if num_processes > 1 else []
+    with open(log, "w") as out:
+      children.append((log, subprocess.Popen(command + extra, cwd=REPO, env=env, stdout=out,
+                                             stderr=subprocess.STDOUT)))
+  return children
+
+
+def _wait(children, timeout_s: float = PHASE_TIMEOUT_S) -> None:
+  """Waits for every child; on a failure or the timeout kills them all and fails with the tails of their logs."""
+  deadline = time.monotonic() + timeout_s
+  failed = None
+  try:
+    while failed is None and any(p.poll() is None for _, p in children):
+      failed = next((log for log, p in children if p.poll() not in (None, 0)), None)
+      if time.monotonic() > deadline:
+        failed = "timeout"
+      time.sleep(0.2)
+  finally:  # also on an interrupt: no child outlives the test
+    failed = failed or next((log for log, p in children if p.poll() != 0), None)
+    if failed is not None:
+      for _, p in children:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+  if failed is None:
+    return
+  tails = "\n".join(f"--- {log.name} (exit {p.returncode}) ---\n{log.read_text()[-4000:]}" for log, p in children)
+  pytest.fail(f"multi-host run failed ({failed if failed == 'timeout' else failed.name}):\n{tails}")
+
+
+def _train_records(model_dir: pathlib.Path) -> list[dict]:
+  with open(model_dir / "metrics.jsonl") as f:
+    return [r for r in map(json.loads, f) if r["split"] == "train"]
+
+
+def _restore_params(model_dir: pathlib.Path):
+  import flax.linen as nn
+
+  from glm_jax.model import GLM
+  from glm_jax.train import checkpoints, partitioning
+
+  model = GLM(checkpoints.load_model_config(str(model_dir)))
+  abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
+  return jax.device_get(checkpoints.restore_params(str(model_dir), abstract, step=STEPS))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_checkpoints_cross_host_counts(tmp_path):
+  (tmp_path / "multihost.gin").write_text(GIN)
+  one, two = tmp_path / "one", tmp_path / "two"
+  _wait(_start("one", one, 1, STEPS, tmp_path) + _start("two", two, 2, STEPS, tmp_path))
+
+  one_records, two_records = _train_records(one), _train_records(two)
+  assert [r["step"] for r in one_records] == [r["step"] for r in two_records] == list(range(1, STEPS + 1))
+  assert [r["num_tokens"] for r in two_records] == [r["num_tokens"] for r in one_records]
+  np.testing.assert_allclose([r["loss"] for r in two_records], [r["loss"] for r in one_records], rtol=LOSS_RTOL)
+  assert one_records[-1]["loss"] < 0.8 * one_records[0]["loss"], "the runs must train for the match to mean much"
+
+  one_params, two_params = _restore_params(one), _restore_params(two)
+  assert jax.tree.structure(one_params) == jax.tree.structure(two_params)
+  for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(two_params)):
+    np.testing.assert_allclose(b, a, atol=PARAM_ATOL, rtol=0)
+
+  two_to_one, one_to_two = tmp_path / "two_to_one", tmp_path / "one_to_two"
+  shutil.copytree(two, two_to_one)
+  shutil.copytree(one, one_to_two)
+  _wait(_start("two_to_one", two_to_one, 1, RESUMED_STEPS, tmp_path)
+        + _start("one_to_two", one_to_two, 2, RESUMED_STEPS, tmp_path))
+  resumed = {name: _train_records(d)[STEPS:] for name, d in (("two_to_one", two_to_one), ("one_to_two", one_to_two))}
+  for name, records in resumed.items():  # a run that had not restored would log steps from 1 again
+    assert [r["step"] for r in records] == list(range(STEPS + 1, RESUMED_STEPS + 1)), (name, records)
+  np.testing.assert_allclose([r["loss"] for r in resumed["two_to_one"]], [r["loss"] for r in resumed["one_to_two"]],
+                             rtol=LOSS_RTOL)
+  assert resumed["two_to_one"][0]["loss"] < 0.8 * one_records[0]["loss"], "the resumed params must be trained"
+
+
+if __name__ == "__main__":
+  register_task()
+  from glm_jax import main as glm_main
+
+  glm_main.main(sys.argv[1:])
