@@ -1,41 +1,214 @@
-"""orbax checkpoints of the TrainState, plus the model config, so a directory alone rebuilds the model.
+"""orbax checkpoints of a run: the TrainState, the model config and the input position, saved as one step.
 
-Layout: DIR/<step>/state (params, opt_state, step; orbax StandardSave) and DIR/<step>/model_config (GLMConfig
-as JSON). The data iterator position is not saved yet: a resumed run restarts its input stream.
+Layout of DIR/<step>/ (one orbax CheckpointManager step):
+  state/         params, opt_state, step (orbax StandardSave, sharded arrays)
+  model_config/  the GLMConfig as JSON, so a directory alone rebuilds the model
+  data/          each process's input iterator position, `iterator-<process>-of-<count>.*` (a tf.train.Checkpoint
+                 of the tf.data iterator, written by `DataIteratorHandler`); absent when the run's iterator is
+                 not checkpointable (DataConfig.checkpoint_input=False, or a plain Python iterator)
+
+Saves are asynchronous (CheckpointManagerOptions.enable_async_checkpointing): `save` returns once the arrays
+are copied off the devices and the iterator position is written, and the files are written in the background
+while training goes on. A step becomes visible atomically: orbax writes DIR/<step>.orbax-checkpoint-tmp-*
+and renames it when every item of every process is written, so a crash mid-save leaves no DIR/<step>.
+
+`restore_latest` waits for saves in flight, then walks the steps newest -> oldest and restores the newest one
+that reads back completely. A step that fails (files missing or truncated, a changed model) is logged with the
+reason and, once an older step has restored, moved aside to DIR/<step>.unrestorable (never deleted), so the
+run saves that step again. When no step restores, it raises and moves nothing.
+
+The input position: a restored iterator yields exactly the batches the saved run would have drawn next, so a
+resumed run trains on the same stream as an uninterrupted one. The saved positions belong to one process
+count; restored with another count, the input stream restarts from its beginning, with a warning.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
+from typing import Any, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 from glm_jax.model import GLMConfig
 
+DATA_ITEM = "data"
+UNRESTORABLE_SUFFIX = ".unrestorable"
+
+
+@runtime_checkable
+class CheckpointableIterator(Protocol):
+  """An input iterator whose position can be saved (glm_jax.train.inputs.TFDataBatches).
+
+  `save_position(prefix)` writes the position to files starting with `prefix`; `restore_position(prefix)`
+  puts the iterator at that position, after which it yields what the saved iterator would have yielded next.
+  """
+
+  def __next__(self) -> Any: ...
+
+  def save_position(self, prefix: str) -> None: ...
+
+  def restore_position(self, prefix: str) -> None: ...
+
+
+def _iterator_prefix(directory: epath.Path, process_index: int, process_count: int) -> epath.Path:
+  return directory / f"iterator-{process_index:05d}-of-{process_count:05d}"
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """orbax handler of the `data` item: every process saves its own iterator position (as T5X does).
+
+  The save is synchronous (orbax runs it inside `CheckpointManager.save`), so the position saved is the one of
+  the step being saved even while the arrays are still written in the background.
+  """
+
+  def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
+    prefix = _iterator_prefix(directory, jax.process_index(), jax.process_count())
+    args.iterator.save_position(os.fspath(prefix))
+
+  def restore(self, directory: epath.Path, args: "DataIteratorRestore") -> bool:
+    """Restores `args.iterator` in place; False (and a warning) if the position was saved by another number of
+    processes, in which case the iterator is left at its start."""
+    prefix = _iterator_prefix(directory, jax.process_index(), jax.process_count())
+    if not epath.Path(f"{prefix}.index").exists():
+      counts = sorted({int(m.group(1)) for p in directory.glob("iterator-*.index")
+                       if (m := re.search(r"-of-(\d+)\.index$", p.name))})
+      if counts and jax.process_count() not in counts:
+        logging.warning("the input position in %s was saved by %s processes and this run has %d: the saved "
+                        "positions do not apply, so the input stream restarts from its beginning",
+                        directory, " or ".join(map(str, counts)), jax.process_count())
+        return False
+      raise FileNotFoundError(f"no input position {prefix}.index for process {jax.process_index()} of "
+                              f"{jax.process_count()} in {directory}")
+    args.iterator.restore_position(os.fspath(prefix))
+    return True
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  iterator: CheckpointableIterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: CheckpointableIterator
+
+
+def ensure_writable(directory: str) -> None:
+  """Creates `directory` if needed and writes (then removes) a probe file there (any epath: local, gs://), so a
+  run whose model_dir cannot hold checkpoints fails at start instead of at its first save. Raises
+  PermissionError naming the directory."""
+  path = epath.Path(directory)
+  probe = path / f".write_probe.{jax.process_index()}.{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("glm_jax\n")
+    probe.unlink()
+  except Exception as e:  # noqa: BLE001  (OSError locally, the storage client's own errors elsewhere)
+    raise PermissionError(f"model_dir {directory!r} is not writable ({type(e).__name__}: {e}); checkpoints and "
+                          f"metrics go there, so pass a --model_dir this process can create and write") from e
+
 
 def make_manager(directory: str, save_every: int = 1000, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
-  """A CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every, create=True)
+  """An asynchronous CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
+                                         enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, model_config: GLMConfig, *, force: bool = False) -> bool:
-  """Saves `state` at its own step (if the interval says so, or `force`); returns whether it saved."""
-  step = int(jax.device_get(state.step))
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), model_config=ocp.args.JsonSave(dataclasses.asdict(model_config))),
-      force=force)
+def save(manager: ocp.CheckpointManager, state, model_config: GLMConfig, *,
+         data_iterator: CheckpointableIterator | None = None, step: int | None = None, force: bool = False) -> bool:
+  """Starts saving `state` (and the position of `data_iterator`, if given) as `step` (default: `state.step`,
+  which waits for the state to be computed) if the interval says so, or `force`; returns whether it saved.
+
+  Asynchronous: it returns before the files are written; `manager.wait_until_finished()` waits for them."""
+  step = int(jax.device_get(state.step)) if step is None else step
+  items = {"state": ocp.args.StandardSave(state),
+           "model_config": ocp.args.JsonSave(dataclasses.asdict(model_config))}
+  if data_iterator is not None:
+    items[DATA_ITEM] = DataIteratorSave(data_iterator)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-  """The newest saved state placed like `abstract_state` (a tree of jax.ShapeDtypeStruct with shardings), or
-  None when the directory holds no checkpoint."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-  return restored.state
+def _reason(e: Exception) -> str:
+  """The exception's type and the first line of its message (orbax errors can run to pages)."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  """Whether `ok` holds on every process (the processes must agree on the step they resume from)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames DIR/<step> to DIR/<step>.unrestorable (process 0) so the manager no longer lists them."""
+  if jax.process_index() == 0:
+    for step in steps:
+      path = manager.directory / str(step)
+      target, n = manager.directory / f"{step}{UNRESTORABLE_SUFFIX}", 1
+      while target.exists():
+        target, n = manager.directory / f"{step}{UNRESTORABLE_SUFFIX}-{n}", n + 1
+      path.rename(target)
+      logging.warning("moved the unrestorable checkpoint %s aside to %s", path, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("glm_jax.checkpoints.set_aside")
+  manager.reload()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state,
+                   data_iterator: CheckpointableIterator | None = None):
+  """The newest complete saved state, placed like `abstract_state` (a tree of jax.ShapeDtypeStruct with
+  shardings), or None when the directory holds no checkpoint. Restores `data_iterator` in place to the input
+  position saved with that state (when there is one for this process count; else it stays at its start).
+
+  Steps that fail to restore are skipped with a warning naming the step and the reason, and moved aside once
+  an older step has restored (see the module docstring). Raises RuntimeError when steps exist but none restores.
+  """
+  manager.wait_until_finished()
+  manager.reload()
+  failures: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    has_data = (manager.directory / str(step) / DATA_ITEM).exists()
+    if data_iterator is not None and has_data:
+      items[DATA_ITEM] = DataIteratorRestore(data_iterator)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      saved_step = int(jax.device_get(restored.state.step))
+      if saved_step != step:
+        raise ValueError(f"its state holds step {saved_step}")
+      error = None
+    except Exception as e:  # noqa: BLE001  (any failure to read a step makes that step unusable)
+      error = _reason(e)
+    if not _all_processes_ok(error is None):
+      error = error or "it failed to restore on another process"
+      logging.warning("checkpoint step %d under %s is incomplete or unreadable, skipping it: %s",
+                      step, manager.directory, error)
+      failures.append((step, error))
+      continue
+    if failures:
+      logging.warning("restored step %d, the newest complete checkpoint under %s (skipped %s)", step,
+                      manager.directory, ", ".join(str(s) for s, _ in failures))
+      _set_aside(manager, [s for s, _ in failures])
+    if data_iterator is not None and not has_data:
+      logging.warning("checkpoint step %d holds no input position (saved with input checkpointing off): the "
+                      "input stream restarts from its beginning", step)
+    return restored.state
+  if failures:
+    reasons = "; ".join(f"step {s}: {e}" for s, e in failures)
+    raise RuntimeError(f"no checkpoint under {manager.directory} restores ({reasons}); fix or move the step "
+                       f"directories, or train in a new --model_dir")
+  return None
 
 
 def latest_step(directory: str) -> int | None:
@@ -71,6 +244,8 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
     abstract_params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
         abstract_params)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)))
+    # Shardings from the target, never from the checkpoint's own (its devices may be another host's).
+    restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
   return restored.state["params"]

@@ -1,9 +1,28 @@
 """The training loop: init or restore, step, log, evaluate, checkpoint, plot.
 
-    state = restore_latest(...) or init_state(...)
+    state = restore_latest(...) or init_state(...)      (the input iterator restored with it)
     for step in range(state.step, num_steps):
       state, metrics = train_step(state, global_batch(next(batches)), dropout_rng)
-      (log every log_every, evaluate every eval_every, checkpoint every checkpoint_every)
+      (log every log_every, evaluate every eval_every, checkpoint every checkpoint_every, stop on preemption)
+
+Exact resume: a checkpoint holds the state and the input iterator's position (when the iterator is a
+checkpoints.CheckpointableIterator, as inputs.batches(..., checkpointable=True) returns), and the dropout key of
+a step is the run's key folded with the step number, so a run killed at any point and restarted with the same
+command produces the same losses, bit for bit, as one that was never interrupted.
+
+Faults:
+- Preemption (faults.PreemptionWatch): SIGTERM (one process) or JAX's preemption sync point (several
+  processes) makes the loop save a checkpoint at the next step boundary, wait for it, log "preempted at step N:
+  checkpoint saved" and return with summary["preempted"] = True (so `python -m glm_jax.main train` exits with
+  status 0; rerun it to resume).
+- Non-finite values (faults.FiniteGuard): the first step whose loss or grad norm is NaN or Inf is recorded on
+  device and read by the host only at log steps and before every save (which also checks that the params are
+  finite), so steps stay asynchronously dispatched; the price is that a NaN is reported up to log_every steps
+  late. The loop then raises FloatingPointError naming the step and the last good checkpoint, and never saves
+  that state.
+- An unwritable model_dir fails at start (checkpoints.ensure_writable), before anything is compiled or read.
+- Torn checkpoints are skipped on restore (checkpoints.restore_latest); saves are asynchronous and the loop
+  waits for them before it returns or raises.
 """
 from __future__ import annotations
 
@@ -20,7 +39,7 @@ from clu import metric_writers
 from tqdm import tqdm
 
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import checkpoints, metrics as metrics_lib, optimizer, partitioning, step as step_lib
+from glm_jax.train import checkpoints, faults, metrics as metrics_lib, optimizer, partitioning, step as step_lib
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -60,12 +79,19 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
           progress: bool = True) -> dict:
   """Trains to `train_config.num_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
 
-  train_batches yields process-local numpy batches of model features [batch_size / processes, length];
-  eval_batches, if given, returns a fresh iterable of validation batches for each evaluation.
-  Returns a summary: steps, first_loss (of this run), final_loss, final_eval_loss.
+  train_batches yields process-local numpy batches of model features [batch_size / processes, length]; when it
+  is a checkpoints.CheckpointableIterator (inputs.TFDataBatches) its position is saved with every checkpoint
+  and restored with the state, otherwise a resumed run restarts it. eval_batches, if given, returns a fresh
+  iterable of validation batches for each evaluation.
+  Returns a summary: steps (reached), first_loss (of this run), final_loss, final_eval_loss, preempted, state.
+  Raises FloatingPointError on a non-finite loss, PermissionError if model_dir is not writable.
   """
   tc = train_config
-  os.makedirs(model_dir, exist_ok=True)
+  checkpoints.ensure_writable(model_dir)
+  data_iterator = train_batches if isinstance(train_batches, checkpoints.CheckpointableIterator) else None
+  if data_iterator is None:
+    logging.info("the input position is not checkpointed (a plain iterator, or DataConfig.checkpoint_input=False): "
+                 "a resumed run restarts its input stream")
   model = GLM(model_config)
   tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
   schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
@@ -73,7 +99,7 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
   root_rng = jax.random.key(tc.seed)
   state, shardings = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length)
   manager = checkpoints.make_manager(model_dir, tc.checkpoint_every, tc.max_to_keep)
-  restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state, shardings))
+  restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state, shardings), data_iterator)
   if restored is not None:
     state = restored
     logging.info("restored step %d from %s", int(state.step), model_dir)
@@ -95,50 +121,66 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
   mfu_name = "mfu_estimate" if peak_is_estimate else "mfu"
 
   start = int(jax.device_get(state.step))
-  summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None}
+  summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None, "preempted": False}
   bar = tqdm(total=tc.num_steps, initial=start, disable=not (progress and is_chief), dynamic_ncols=True)
+  finite = faults.FiniteGuard()
+  preemption = faults.PreemptionWatch()
   window_start, window_steps = time.perf_counter(), 0
-  for step in range(start, tc.num_steps):
-    state, metrics = train_step(state, partitioning.global_batch(next(train_batches), mesh), dropout_rng)
-    window_steps += 1
-    step_done = step + 1
-    bar.update(1)
-    if step_done % tc.log_every == 0 or step_done == tc.num_steps or step == start:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      elapsed = time.perf_counter() - window_start
-      tokens_per_second = window_steps * tc.batch_size * tc.length / elapsed
-      record = {"step": step_done, "split": "train", **metrics, "tokens_per_second": tokens_per_second,
-                mfu_name: metrics_lib.mfu(tokens_per_second, flops_token, peak, jax.device_count())}
-      if step == start:  # the first window includes compilation: log its loss, not its speed
-        record.pop("tokens_per_second")
-        record.pop(mfu_name)
-        summary["first_loss"] = metrics["loss"]
-      summary["final_loss"] = metrics["loss"]
-      writer.write_scalars(step_done, {k: v for k, v in record.items() if k not in ("step", "split")})
-      if is_chief:
-        metrics_lib.append_jsonl(metrics_path, record)
-      postfix = {"loss": f"{metrics['loss']:.3f}", "lr": f"{metrics['learning_rate']:.2e}"}
-      if "tokens_per_second" in record:
-        postfix["tok/s"] = f"{tokens_per_second:,.0f}"
-        postfix["MFU" + ("(est.)" if peak_is_estimate else "")] = f"{record[mfu_name]:.2%}"
-      bar.set_postfix(postfix, refresh=False)
-      window_start, window_steps = time.perf_counter(), 0
-    if eval_batches is not None and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
-      eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh)
-      writer.write_scalars(step_done, {f"eval_{k}": v for k, v in eval_metrics.items()})
-      if is_chief:
-        metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
-      summary["final_eval_loss"] = eval_metrics["loss"]
-      bar.write(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
-      window_start, window_steps = time.perf_counter(), 0
-    checkpoints.save(manager, state, model_config, force=step_done == tc.num_steps)
-  bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
-  writer.close()
+  try:
+    for step in range(start, tc.num_steps):
+      state, metrics = train_step(state, partitioning.global_batch(next(train_batches), mesh), dropout_rng)
+      step_done = step + 1
+      finite.update(step_done, metrics)
+      window_steps += 1
+      bar.update(1)
+      if step_done % tc.log_every == 0 or step_done == tc.num_steps or step == start:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - window_start
+        tokens_per_second = window_steps * tc.batch_size * tc.length / elapsed
+        record = {"step": step_done, "split": "train", **metrics, "tokens_per_second": tokens_per_second,
+                  mfu_name: metrics_lib.mfu(tokens_per_second, flops_token, peak, jax.device_count())}
+        if step == start:  # the first window includes compilation: log its loss, not its speed
+          record.pop("tokens_per_second")
+          record.pop(mfu_name)
+          summary["first_loss"] = metrics["loss"]
+        summary["final_loss"] = metrics["loss"]
+        writer.write_scalars(step_done, {k: v for k, v in record.items() if k not in ("step", "split")})
+        if is_chief:
+          metrics_lib.append_jsonl(metrics_path, record)
+        finite.check(manager, step_done)
+        postfix = {"loss": f"{metrics['loss']:.3f}", "lr": f"{metrics['learning_rate']:.2e}"}
+        if "tokens_per_second" in record:
+          postfix["tok/s"] = f"{tokens_per_second:,.0f}"
+          postfix["MFU" + ("(est.)" if peak_is_estimate else "")] = f"{record[mfu_name]:.2%}"
+        bar.set_postfix(postfix, refresh=False)
+        window_start, window_steps = time.perf_counter(), 0
+      if eval_batches is not None and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
+        eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh)
+        writer.write_scalars(step_done, {f"eval_{k}": v for k, v in eval_metrics.items()})
+        if is_chief:
+          metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
+        summary["final_eval_loss"] = eval_metrics["loss"]
+        bar.write(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
+        window_start, window_steps = time.perf_counter(), 0
+      preempted = preemption.reached(step_done, manager)
+      if preempted or step_done == tc.num_steps or manager.should_save(step_done):
+        finite.check(manager, step_done, state.params)  # a non-finite state is never saved
+        checkpoints.save(manager, state, model_config, data_iterator=data_iterator, step=step_done, force=True)
+      summary["steps"] = step_done
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning("preempted at step %d: checkpoint saved in %s; rerun the same command to resume",
+                        step_done, model_dir)
+        summary["preempted"] = True
+        break
+  finally:
+    preemption.close()
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
   if is_chief:
     metrics_lib.plot_loss_curve(metrics_lib.read_jsonl(metrics_path), os.path.join(model_dir, LOSS_CURVE_FILE))
-  summary["steps"] = tc.num_steps
   summary["state"] = state
   return summary

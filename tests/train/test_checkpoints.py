@@ -1,12 +1,18 @@
 import json
+import logging
 import os
+import shutil
+import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import checkpoints, loop, optimizer, partitioning, step, synthetic
+from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning, step, synthetic
+from glm_jax.train.state import TrainState
 
 VOCAB, LENGTH = 40, 32
 CONFIG = GLMConfig(vocab_size=VOCAB, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH)
@@ -81,3 +87,119 @@ def test_loop_writes_artifacts_and_resumes_from_latest(tmp_path):
   assert train_steps == [1, 2, 4, 5, 6]  # the resumed run logs from step 5 on
   assert [r["step"] for r in records if r["split"] == "eval"] == [3, 4, 6]
   assert first["final_loss"] is not None and resumed["first_loss"] is not None
+
+
+def _small_state(step: int) -> TrainState:
+  return TrainState(step=jnp.int32(step), params={"w": jnp.arange(8.0) * step}, opt_state={"m": jnp.ones(3)})
+
+
+def _target(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _tfdata_batches(seed: int = 0) -> inputs.TFDataBatches:
+  """A checkpointable stream of synthetic batches, reshuffled every epoch (so the position matters)."""
+  rows = next(synthetic.synthetic_batches(64, LENGTH, VOCAB, seed=seed))
+  ds = tf.data.Dataset.from_tensor_slices(rows).repeat().shuffle(16, seed=seed).batch(8, drop_remainder=True)
+  return inputs.TFDataBatches(ds)
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> bool:
+  return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+                                  for x, y in zip(a, b))
+
+
+def test_input_position_is_saved_with_the_state_and_restored_exactly(tmp_path):
+  batches = _tfdata_batches()
+  drawn = [next(batches) for _ in range(11)]  # past the first epoch of 8 batches: the reshuffle matters
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  assert checkpoints.save(manager, _small_state(11), CONFIG, data_iterator=batches)
+  expected = [next(batches) for _ in range(6)]
+  manager.close()
+  assert sorted(os.listdir(tmp_path / "11" / checkpoints.DATA_ITEM)) == [
+      "commit_success.txt", "iterator-00000-of-00001.data-00000-of-00001", "iterator-00000-of-00001.index"]
+
+  fresh = _tfdata_batches()
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  restored = checkpoints.restore_latest(manager, _target(_small_state(0)), fresh)
+  assert int(restored.step) == 11
+  assert _same_batches([next(fresh) for _ in range(6)], expected)
+  assert not _same_batches(expected, drawn[:6])  # the oracle: the stream does not simply restart
+  manager.close()
+
+
+def test_input_position_saved_by_another_process_count_restarts_the_stream_with_a_warning(tmp_path, caplog):
+  batches = _tfdata_batches()
+  for _ in range(3):
+    next(batches)
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  checkpoints.save(manager, _small_state(3), CONFIG, data_iterator=batches)
+  manager.close()
+  data_dir = tmp_path / "3" / checkpoints.DATA_ITEM
+  for name in os.listdir(data_dir):  # as if 2 processes had saved it
+    if name.startswith("iterator-"):
+      os.rename(data_dir / name, data_dir / name.replace("-of-00001", "-of-00002"))
+      shutil.copy(data_dir / name.replace("-of-00001", "-of-00002"),
+                  data_dir / name.replace("00000-of-00001", "00001-of-00002"))
+
+  fresh = _tfdata_batches()
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  with caplog.at_level(logging.WARNING):
+    restored = checkpoints.restore_latest(manager, _target(_small_state(0)), fresh)
+  assert int(restored.step) == 3  # the state restores; only the input stream restarts
+  assert "saved by 2 processes and this run has 1" in caplog.text and "restarts from its beginning" in caplog.text
+  start = _tfdata_batches()
+  assert _same_batches([next(fresh) for _ in range(2)], [next(start) for _ in range(2)])
+  manager.close()
+
+
+def test_a_pipeline_that_cannot_be_checkpointed_fails_at_construction_naming_the_switch():
+  ds = tf.data.Dataset.from_generator(lambda: iter(range(10)), output_signature=tf.TensorSpec([], tf.int64))
+  with pytest.raises(ValueError, match=r"cannot be checkpointed .*DataConfig.checkpoint_input=False"):
+    inputs.TFDataBatches(ds.map(lambda x: {"input_ids": x}))
+
+
+def test_saves_are_asynchronous_invisible_until_committed_and_restore_waits_for_them(tmp_path, monkeypatch):
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  release = threading.Event()
+  commit = manager._finalize  # orbax's background step that renames the finished tmp dir to DIR/<step>
+
+  def held_commit(*args, **kwargs):
+    release.wait(timeout=60)
+    return commit(*args, **kwargs)
+
+  monkeypatch.setattr(manager, "_finalize", held_commit)
+  state, batches = _small_state(2), _tfdata_batches()
+  assert checkpoints.save(manager, state, CONFIG, data_iterator=batches)  # returns with the commit held back
+  assert manager.is_saving_in_progress()
+  assert not (tmp_path / "2").exists()  # a save in flight is never visible as a step
+  expected = [next(batches) for _ in range(3)]  # training goes on meanwhile
+  assert float(jax.jit(jnp.sum)(state.params["w"])) == 56.0
+
+  threading.Timer(0.5, release.set).start()
+  fresh = _tfdata_batches()
+  restored = checkpoints.restore_latest(manager, _target(_small_state(0)), fresh)  # waits for the commit
+  assert int(restored.step) == 2 and not manager.is_saving_in_progress()
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(restored), jax.device_get(state))))
+  assert _same_batches([next(fresh) for _ in range(3)], expected)
+  manager.close()
+
+
+@pytest.mark.slow
+def test_seqio_stream_is_deterministic_and_a_restored_position_continues_it_exactly(tmp_path):
+  import tasks  # noqa: F401  (registers the Tasks)
+
+  def stream():
+    config = inputs.DataConfig(mixture_or_task_name="glm_embedded", eval_split=None)
+    return inputs.batches(config, "train", 4, LENGTH, repeat=True, shuffle=True, checkpointable=True)
+
+  first = stream()
+  drawn = [next(first) for _ in range(3)]
+  first.save_position(str(tmp_path / "position"))
+  expected = [next(first) for _ in range(3)]
+  again = stream()
+  assert _same_batches([next(again) for _ in range(6)], drawn + expected)  # same seed, same stream
+  resumed = stream()
+  resumed.restore_position(str(tmp_path / "position"))
+  assert _same_batches([next(resumed) for _ in range(3)], expected)
+  del first, again, resumed  # tf.data iterators running Python must not outlive the test (preprocessors.py)
