@@ -47,28 +47,57 @@ class LayerNorm(nn.Module):
         scale_init=_constant(1.0, ("embed",)), bias_init=_constant(0.0, ("embed",)), name="norm")(x)
 
 
+class EinsumProjection(nn.Module):
+  """y = einsum(equation, x, kernel) + bias, with `kernel` and `bias` declared in their final shapes.
+
+  Replaces nn.DenseGeneral, which initializes a flattened 2-D kernel and reshapes it: under a mesh the
+  kernel's 4-D logical constraint lands on the 2-D value and fails. The param names (`kernel`, `bias`) and
+  shapes are DenseGeneral's, which glm_jax/convert and saved checkpoints rely on. Inputs and params are cast
+  to `dtype` (the compute dtype), which is also the output dtype.
+  """
+  equation: str
+  kernel_shape: tuple[int, ...]
+  kernel_names: tuple[str | None, ...]
+  bias_shape: tuple[int, ...]
+  bias_names: tuple[str | None, ...]
+  init_std: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _init(self.init_std, self.kernel_names), self.kernel_shape, self.param_dtype)
+    bias = self.param("bias", _constant(0.0, self.bias_names), self.bias_shape, self.param_dtype)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype),
+                   preferred_element_type=self.dtype)
+    return y + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
-  """Fused-QKV multi-head self-attention with the GLM mask, through glm_jax.ops.attention."""
+  """Fused-QKV multi-head self-attention with the GLM mask, through glm_jax.ops.attention.
+
+  Params: `query_key_value` kernel [E, 3, H, D], bias [3, H, D]; `dense` (output) kernel [H, D, E], bias [E].
+  """
   config: GLMConfig
   deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, sep, segment_ids):
+    """x [B, L, E] -> [B, L, E] in the compute dtype."""
     cfg = self.config
-    h, d = cfg.num_heads, cfg.head_dim
-    qkv = nn.DenseGeneral(
-        features=(3, h, d), axis=-1, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        kernel_init=_init(cfg.init_std, ("embed", None, "heads", "kv")),
-        bias_init=_constant(0.0, (None, "heads", "kv")), name="query_key_value")(x)  # [B, L, 3, H, D]
+    e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    dtypes = dict(dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+    qkv = EinsumProjection(
+        "ble,ekhd->blkhd", (e, 3, h, d), ("embed", None, "heads", "kv"), (3, h, d), (None, "heads", "kv"),
+        cfg.init_std, **dtypes, name="query_key_value")(x)  # [B, L, 3, H, D]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     dropout_rate = 0.0 if self.deterministic else cfg.attention_dropout
     out = ops.attention(
         q, k, v, sep=sep, segment_ids=segment_ids, implementation=cfg.attention_implementation,
         dropout_rate=dropout_rate, dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None)
-    return nn.DenseGeneral(
-        features=cfg.hidden_size, axis=(-2, -1), dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        kernel_init=_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers), ("heads", "kv", "embed")),
-        bias_init=_constant(0.0, ("embed",)), name="dense")(out)
+    return EinsumProjection(
+        "blhd,hde->ble", (h, d, e), ("heads", "kv", "embed"), (e,), ("embed",),
+        cfg.init_std / math.sqrt(2.0 * cfg.num_layers), **dtypes, name="dense")(out)
 
 
 class MLP(nn.Module):
@@ -122,13 +151,21 @@ class GLM(nn.Module):
                        f"(raise GLMConfig.max_length or shorten the inputs)")
     sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, length)
 
-    embed = lambda rows, name, names: nn.Embed(  # noqa: E731
-        rows, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        embedding_init=_init(cfg.init_std, names), name=name)
-    word_embeddings = embed(cfg.padded_vocab_size, "word_embeddings", ("vocab", "embed"))
-    x = (word_embeddings(input_ids)
-         + embed(cfg.max_length + 1, "position_embeddings", (None, "embed"))(position_ids)
-         + embed(cfg.max_length + 1, "block_position_embeddings", (None, "embed"))(block_position_ids))
+    def embed(rows: int, name: str, row_axis: str | None, ids):
+      """(the [rows, E] table module, its rows for ids [B, L] -> [B, L, E]).
+
+      E is gathered before the lookup (FSDP's gather-before-use): left split over fsdp, the looked-up rows
+      would keep E split and XLA would replicate them to re-split them by batch over data x fsdp.
+      """
+      table = nn.Embed(rows, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                       embedding_init=_init(cfg.init_std, (row_axis, "embed")), name=name)
+      gathered = nn.with_logical_constraint(table.embedding, (row_axis, None))
+      return table, jnp.take(gathered.astype(cfg.jnp_dtype), ids, axis=0)
+
+    word_embeddings, words = embed(cfg.padded_vocab_size, "word_embeddings", "vocab", input_ids)
+    _, positions = embed(cfg.max_length + 1, "position_embeddings", None, position_ids)
+    _, block_positions = embed(cfg.max_length + 1, "block_position_embeddings", None, block_position_ids)
+    x = words + positions + block_positions
     x = nn.Dropout(cfg.embedding_dropout, deterministic=deterministic)(x)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 

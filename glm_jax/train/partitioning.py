@@ -1,15 +1,19 @@
 """The device mesh, the one logical-axis rules table, and the shardings of state and batches.
 
 Parameters carry logical axis names where the model defines them (glm_jax/model/glm.py); `LOGICAL_AXIS_RULES`
-maps each name to mesh axes (MaxText style). Optimizer state follows its parameters; batches split their
-leading axis over ("data", "fsdp"). Jitted steps are traced without a mesh in context: flax's DenseGeneral
-checks param shapes by re-running its initializer, which applies the kernel's logical constraint to the
-flattened kernel and fails under a mesh. XLA propagates the input shardings through the step instead.
+maps each name to mesh axes (MaxText style): FSDP splits `embed` over "fsdp", heads, MLP and vocabulary split
+over "tensor". Optimizer state follows its parameters; batches split their leading axis over ("data", "fsdp").
+Steps are traced with the mesh and the rules table in context (`with_mesh_rules`), so the model's activation
+constraints (`nn.with_logical_constraint(x, ACTIVATION_AXES)`, batch over data x fsdp) reach XLA; the state and
+batch shardings are stated on the jit call (glm_jax/train/step.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -59,6 +63,20 @@ def make_mesh(config: MeshConfig, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = config.shape(len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def with_mesh_rules(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` run with `mesh` (as the abstract mesh) and LOGICAL_AXIS_RULES in context, for jax.jit to trace.
+
+  Inside, flax's logical constraints resolve to mesh axes; outside any mesh they would be no-ops. The abstract
+  mesh is entered inside the traced function because `jax.set_mesh` may not be entered under jit, so the
+  returned function can be jitted, lowered and compiled like any other.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def logical_shardings(boxed_tree, mesh: Mesh):

@@ -122,13 +122,16 @@ def make_eval_step(model: GLM) -> Callable:
 
 def jit_train_step(train_step: Callable, state_shardings, mesh: jax.sharding.Mesh) -> Callable:
   """jit with the shardings stated here: state by the rules table, batch over (data, fsdp), rng and metrics
-  replicated; the old state is donated."""
+  replicated; the old state is donated. The step is traced with the mesh and the rules table in context, so
+  the model's activation constraints apply (partitioning.with_mesh_rules)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(train_step, in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
+  return jax.jit(partitioning.with_mesh_rules(train_step, mesh),
+                 in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
 def jit_eval_step(eval_step: Callable, param_shardings, mesh: jax.sharding.Mesh) -> Callable:
+  """jit with params by the rules table, batch over (data, fsdp), replicated sums; traced like the train step."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(eval_step, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
-                 out_shardings=replicated)
+  return jax.jit(partitioning.with_mesh_rules(eval_step, mesh),
+                 in_shardings=(param_shardings, partitioning.batch_sharding(mesh)), out_shardings=replicated)
