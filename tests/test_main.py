@@ -30,27 +30,6 @@ def test_gin_flags_become_bindings():
   assert main.experiment().train.num_steps == 3
 
 
-@pytest.mark.slow
-def test_train_then_infer_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
-  """The README's first command, shortened: real seqio mixture, checkpoint, metrics, loss curve, a sample."""
-  model_dir = tmp_path / "run"
-  summary = main.main([
-      "train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={model_dir}",
-      "--gin.TrainConfig.num_steps=6", "--gin.TrainConfig.batch_size=8", "--gin.TrainConfig.length=64",
-      "--gin.TrainConfig.eval_every=3", "--gin.TrainConfig.eval_steps=1", "--gin.TrainConfig.checkpoint_every=3",
-      "--gin.TrainConfig.log_every=1", "--gin.OptimizerConfig.warmup_steps=2"])
-  assert summary["steps"] == 6 and summary["final_eval_loss"] is not None
-  for name in ("metrics.jsonl", "loss_curve.png", "operative_config.gin", "model_config.json", "tensorboard"):
-    assert (model_dir / name).exists(), name
-  assert {p.name for p in model_dir.iterdir() if p.name.isdigit()} >= {"6"}
-  gin.clear_config()
-  text = "The [MASK] module provides functions for working with [MASK] paths."
-  filled = main.main(["infer", f"--checkpoint={model_dir}", f"--text={text}", "--max_span_length=4"])
-  assert filled == capsys.readouterr().out.strip().splitlines()[-1]
-  assert "[MASK]" not in filled
-  assert filled.startswith("The ") and filled.endswith(" paths.") and " module provides functions " in filled
-
-
 def test_convert_subcommand_writes_a_checkpoint_infer_can_load(tmp_path):
   torch = pytest.importorskip("torch")
   import json

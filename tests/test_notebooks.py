@@ -42,5 +42,11 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
       exec(compile(source, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)  # noqa: S102
     finally:
       gin.clear_config()
-  assert isinstance(namespace["filled"], str) and "[MASK]" not in namespace["filled"]
-  assert namespace["summary"]["steps"] == 8
+  # The README's first command in short: a real seqio mixture, checkpoints, metrics, a loss curve, a sample.
+  summary, filled, model_dir = namespace["summary"], namespace["filled"], tmp_path / "run"
+  assert summary["steps"] == 8 and summary["final_eval_loss"] is not None
+  for name in ("metrics.jsonl", "loss_curve.png", "operative_config.gin", "model_config.json", "tensorboard"):
+    assert (model_dir / name).exists(), name
+  assert "8" in {p.name for p in model_dir.iterdir()}
+  assert "[MASK]" not in filled
+  assert filled.startswith("The ") and filled.endswith(" paths.") and " module provides functions " in filled

@@ -181,17 +181,15 @@ def test_two_processes_match_one_and_checkpoints_cross_host_counts(tmp_path):
   for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(two_params)):
     np.testing.assert_allclose(b, a, atol=PARAM_ATOL, rtol=0)
 
-  two_to_one, one_to_two = tmp_path / "two_to_one", tmp_path / "one_to_two"
+  # Across a change of host count: the 2-process checkpoint resumes in 1 process (the other direction restores
+  # the same orbax arrays with more processes; it cost this test another 2-process run, about 40 s of CPU).
+  two_to_one = tmp_path / "two_to_one"
   shutil.copytree(two, two_to_one)
-  shutil.copytree(one, one_to_two)
-  _wait(_start("two_to_one", two_to_one, 1, RESUMED_STEPS, tmp_path)
-        + _start("one_to_two", one_to_two, 2, RESUMED_STEPS, tmp_path))
-  resumed = {name: _train_records(d)[STEPS:] for name, d in (("two_to_one", two_to_one), ("one_to_two", one_to_two))}
-  for name, records in resumed.items():  # a run that had not restored would log steps from 1 again
-    assert [r["step"] for r in records] == list(range(STEPS + 1, RESUMED_STEPS + 1)), (name, records)
-  np.testing.assert_allclose([r["loss"] for r in resumed["two_to_one"]], [r["loss"] for r in resumed["one_to_two"]],
-                             rtol=LOSS_RTOL)
-  assert resumed["two_to_one"][0]["loss"] < 0.8 * one_records[0]["loss"], "the resumed params must be trained"
+  _wait(_start("two_to_one", two_to_one, 1, RESUMED_STEPS, tmp_path))
+  resumed = _train_records(two_to_one)[STEPS:]
+  # a run that had not restored would log steps from 1 again
+  assert [r["step"] for r in resumed] == list(range(STEPS + 1, RESUMED_STEPS + 1)), resumed
+  assert resumed[0]["loss"] < 0.8 * one_records[0]["loss"], "the resumed params must be trained"
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ def test_compiled_train_step_keeps_rule_shardings_and_constrains_activations(run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", [(1, 8, 1), (1, 4, 2), (1, 2, 4)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(1, 8, 1), (1, 4, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_sharded_losses_equal_single_device(shape, run_steps):
   # Same init key, batches and dropout key on every mesh (threefry keys are partitionable, so dropout masks do
   # not depend on the sharding). Only the float32 reduction order differs (partial sums over fsdp / tensor):
