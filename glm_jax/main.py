@@ -73,6 +73,7 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
   """Trains `exp.model` on the seqio Task/Mixture of `exp.data`; see glm_jax/train/loop.py."""
   tc, data = exp.train, exp.data
   checkpoints.ensure_writable(model_dir)  # before any data is read or anything compiled
+  inputs.check_fits_model(data, exp.model.vocab_size)
   train_batches = inputs.batches(data, data.train_split, tc.batch_size, tc.length, repeat=True,
                                  shuffle=data.shuffle, checkpointable=data.checkpoint_input)
   eval_batches = None

@@ -61,3 +61,69 @@ def test_convert_subcommand_help_names_its_flags(capsys):
   with pytest.raises(SystemExit):
     main.main(["convert", "--help"])
   assert "--from_pytorch" in capsys.readouterr().out
+
+
+FINETUNE_GIN = """
+import tasks
+experiment.data = @DataConfig()
+DataConfig.mixture_or_task_name = 'glm_embedded'
+DataConfig.eval_split = None
+experiment.train_config = @TrainConfig()
+TrainConfig.num_steps = 1
+TrainConfig.batch_size = 8
+TrainConfig.length = 32
+TrainConfig.checkpoint_every = 1
+experiment.optimizer_config = @OptimizerConfig()
+OptimizerConfig.warmup_steps = 0
+OptimizerConfig.learning_rate = 0.0  # the saved step-1 params must then be the converted ones, exactly
+"""
+
+
+def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path, capfd):
+  torch = pytest.importorskip("torch")
+  import json
+
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from glm_jax import convert
+  from glm_jax.convert import pytorch as pt
+  from glm_jax.model import GLM, GLMConfig
+  from glm_jax.train import checkpoints, partitioning
+
+  config = GLMConfig(vocab_size=4096, num_layers=1, hidden_size=16, num_heads=2, max_length=32)
+  rng = np.random.default_rng(0)
+  source = tmp_path / "hf"
+  source.mkdir()
+  torch.save({k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+              for k, s in pt.torch_shapes(config).items()}, source / "pytorch_model.bin")
+  (source / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
+  assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "converted")]) == 0
+  (tmp_path / "finetune.gin").write_text(FINETUNE_GIN)
+  run = tmp_path / "run"
+  argv = ["train", f"--gin_file={tmp_path / 'converted' / 'model.gin'}", f"--gin_file={tmp_path / 'finetune.gin'}",
+          f"--model_dir={run}"]
+  summary = main.main(argv)
+  assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
+
+  _, converted = convert.load_converted(str(tmp_path / "converted"))
+  abstract = nn.unbox(partitioning.abstract_boxed_params(GLM(config), 8))
+  trained = checkpoints.restore_params(str(run), abstract)
+  for got, want in zip(jax.tree.leaves(trained), jax.tree.leaves(converted)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+  # Once the run has its own checkpoint it resumes from it; the init checkpoint is not read again.
+  gin.clear_config()
+  capfd.readouterr()
+  summary = main.main(argv + ["--gin.TrainConfig.num_steps=2"])  # main logs INFO to stderr
+  assert summary["steps"] == 2 and summary["first_loss"] is not None
+  log = capfd.readouterr().err
+  assert "restored step 1" in log and "is not read: the run resumes from its own checkpoint" in log
+  assert "initialized the params from" not in log
+
+
+def test_train_refuses_data_whose_vocabulary_exceeds_the_model(tmp_path):
+  with pytest.raises(ValueError, match="has 4096 ids but the model's vocab_size is 100"):
+    main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.model_preset.overrides={'vocab_size': 100}",
+               f"--model_dir={tmp_path}"])

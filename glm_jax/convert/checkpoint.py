@@ -40,15 +40,18 @@ MODEL_GIN = "model.gin"
 
 
 def write_model_gin(output_dir: str) -> str:
-  """Writes `output_dir`/model.gin, which binds the experiment's model to this checkpoint's config, so that
-  `train --gin_file=<output_dir>/model.gin --gin_file=<experiment>.gin` fine-tunes it (the experiment file
-  must not bind experiment.model itself)."""
+  """Writes `output_dir`/model.gin, which builds the experiment's model from this checkpoint's config and starts
+  training from its params, so that `train --gin_file=<output_dir>/model.gin --gin_file=<experiment>.gin
+  --model_dir=RUN` fine-tunes it (the experiment file must not bind experiment.model itself; bind
+  TrainConfig.init_checkpoint = None after it to train this architecture from scratch)."""
   output_dir = os.path.abspath(output_dir)
   path = os.path.join(output_dir, MODEL_GIN)
   with open(path, "w") as f:
-    f.write(f"# The model config of the checkpoint in this directory (written by glm_jax.convert).\n"
+    f.write(f"# The model of the checkpoint in this directory (written by glm_jax.convert): its config, and its\n"
+            f"# params as the starting point of a run whose model_dir holds no checkpoint yet.\n"
             f"experiment.model = @model_from_checkpoint()\n"
-            f"model_from_checkpoint.directory = {output_dir!r}\n")
+            f"model_from_checkpoint.directory = {output_dir!r}\n"
+            f"TrainConfig.init_checkpoint = {output_dir!r}\n")
   return path
 
 

@@ -120,7 +120,10 @@ def make_manager(directory: str, save_every: int = 1000, max_to_keep: int | None
   """An asynchronous CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  # Every item's handler is named, so a restore of some items does not warn about the others.
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
+      DATA_ITEM: DataIteratorHandler()})
 
 
 def save(manager: ocp.CheckpointManager, state, model_config: GLMConfig, *,
@@ -211,14 +214,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
   return None
 
 
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads `directory`, knowing the handlers of every item (so orbax does not warn)."""
+  return ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
+      DATA_ITEM: DataIteratorHandler()})
+
+
 def latest_step(directory: str) -> int | None:
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+  with _reader(directory) as manager:
     return manager.latest_step()
 
 
 def load_model_config(directory: str, step: int | None = None) -> GLMConfig:
   """The GLMConfig saved with the checkpoint at `step` (default: the newest) under `directory`."""
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+  with _reader(directory) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {directory!r} (train first with "
@@ -232,20 +242,60 @@ def abstract_like(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _flat_shapes(tree) -> dict[str, tuple[tuple[int, ...], Any]]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), x.dtype)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_params_fit(directory: str, step: int, saved_params_metadata, abstract_params) -> None:
+  """Raises ValueError naming every param whose name or shape differs between the checkpoint at `step` of
+  `directory` and the model (`abstract_params`); dtypes may differ (the restore casts)."""
+  saved, wanted = _flat_shapes(saved_params_metadata), _flat_shapes(abstract_params)
+  problems = [f"{k}: missing from the checkpoint (the model has {wanted[k][0]})" for k in wanted if k not in saved]
+  problems += [f"{k}: the checkpoint has {saved[k][0]}, the model {wanted[k][0]}"
+               for k in wanted if k in saved and saved[k][0] != wanted[k][0]]
+  problems += [f"{k}: in the checkpoint ({saved[k][0]}) but not in the model" for k in saved if k not in wanted]
+  if problems:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    raise ValueError(f"the params of {directory} (step {step}) do not fit this model: {shown}. Build the model "
+                     f"from the checkpoint's own config (gin: experiment.model = @model_from_checkpoint(), "
+                     f"which the model.gin written by convert binds), e.g. the same scan_layers and vocabulary")
+
+
 def restore_params(directory: str, abstract_params, step: int | None = None):
-  """Only the params of the checkpoint at `step` (default: the newest), placed like `abstract_params`
+  """Only the params of the checkpoint at `step` (default: the newest that reads back completely; newer torn or
+  unreadable steps are skipped with a warning, and left in place), placed like `abstract_params`
   (ShapeDtypeStructs, e.g. from partitioning.abstract_boxed_params; on one device unless they carry a
-  sharding); the optimizer state is not read. Also reads the params-only checkpoints of glm_jax.convert."""
-  with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+  sharding); the optimizer state is not read. Also reads the params-only checkpoints of glm_jax.convert.
+  Raises FileNotFoundError when there is no checkpoint, ValueError (naming the params) when the checkpoint's
+  params do not fit `abstract_params`, RuntimeError when no step restores."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract_params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
+      abstract_params)
+  # Shardings from the target, never from the checkpoint's own (its devices may be another host's).
+  restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
+  with _reader(directory) as manager:
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
       raise FileNotFoundError(f"no checkpoint under {directory!r}")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
-        abstract_params)
-    # Shardings from the target, never from the checkpoint's own (its devices may be another host's).
-    restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
-  return restored.state["params"]
+    failures = []
+    for candidate in steps:
+      try:
+        metadata = manager.item_metadata(candidate)["state"].tree["params"]
+      except Exception as e:  # noqa: BLE001  (a torn step may lack its metadata)
+        failures.append((candidate, _reason(e)))
+        continue
+      check_params_fit(directory, candidate, metadata, abstract_params)
+      try:
+        restored = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
+      except Exception as e:  # noqa: BLE001  (files missing or truncated)
+        failures.append((candidate, _reason(e)))
+        continue
+      if failures:
+        logging.warning("restored the params of step %d under %s, skipping newer unreadable steps: %s", candidate,
+                        directory, "; ".join(f"step {s}: {r}" for s, r in failures))
+      return restored.state["params"]
+  raise RuntimeError(f"no checkpoint under {directory!r} restores: "
+                     + "; ".join(f"step {s}: {r}" for s, r in failures))

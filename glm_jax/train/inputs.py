@@ -45,6 +45,22 @@ class DataConfig:
   checkpoint_input: bool = True
 
 
+def vocabulary_size(config: DataConfig) -> int:
+  """The size of the vocabulary of the Task/Mixture's `input_ids` (the ids the model embeds)."""
+  features = seqio.get_mixture_or_task(config.mixture_or_task_name).output_features
+  return features["input_ids"].vocabulary.vocab_size
+
+
+def check_fits_model(config: DataConfig, model_vocab_size: int) -> None:
+  """Raises ValueError when the data's token ids can exceed the model's vocabulary (an embedding lookup out of
+  range would otherwise be clamped silently on accelerators)."""
+  size = vocabulary_size(config)
+  if size > model_vocab_size:
+    raise ValueError(f"the vocabulary of {config.mixture_or_task_name!r} has {size} ids but the model's "
+                     f"vocab_size is {model_vocab_size}: use a Task with the model's own tokenizer (a converted "
+                     f"checkpoint keeps it in DIR/tokenizer) or a model with a larger vocab_size")
+
+
 class TFDataBatches:
   """Process-local numpy batches from a tf.data pipeline whose position can be saved and restored.
 

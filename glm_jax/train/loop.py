@@ -1,6 +1,7 @@
 """The training loop: init or restore, step, log, evaluate, checkpoint, plot.
 
-    state = restore_latest(...) or init_state(...)      (the input iterator restored with it)
+    state = restore_latest(...) or init_state(...)      (the input iterator restored with it; a fresh state takes
+                                                          its params from TrainConfig.init_checkpoint if set)
     for step in range(state.step, num_steps):
       state, metrics = train_step(state, global_batch(next(batches)), dropout_rng)
       (log every log_every, evaluate every eval_every, checkpoint every checkpoint_every, stop on preemption)
@@ -35,11 +36,13 @@ from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
+import optax
 from clu import metric_writers
 from tqdm import tqdm
 
 from glm_jax.model import GLM, GLMConfig
 from glm_jax.train import checkpoints, faults, metrics as metrics_lib, optimizer, partitioning, step as step_lib
+from glm_jax.train.state import TrainState
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -60,6 +63,20 @@ class TrainConfig:
   checkpoint_every: int = 500
   max_to_keep: int = 3
   peak_flops_per_device: float | None = None  # None: the table in train/metrics.py (CPU: an estimate)
+  # A checkpoint directory (a `convert --output_dir`, or another run's model_dir) whose newest params start a run
+  # whose model_dir holds no checkpoint yet: fine-tuning. Only the params are read (placed with this run's
+  # shardings); the optimizer state is fresh and the step is 0. Ignored once model_dir has a checkpoint (resume).
+  init_checkpoint: str | None = None
+
+
+def init_from_checkpoint(directory: str, state: TrainState, shardings: TrainState,
+                         tx: optax.GradientTransformation) -> TrainState:
+  """`state` with its params replaced by the newest params under `directory` (placed in `shardings.params`),
+  a fresh optimizer state for them and step 0. Raises ValueError naming the params that do not fit."""
+  params = checkpoints.restore_params(directory, checkpoints.abstract_like(state.params, shardings.params))
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  logging.info("initialized the params from %s (fresh optimizer state, step 0)", directory)
+  return state.replace(params=params, opt_state=opt_state)  # a fresh state's step is 0
 
 
 def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) -> dict[str, float]:
@@ -103,6 +120,10 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
   if restored is not None:
     state = restored
     logging.info("restored step %d from %s", int(state.step), model_dir)
+    if tc.init_checkpoint:
+      logging.info("init_checkpoint %s is not read: the run resumes from its own checkpoint", tc.init_checkpoint)
+  elif tc.init_checkpoint:
+    state = init_from_checkpoint(tc.init_checkpoint, state, shardings, tx)
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
       json.dump(dataclasses.asdict(model_config), f, indent=2)

@@ -1,0 +1,100 @@
+"""Starting a run from another checkpoint's params (TrainConfig.init_checkpoint) and reading params back."""
+import functools
+import logging
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from glm_jax.convert import checkpoint as convert_checkpoint
+from glm_jax.model import GLM, GLMConfig
+from glm_jax.train import checkpoints, loop, optimizer, partitioning
+
+LENGTH = 16
+CONFIG = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH)
+
+
+@functools.cache
+def _init_fn(config):
+  model, ids = GLM(config), np.zeros((1, LENGTH), np.int32)
+  return jax.jit(lambda rng: nn.unbox(model.init(rng, ids, ids, ids, sep=np.zeros((1,), np.int32))["params"]))
+
+
+def _params(config, seed):
+  return jax.device_get(_init_fn(config)(jax.random.key(seed)))
+
+
+def _fresh_state(config, mesh):
+  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1), 10)
+  state, shardings = partitioning.init_state(GLM(config), tx, mesh, jax.random.key(0), LENGTH)
+  return state, shardings, tx
+
+
+def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(tmp_path):
+  saved = _params(CONFIG, seed=7)
+  convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, saved)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
+  state, shardings, tx = _fresh_state(CONFIG, mesh)
+  started = loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
+
+  assert int(started.step) == 0
+  for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert not np.array_equal(np.asarray(started.params["word_embeddings"]["embedding"]),  # not the run's own init
+                            np.asarray(state.params["word_embeddings"]["embedding"]))
+  for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(shardings.params)):
+    assert got.sharding == want
+  fresh_opt = tx.init(saved)
+  for got, want in zip(jax.tree.leaves(started.opt_state), jax.tree.leaves(fresh_opt)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  emb = started.params["word_embeddings"]["embedding"]
+  assert emb.sharding.spec == shardings.params["word_embeddings"]["embedding"].spec
+  assert len(emb.addressable_shards) == 8
+
+
+def test_init_checkpoint_of_another_shape_names_the_params_and_shapes(tmp_path):
+  convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, _params(CONFIG, seed=1))
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+  state, shardings, tx = _fresh_state(CONFIG.replace(vocab_size=300), mesh)
+  with pytest.raises(ValueError, match=r"do not fit this model: word_embeddings/embedding: the checkpoint has "
+                                       r"\(\d+, 32\), the model \(3\d\d, 32\)\. .*model_from_checkpoint"):
+    loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
+  state, shardings, tx = _fresh_state(CONFIG.replace(hidden_size=64), mesh)
+  with pytest.raises(ValueError, match=r"layers/attention/dense/kernel: the checkpoint has \(2, 4, 8, 32\), the "
+                                       r"model \(2, 4, 16, 64\);.* and \d+ more"):
+    loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
+
+
+def test_init_checkpoint_of_an_empty_directory_fails_naming_it(tmp_path):
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+  state, shardings, tx = _fresh_state(CONFIG, mesh)
+  with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+    loop.init_from_checkpoint(str(tmp_path), state, shardings, tx)
+
+
+def test_restore_params_skips_a_torn_newest_step(tmp_path, caplog):
+  old, new = _params(CONFIG, seed=1), _params(CONFIG, seed=2)
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1, max_to_keep=3)
+  for step, params in ((1, old), (2, new)):
+    state = loop.TrainState(step=jax.numpy.int32(step), params=params, opt_state={})
+    checkpoints.save(manager, state, CONFIG, step=step, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), old)
+  newest = checkpoints.restore_params(str(tmp_path), abstract)
+  np.testing.assert_array_equal(newest["word_embeddings"]["embedding"], new["word_embeddings"]["embedding"])
+
+  # Tear step 2: its array files are gone (a crash of a copy, a partial rsync).
+  for path in (tmp_path / "2" / "state").iterdir():
+    if path.is_dir():
+      shutil.rmtree(path)
+  with caplog.at_level(logging.WARNING):
+    restored = checkpoints.restore_params(str(tmp_path), abstract)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(old)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert "skipping newer unreadable steps: step 2" in caplog.text
+  assert (tmp_path / "2").exists()  # a reader never moves checkpoints
+  with pytest.raises(RuntimeError, match="no checkpoint under .* restores"):
+    checkpoints.restore_params(str(tmp_path), abstract, step=2)
