@@ -94,7 +94,8 @@ class Attention(nn.Module):
     dropout_rate = 0.0 if self.deterministic else cfg.attention_dropout
     out = ops.attention(
         q, k, v, sep=sep, segment_ids=segment_ids, implementation=cfg.attention_implementation,
-        dropout_rate=dropout_rate, dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None)
+        dropout_rate=dropout_rate, dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None,
+        partition_spec=nn.logical_to_mesh_axes(("activation_batch", "activation_length", "heads", "kv")))
     return EinsumProjection(
         "blhd,hde->ble", (h, d, e), ("heads", "kv", "embed"), (e,), ("embed",),
         cfg.init_std / math.sqrt(2.0 * cfg.num_layers), **dtypes, name="dense")(out)

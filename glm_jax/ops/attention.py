@@ -7,12 +7,22 @@
 
 `implementation=None` picks the Pallas kernel of the platform on GPU/TPU and `xla` on CPU. A backend
 never ignores part of its input silently: a configuration it cannot honour raises, naming why.
+
+Meshes: XLA cannot partition a Pallas kernel (a custom call); left alone it would gather q, k and v onto every
+device and run the whole batch there. So under a multi-device mesh (jax.sharding.use_abstract_mesh, as the
+training step traces the model) the Pallas backends run per shard inside `jax.shard_map`, with q, k, v split as
+`partition_spec` says (batch and heads only: attention needs no communication across either); the model passes
+its logical activation axes. Without a partition_spec there they raise. `xla` and `reference` are plain XLA
+and are partitioned by XLA like the rest of the model.
 """
 from __future__ import annotations
 
 import importlib
 
+import functools
+
 import jax
+from jax.sharding import PartitionSpec as P
 
 from glm_jax.ops import mask as mask_lib
 
@@ -23,6 +33,7 @@ _MODULES = {
     "pallas_gpu": "glm_jax.ops.attention_pallas_gpu",
     "pallas_tpu": "glm_jax.ops.attention_pallas_tpu",
 }
+PALLAS_IMPLEMENTATIONS = ("pallas_gpu", "pallas_tpu")
 _PLATFORM_DEFAULT = {"cpu": "xla", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
 
 
@@ -35,7 +46,7 @@ def default_implementation(platform: str | None = None) -> str:
 
 
 def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = None,
-              dropout_rate: float = 0.0, dropout_rng=None, **backend_options):
+              dropout_rate: float = 0.0, dropout_rng=None, partition_spec: P | None = None, **backend_options):
   """GLM attention: A bidirectional, B causal, per-example `sep`, packed segments.
 
   Args:
@@ -45,6 +56,9 @@ def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = No
     segment_ids: optional int [B, L], packed example number 1..n, 0 for padding.
     implementation: None (platform default), or one of IMPLEMENTATIONS.
     dropout_rate, dropout_rng: dropout on attention probabilities; backends that cannot apply it raise.
+    partition_spec: how q, k, v [B, L, H, D] are split over the context mesh, e.g. P(("data", "fsdp"), None,
+      "tensor", None); L and D must be unsplit. Used by the Pallas backends under a multi-device mesh (see the
+      module docstring), ignored by the others.
     **backend_options: passed to the backend (block sizes, interpret mode, ...).
   Returns:
     [B, L, H, D] in q.dtype; padding rows are zero.
@@ -58,5 +72,26 @@ def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = No
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, q.shape[1])
   backend = importlib.import_module(_MODULES[implementation])
-  return backend.attention(q, k, v, sep=sep, segment_ids=segment_ids, dropout_rate=dropout_rate,
-                           dropout_rng=dropout_rng, **backend_options)
+  call = functools.partial(backend.attention, dropout_rate=dropout_rate, dropout_rng=dropout_rng, **backend_options)
+  mesh = jax.sharding.get_abstract_mesh()
+  if implementation in PALLAS_IMPLEMENTATIONS and not mesh.empty and mesh.size > 1 and not mesh.are_all_axes_manual:
+    call = _per_shard(call, mesh, partition_spec, implementation)
+  return call(q, k, v, sep=sep, segment_ids=segment_ids)
+
+
+def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
+  """`call` run on each device's [B/b, L, H/h, D] block of q, k, v (and its rows of sep, segment_ids)."""
+  if partition_spec is None:
+    raise ValueError(f"{implementation} under a {mesh.size}-device mesh needs partition_spec= (how q, k, v are "
+                     f"split over {mesh.axis_names}): XLA cannot partition a Pallas kernel and would run the whole "
+                     f"batch on every device")
+  if len(partition_spec) != 4 or partition_spec[1] is not None or partition_spec[3] is not None:
+    raise ValueError(f"partition_spec {partition_spec} for q, k, v [B, L, H, D] may split only B and H")
+  rows = P(partition_spec[0], None)
+
+  def per_shard(q, k, v, sep, segment_ids):
+    return call(q, k, v, sep=sep, segment_ids=segment_ids)
+
+  sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(partition_spec,) * 3 + (rows, rows),
+                          out_specs=partition_spec, check_vma=False)
+  return lambda q, k, v, *, sep, segment_ids: sharded(q, k, v, sep, segment_ids)

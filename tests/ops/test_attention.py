@@ -104,3 +104,98 @@ def test_xla_rejects_invalid_dropout_rate_and_block_sizes():
                   dropout_rng=jax.random.key(0))
   with pytest.raises(ValueError, match="block_q=0, block_k=8 must be positive"):
     ops.attention(q, k, v, sep=np.array([2]), implementation="xla", block_q=0, block_k=8)
+
+
+# --- Pallas kernels under a device mesh: run per shard (shard_map), never gathered by XLA ------------------------
+
+MESH_SPEC = jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
+
+
+def _mesh():
+  return jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+
+
+def _packed_inputs(batch=4, length=64, heads=4, head_dim=64, dtype=jnp.float32):
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), dtype) for _ in range(3))
+  segment_ids = np.zeros((batch, length), np.int32)
+  sep = np.zeros((batch, length), np.int32)
+  for row in range(batch):  # two segments and padding, different per row
+    a, b = 20 + 3 * row, 50 + 2 * row
+    segment_ids[row, :a], segment_ids[row, a:b] = 1, 2
+    sep[row, :a], sep[row, a:b] = 5 + row, (b - a) // 2
+  return q, k, v, jnp.asarray(sep), jnp.asarray(segment_ids)
+
+
+def _in_mesh(fn, mesh):
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return wrapped
+
+
+def test_pallas_under_a_mesh_runs_per_shard_and_matches_reference():
+  """Executed in interpret mode (the GPU kernel's; the TPU interpreter under an 8-device shard_map stalls on
+  CPU, so the TPU kernel's placement is checked by lowering, below)."""
+  implementation = "pallas_gpu"
+  mesh = _mesh()
+  q, k, v, sep, segment_ids = _packed_inputs()
+  blocks = dict(block_q=32, block_k=32)
+
+  def loss(impl, options):
+    def f(q, k, v, sep, segment_ids):
+      out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=impl,
+                          partition_spec=MESH_SPEC, **options)
+      return (out.astype(jnp.float32) ** 2).sum(), out
+    return f
+
+  qkv_sharding = jax.sharding.NamedSharding(mesh, MESH_SPEC)
+  row_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None))
+  args = [jax.device_put(x, qkv_sharding) for x in (q, k, v)] + [jax.device_put(x, row_sharding)
+                                                                 for x in (sep, segment_ids)]
+  fn = jax.value_and_grad(loss(implementation, dict(interpret=True, **blocks)), argnums=(0, 1, 2), has_aux=True)
+  (_, out), grads = jax.jit(_in_mesh(fn, mesh))(*args)
+  (_, want), want_grads = jax.value_and_grad(loss("reference", {}), argnums=(0, 1, 2), has_aux=True)(
+      q, k, v, sep, segment_ids)
+  assert out.sharding.spec == MESH_SPEC
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
+  for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-4)
+
+
+@pytest.mark.parametrize("implementation,platform,target,local_qkv", [
+    ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton", "tensor<2x256x2x128xbf16>"),  # [B, L, H, D]
+    ("pallas_tpu", "tpu", "tpu_custom_call", "tensor<2x2x256x128xbf16>")])  # the TPU kernel's [B, H, L, D]
+def test_pallas_kernel_lowered_under_a_mesh_sees_only_its_shard(implementation, platform, target, local_qkv):
+  """The kernel's custom call has per-device operands: batch 8 / (data * fsdp), heads 4 / tensor."""
+  mesh = _mesh()
+  qkv = jax.ShapeDtypeStruct((8, 256, 4, 128), jnp.bfloat16,
+                             sharding=jax.sharding.NamedSharding(mesh, MESH_SPEC))
+  rows = jax.ShapeDtypeStruct((8, 256), jnp.int32, sharding=jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None)))
+
+  def f(q, k, v, sep, segment_ids):
+    return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation,
+                         partition_spec=MESH_SPEC)
+
+  text = jax.jit(_in_mesh(f, mesh)).trace(qkv, qkv, qkv, rows, rows).lower(lowering_platforms=(platform,)).as_text()
+  calls = [line for line in text.splitlines() if f"custom_call @{target}(" in line]
+  assert len(calls) == 1
+  operand_types = calls[0].rsplit(": (", 1)[1].split(") -> ")[0]
+  assert operand_types.count(local_qkv) == 3, operand_types  # q, k, v of one device
+  assert "tensor<8x" not in operand_types  # no operand holds the global batch
+
+
+def test_pallas_under_a_mesh_without_partition_spec_raises():
+  mesh = _mesh()
+  q, k, v, sep, segment_ids = _packed_inputs()
+
+  def f(q, k, v):
+    return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", interpret=True)
+
+  with pytest.raises(ValueError, match="needs partition_spec=.*whole batch on every device"):
+    jax.jit(_in_mesh(f, mesh))(q, k, v)
+  with pytest.raises(ValueError, match="may split only B and H"):
+    jax.jit(_in_mesh(lambda q, k, v: ops.attention(
+        q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", interpret=True,
+        partition_spec=jax.sharding.PartitionSpec("data", "fsdp", None, None)), mesh))(q, k, v)

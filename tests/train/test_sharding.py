@@ -206,3 +206,30 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(run_s
   assert {x.dtype for x in leaves} == {jnp.dtype(jnp.float32)}
   # bfloat16 keeps 8 mantissa bits: the loss moves by ~1e-3 relative, not more.
   np.testing.assert_allclose(bf16.losses, run_steps((1, 1, 1)).losses, rtol=2e-2)
+
+
+@pytest.mark.parametrize("implementation,platform,target", [
+    ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"), ("pallas_tpu", "tpu", "tpu_custom_call")])
+def test_train_step_with_the_pallas_kernel_lowers_for_its_platform_per_shard(implementation, platform, target):
+  """The whole sharded train step (scan over layers, remat, the kernel's custom_vjp inside shard_map) lowers
+  for GPU / TPU from this CPU machine, and the kernel sees one device's batch rows and heads."""
+  config = _config(hidden_size=256, num_heads=2, hidden_dropout=0.0, attention_dropout=0.0, max_length=128,
+                   attention_implementation=implementation, remat_policy="full")
+  mesh = _mesh((2, 2, 2))
+  model = GLM(config)
+  tx = optax.adamw(1e-3)
+  boxed = partitioning.abstract_boxed_params(model, 128)
+  shardings = partitioning.state_shardings(boxed, tx, mesh)
+  abstract_params = nn.unbox(boxed)
+  abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract_params)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
+                                shardings)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=partitioning.batch_sharding(mesh))
+           for k, v in next(synthetic.synthetic_batches(8, 128, config.vocab_size)).items()}
+  train_step = step.jit_train_step(step.make_train_step(model, tx), shardings, mesh)
+  text = train_step.trace(abstract_state, batch, jax.random.key(0)).lower(lowering_platforms=(platform,)).as_text()
+  calls = [line for line in text.splitlines() if f"custom_call @{target}(" in line]
+  assert len(calls) >= 3  # forward, and dQ and dK/dV in the backward pass (more with remat recomputation)
+  local = "2x128x1x128" if implementation == "pallas_gpu" else "2x1x128x128"  # rows 8/(2*2), heads 2/2, D 128
+  for call in calls:
+    assert f"tensor<{local}x" in call and "tensor<8x" not in call.split(") -> ")[0]

@@ -1,0 +1,72 @@
+"""The Pallas kernels lower for the platforms they are written for, from this CPU-only machine.
+
+`jax.jit(...).trace(...).lower(lowering_platforms=("cuda",))` runs the Pallas -> Triton lowering of the GPU
+kernels, and `("tpu",)` the Pallas -> Mosaic lowering of the TPU kernels, without the hardware: every block
+shape, index map, scalar-prefetch operand and op in the kernel bodies must be accepted by the real lowering
+(the interpret-mode tests run none of it). What remains unchecked without a device is the last step, XLA's
+compilation of the Triton / Mosaic IR (the device tool's runs of tests/ops with JAX_PLATFORMS=cuda cover it).
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from glm_jax.ops.attention import attention as glm_attention
+
+KERNELS = {  # implementation, lowering platform, the custom call its kernels become
+    "gpu": ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"),
+    "tpu": ("pallas_tpu", "tpu", "tpu_custom_call"),
+}
+
+
+def _lowered_text(implementation, platform, *, length, head_dim, dtype, grad, batch=2, heads=2, **kwargs):
+  """StableHLO text of the kernel's forward (or of its three input gradients) on packed rows."""
+  qkv = jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype)
+  sep = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  segment_ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+
+  def forward(q, k, v, sep, segment_ids):
+    return glm_attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, **kwargs)
+
+  fn = forward
+  if grad:
+    fn = jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))
+  return jax.jit(fn).trace(qkv, qkv, qkv, sep, segment_ids).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _kernel_calls(text, target):
+  return len(re.findall(re.escape(f"stablehlo.custom_call @{target}("), text))
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("dtype,head_dim", [(jnp.bfloat16, 64), (jnp.float32, 128)])
+def test_forward_and_backward_lower_to_the_platform_kernels(kernel, dtype, head_dim):
+  module, platform, target = KERNELS[kernel]
+  forward = _lowered_text(module, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=False)
+  assert _kernel_calls(forward, target) == 1
+  backward = _lowered_text(module, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=True)
+  assert _kernel_calls(backward, target) == 3  # the forward (for the log-sum-exp), dQ, and dK/dV
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_long_rows_lower(kernel):
+  module, platform, target = KERNELS[kernel]
+  text = _lowered_text(module, platform, length=8192, head_dim=128, dtype=jnp.bfloat16, grad=True, batch=1)
+  assert _kernel_calls(text, target) == 3
+
+
+def test_gpu_kernel_lowers_with_other_block_sizes():
+  module, platform, target = KERNELS["gpu"]
+  for block_q, block_k in ((32, 64), (128, 32)):
+    text = _lowered_text(module, platform, length=300, head_dim=64, dtype=jnp.bfloat16, grad=True,
+                         block_q=block_q, block_k=block_k)
+    assert _kernel_calls(text, target) == 3
+
+
+def test_tpu_kernel_lowers_with_other_block_sizes():
+  module, platform, target = KERNELS["tpu"]
+  for block_q, block_k in ((128, 256), (256, 128)):
+    text = _lowered_text(module, platform, length=700, head_dim=128, dtype=jnp.bfloat16, grad=True,
+                         block_q=block_q, block_k=block_k)
+    assert _kernel_calls(text, target) == 3
