@@ -22,6 +22,7 @@ import time
 import flax.linen as nn
 import gin
 import jax
+from etils import epath
 
 from glm_jax.convert import tokenizers as convert_tokenizers
 from glm_jax.data import vocab
@@ -81,8 +82,7 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
     eval_batches = lambda: inputs.batches(  # noqa: E731
         data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
-      f.write(gin.operative_config_str())
+    (epath.Path(model_dir) / OPERATIVE_CONFIG_FILE).write_text(gin.operative_config_str())  # local or gs://
   return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches,
                     progress=progress)
 

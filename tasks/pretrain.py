@@ -11,6 +11,7 @@ Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one sourc
 `register_tfds_tasks(source_name, tfds_name)` adds the same Tasks and Mixture over any other TFDS text dataset.
 
 Gin (bindings apply when a dataset is made, so they may follow `import tasks` in a gin file):
+  task_vocabulary.checkpoint   the tokenizer of a converted checkpoint instead of the default vocabulary
   TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length
   SentenceObjective.mask_ratio / .max_length
   DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
@@ -37,7 +38,32 @@ SentenceObjective = gin.external_configurable(preprocessors.SentenceObjective, "
 DocumentObjective = gin.external_configurable(preprocessors.DocumentObjective, "DocumentObjective")
 _OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, "document": DocumentObjective}
 
-VOCABULARY = vocab.LazyVocabulary(vocab.default_vocabulary)
+@gin.configurable
+def task_vocabulary(checkpoint: str | None = None) -> seqio.Vocabulary:
+  """The vocabulary of every glm_* Task, read when a dataset is made: the default glm-jax SentencePiece
+  vocabulary, or (`task_vocabulary.checkpoint = DIR`) the tokenizer saved with a converted THUDM checkpoint
+  (`convert --vocab_files`; the model.gin convert writes then binds this), so a published GLM trains on these
+  Tasks with its own tokenizer and special-token ids."""
+  if checkpoint is None:
+    return _default_vocabulary()
+  return _checkpoint_vocabulary(os.path.abspath(checkpoint))
+
+
+_default_vocabulary = functools.cache(vocab.default_vocabulary)  # read (or trained) once per process
+
+
+@functools.cache
+def _checkpoint_vocabulary(directory: str) -> seqio.Vocabulary:
+  from glm_jax.convert import tokenizers  # the `tokenizers` library: only when a checkpoint's tokenizer is used
+
+  saved = tokenizers.load_with_checkpoint(directory)
+  if saved is None:
+    raise FileNotFoundError(f"task_vocabulary.checkpoint={directory!r} holds no tokenizer (convert the checkpoint "
+                            f"with --vocab_files to keep its tokenizer)")
+  return saved
+
+
+VOCABULARY = vocab.LazyVocabulary(task_vocabulary, cache=False)
 
 
 def output_features(vocabulary: seqio.Vocabulary = VOCABULARY) -> dict[str, seqio.Feature]:

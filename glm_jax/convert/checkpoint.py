@@ -14,16 +14,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from glm_jax.convert import presets, pytorch
 from glm_jax.model.config import GLMConfig
+from glm_jax.train import checkpoints
 
 STEP = 0
 
 
 def save_converted(output_dir: str, config: GLMConfig, params: dict) -> str:
   """Writes `params` and `config` as an orbax checkpoint at step 0 of `output_dir`; returns the directory."""
-  output_dir = os.path.abspath(output_dir)
+  output_dir = checkpoints.absolute(output_dir)
   options = ocp.CheckpointManagerOptions(create=True)
   with ocp.CheckpointManager(output_dir, options=options) as manager:
     if manager.latest_step() is not None:
@@ -39,25 +41,29 @@ def save_converted(output_dir: str, config: GLMConfig, params: dict) -> str:
 MODEL_GIN = "model.gin"
 
 
-def write_model_gin(output_dir: str) -> str:
+def write_model_gin(output_dir: str, with_tokenizer: bool = False) -> str:
   """Writes `output_dir`/model.gin, which builds the experiment's model from this checkpoint's config and starts
-  training from its params, so that `train --gin_file=<output_dir>/model.gin --gin_file=<experiment>.gin
-  --model_dir=RUN` fine-tunes it (the experiment file must not bind experiment.model itself; bind
-  TrainConfig.init_checkpoint = None after it to train this architecture from scratch)."""
-  output_dir = os.path.abspath(output_dir)
+  training from its params, so that `train --gin_file=<experiment>.gin --gin_file=<output_dir>/model.gin
+  --model_dir=RUN` fine-tunes it (given last, its bindings win over a model the experiment names; bind
+  TrainConfig.init_checkpoint = None after it to train this architecture from scratch). `with_tokenizer`: the
+  checkpoint keeps its tokenizer, and the glm_* Tasks (tasks/pretrain.py) are bound to use it."""
+  output_dir = checkpoints.absolute(output_dir)
   path = os.path.join(output_dir, MODEL_GIN)
-  with open(path, "w") as f:
-    f.write(f"# The model of the checkpoint in this directory (written by glm_jax.convert): its config, and its\n"
-            f"# params as the starting point of a run whose model_dir holds no checkpoint yet.\n"
-            f"experiment.model = @model_from_checkpoint()\n"
-            f"model_from_checkpoint.directory = {output_dir!r}\n"
-            f"TrainConfig.init_checkpoint = {output_dir!r}\n")
+  lines = ["# The model of the checkpoint in this directory (written by glm_jax.convert): its config, and its",
+           "# params as the starting point of a run whose model_dir holds no checkpoint yet.",
+           "experiment.model = @model_from_checkpoint()",
+           f"model_from_checkpoint.directory = {output_dir!r}",
+           f"TrainConfig.init_checkpoint = {output_dir!r}"]
+  if with_tokenizer:
+    lines += ["# The glm_* Tasks tokenize with this checkpoint's own tokenizer (saved in tokenizer/).",
+              "import tasks", f"task_vocabulary.checkpoint = {output_dir!r}"]
+  epath.Path(path).write_text("\n".join(lines) + "\n")
   return path
 
 
 def load_converted(output_dir: str) -> tuple[GLMConfig, dict]:
   """Reads back what `convert_checkpoint` wrote -> (config, params as host numpy arrays)."""
-  output_dir = os.path.abspath(output_dir)
+  output_dir = checkpoints.absolute(output_dir)
   with ocp.CheckpointManager(output_dir) as manager:
     step = manager.latest_step()
     if step is None:
@@ -110,7 +116,7 @@ def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | N
   save_converted(output_dir, config, _to_host_jax_arrays(params))
   if vocab_files:
     tokenizers.save_with_checkpoint(output_dir, tokenizer, *vocab_files, embedding_rows=config.padded_vocab_size)
-  write_model_gin(output_dir)
+  write_model_gin(output_dir, with_tokenizer=bool(vocab_files))
   logging.info("converted %s -> %s (%d layers, hidden %d, %d heads, %d vocabulary rows, max length %d; "
                "%d unused tensors ignored)", from_pytorch, output_dir, config.num_layers, config.hidden_size,
                config.num_heads, config.vocab_size, config.max_length, len(imported.unknown_keys))

@@ -155,15 +155,20 @@ def default_vocabulary() -> GLMSentencePieceVocabulary:
 
 class LazyVocabulary(seqio.Vocabulary):
   """A vocabulary made on first use by `factory` (e.g. `default_vocabulary`), so that registering Tasks
-  trains or reads nothing and the cache location ($GLM_JAX_CACHE) is read when data is first made."""
+  trains or reads nothing and the cache location ($GLM_JAX_CACHE) is read when data is first made.
+  With cache=False the factory is asked at every use (it must then cache itself), so a factory that reads a
+  setting (a gin binding) follows the setting's current value."""
 
-  def __init__(self, factory: Callable[[], seqio.Vocabulary]):
+  def __init__(self, factory: Callable[[], seqio.Vocabulary], cache: bool = True):
     super().__init__(extra_ids=0)
     self._factory = factory
+    self._cache = cache
     self._vocabulary = None
 
   @property
   def vocabulary(self) -> seqio.Vocabulary:
+    if not self._cache:
+      return self._factory()
     if self._vocabulary is None:
       self._vocabulary = self._factory()
     return self._vocabulary

@@ -116,12 +116,18 @@ def ensure_writable(directory: str) -> None:
                           f"metrics go there, so pass a --model_dir this process can create and write") from e
 
 
+def absolute(directory: str) -> str:
+  """A local directory made absolute; a URL (gs://bucket/run, ...) as it is (os.path.abspath would mangle it)."""
+  directory = os.fspath(directory)
+  return directory if "://" in directory else os.path.abspath(directory)
+
+
 def make_manager(directory: str, save_every: int = 1000, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
   """An asynchronous CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
                                          enable_async_checkpointing=True)
   # Every item's handler is named, so a restore of some items does not warn about the others.
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers={
+  return ocp.CheckpointManager(absolute(directory), options=options, item_handlers={
       "state": ocp.StandardCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
       DATA_ITEM: DataIteratorHandler()})
 
@@ -216,7 +222,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
 
 def _reader(directory: str) -> ocp.CheckpointManager:
   """A manager that only reads `directory`, knowing the handlers of every item (so orbax does not warn)."""
-  return ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+  return ocp.CheckpointManager(absolute(directory), item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
       DATA_ITEM: DataIteratorHandler()})
 

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import optax
 from clu import metric_writers
+from etils import epath
 from tqdm import tqdm
 
 from glm_jax.model import GLM, GLMConfig
@@ -125,8 +126,7 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
   elif tc.init_checkpoint:
     state = init_from_checkpoint(tc.init_checkpoint, state, shardings, tx)
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
-      json.dump(dataclasses.asdict(model_config), f, indent=2)
+    (epath.Path(model_dir) / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2))
 
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh)

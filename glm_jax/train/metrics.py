@@ -2,10 +2,12 @@
 loss-curve PNG."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import jax
+from etils import epath
 
 from glm_jax.model import GLMConfig
 
@@ -59,16 +61,27 @@ def mfu(tokens_per_second: float, flops_token: float, peak_per_device: float, nu
   return tokens_per_second * flops_token / (peak_per_device * num_devices)
 
 
+def _is_local(path: str) -> bool:
+  return "://" not in os.fspath(path)
+
+
 def append_jsonl(path: str, record: dict) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  """Appends one JSON line to `path`: a local file, or any etils.epath (gs://, ...), where object stores
+  cannot append and the file is rewritten whole (a metrics file stays small: one line per logged step)."""
+  line = json.dumps(record) + "\n"
+  if _is_local(path):
+    with open(path, "a") as f:
+      f.write(line)
+    return
+  target = epath.Path(path)
+  target.write_text((target.read_text() if target.exists() else "") + line)
 
 
 def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
+  target = epath.Path(path)
+  if not target.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
 
 
 def plot_loss_curve(records: list[dict], path: str) -> None:
@@ -88,5 +101,7 @@ def plot_loss_curve(records: list[dict], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
   plt.close(fig)
+  epath.Path(path).write_bytes(png.getvalue())  # local or gs://

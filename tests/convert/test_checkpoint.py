@@ -109,3 +109,42 @@ def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
   with pytest.raises(ValueError, match="do not fit 128 embedding rows"):
     convert.convert_checkpoint(str(source), str(tmp_path / "out"), vocab_files=[str(bert_vocab)], tokenizer="bert")
   assert not (tmp_path / "out").exists()
+
+
+def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_tokenizer(tmp_path):
+  pytest.importorskip("tokenizers")
+  import gin
+  import seqio
+  import sentencepiece as spm
+
+  from glm_jax import main
+  from glm_jax.convert import tokenizers as glm_tokenizers
+  from glm_jax.data import feature_converter
+
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(["the module defines a class", "a function returns the value of the object"] * 20))
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=24,
+                                 model_type="unigram", character_coverage=1.0, minloglevel=2)
+  source = write_random_hf(tmp_path / "hf")
+  convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out"),
+                     "--vocab_files", str(tmp_path / "sp.model"), "--tokenizer", "chinese_sp"])
+  saved = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
+  gin.clear_config()
+  try:
+    main.parse_gin([str(tmp_path / "out" / "model.gin")], [], main.REPO_ROOT)
+    from tasks import pretrain
+
+    assert pretrain.VOCABULARY.special_ids == saved.special_ids
+    assert pretrain.VOCABULARY.vocab_size == saved.vocab_size <= CONFIG.vocab_size
+    ds = seqio.get_dataset("glm_token_embedded", task_feature_lengths=feature_converter.task_feature_lengths(32),
+                           dataset_split="validation", shuffle=False, num_epochs=1,
+                           feature_converter=feature_converter.GLMFeatureConverter(pack=True))
+    rows = [row["input_ids"] for row, _ in zip(ds.as_numpy_iterator(), range(4))]
+    ids = np.concatenate(rows)
+    assert ids.max() < saved.vocab_size
+    assert saved.special_ids["[MASK]"] in ids and saved.special_ids["[sop]"] in ids
+  finally:
+    gin.clear_config()
+  from tasks import pretrain
+
+  assert pretrain.VOCABULARY.vocab_size != saved.vocab_size  # unbound again: the default vocabulary

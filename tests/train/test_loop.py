@@ -26,16 +26,31 @@ def _params(config, seed):
   return jax.device_get(_init_fn(config)(jax.random.key(seed)))
 
 
+MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
+
+
+def _tx():
+  return optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1), 10)
+
+
 def _fresh_state(config, mesh):
-  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1), 10)
+  tx = _tx()
   state, shardings = partitioning.init_state(GLM(config), tx, mesh, jax.random.key(0), LENGTH)
+  return state, shardings, tx
+
+
+def _abstract_state(config, mesh):
+  """The state's shapes and shardings, nothing computed (for the tests that fail before any array is read)."""
+  tx, boxed = _tx(), partitioning.abstract_boxed_params(GLM(config), LENGTH)
+  shardings = partitioning.state_shardings(boxed, tx, mesh)
+  state = jax.eval_shape(lambda p: loop.TrainState.create(p, tx), nn.unbox(boxed))
   return state, shardings, tx
 
 
 def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(tmp_path):
   saved = _params(CONFIG, seed=7)
   convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, saved)
-  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
+  mesh = partitioning.make_mesh(MESH)
   state, shardings, tx = _fresh_state(CONFIG, mesh)
   started = loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
 
@@ -56,20 +71,19 @@ def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(t
 
 def test_init_checkpoint_of_another_shape_names_the_params_and_shapes(tmp_path):
   convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, _params(CONFIG, seed=1))
-  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
-  state, shardings, tx = _fresh_state(CONFIG.replace(vocab_size=300), mesh)
+  mesh = partitioning.make_mesh(MESH)
+  state, shardings, tx = _abstract_state(CONFIG.replace(vocab_size=300), mesh)
   with pytest.raises(ValueError, match=r"do not fit this model: word_embeddings/embedding: the checkpoint has "
                                        r"\(\d+, 32\), the model \(3\d\d, 32\)\. .*model_from_checkpoint"):
     loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
-  state, shardings, tx = _fresh_state(CONFIG.replace(hidden_size=64), mesh)
+  state, shardings, tx = _abstract_state(CONFIG.replace(hidden_size=64), mesh)
   with pytest.raises(ValueError, match=r"layers/attention/dense/kernel: the checkpoint has \(2, 4, 8, 32\), the "
                                        r"model \(2, 4, 16, 64\);.* and \d+ more"):
     loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
 
 
 def test_init_checkpoint_of_an_empty_directory_fails_naming_it(tmp_path):
-  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
-  state, shardings, tx = _fresh_state(CONFIG, mesh)
+  state, shardings, tx = _abstract_state(CONFIG, partitioning.make_mesh(MESH))
   with pytest.raises(FileNotFoundError, match="no checkpoint under"):
     loop.init_from_checkpoint(str(tmp_path), state, shardings, tx)
 
@@ -98,3 +112,47 @@ def test_restore_params_skips_a_torn_newest_step(tmp_path, caplog):
   assert (tmp_path / "2").exists()  # a reader never moves checkpoints
   with pytest.raises(RuntimeError, match="no checkpoint under .* restores"):
     checkpoints.restore_params(str(tmp_path), abstract, step=2)
+
+
+def test_metrics_files_on_an_object_store_are_rewritten_not_appended(tmp_path, monkeypatch):
+  """gs:// and other epath stores cannot append: the metrics file is rewritten with the new line."""
+  from glm_jax.train import metrics
+
+  path = str(tmp_path / "metrics.jsonl")
+  metrics.append_jsonl(path, {"step": 1, "split": "train", "loss": 2.0})  # local: appended
+  monkeypatch.setattr(metrics, "_is_local", lambda _: False)
+  metrics.append_jsonl(path, {"step": 2, "split": "train", "loss": 1.5})
+  metrics.append_jsonl(path, {"step": 2, "split": "eval", "loss": 1.7})
+  assert [(r["step"], r["split"]) for r in metrics.read_jsonl(path)] == [(1, "train"), (2, "train"), (2, "eval")]
+  metrics.plot_loss_curve(metrics.read_jsonl(path), str(tmp_path / "curve.png"))
+  assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_url_model_dirs_are_not_made_local():
+  assert checkpoints.absolute("gs://bucket/runs/glm") == "gs://bucket/runs/glm"
+  assert checkpoints.absolute("runs/glm").startswith("/")
+
+
+def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoint(tmp_path, caplog):
+  from glm_jax.train import synthetic
+
+  state, shardings, _ = _fresh_state(CONFIG, partitioning.make_mesh(MESH))  # the compilation cache has it
+  state = state.replace(step=jax.numpy.int32(1))
+  manager = checkpoints.make_manager(str(tmp_path / "run"), save_every=1)
+  checkpoints.save(manager, state, CONFIG, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  # An init checkpoint that would fail if it were read (another shape).
+  wider = CONFIG.replace(hidden_size=64)
+  convert_checkpoint.save_converted(str(tmp_path / "init"), wider, jax.tree.map(
+      lambda x: np.zeros(x.shape, x.dtype), _abstract_state(wider, partitioning.make_mesh(MESH))[0].params))
+  tc = loop.TrainConfig(num_steps=1, batch_size=8, length=LENGTH, init_checkpoint=str(tmp_path / "init"))
+  oc = optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
+  with caplog.at_level(logging.INFO):
+    summary = loop.train(CONFIG, tc, oc, MESH,
+                         synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size), str(tmp_path / "run"),
+                         progress=False)
+  assert summary["steps"] == 1
+  assert "is not read: the run resumes from its own checkpoint" in caplog.text
+  for got, want in zip(jax.tree.leaves(summary["state"].params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
