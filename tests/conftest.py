@@ -12,9 +12,14 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# Unoptimized CPU code generation: the tests' programs are small and compiled once or twice each, so LLVM's
+# optimizations cost more than they save (a third of a typical step test's time). Benchmarks and the README
+# commands run with XLA's defaults. Subprocesses started by tests keep these flags (only the device count changes).
+_flags = os.environ.get("XLA_FLAGS", "").split()
+for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+  if _flag not in _flags:  # xdist workers inherit the controller's flags
+    _flags.append(_flag)
+os.environ["XLA_FLAGS"] = " ".join(_flags)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow must never claim an accelerator in tests.

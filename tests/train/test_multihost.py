@@ -70,6 +70,13 @@ OptimizerConfig.decay_style = 'constant'
 """
 
 
+def _xla_flags(device_count: int) -> str:
+  """This session's XLA flags (tests/conftest.py) with another host device count."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={device_count}"])
+
+
 def documents() -> list[str]:
   """NUM_DOCUMENTS sentences of 4-12 words: each far shorter than a row, so one document is one example."""
   rng = np.random.default_rng(0)
@@ -106,7 +113,7 @@ def _free_port() -> int:
 def _start(name: str, model_dir: pathlib.Path, num_processes: int, num_steps: int, tmp_path: pathlib.Path):
   """Starts one run: `num_processes` children with DEVICES / num_processes CPU devices each."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_") or k == "GLM_JAX_CACHE"}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}", JAX_PLATFORMS="cpu",
+  env.update(XLA_FLAGS=_xla_flags(DEVICES // num_processes), JAX_PLATFORMS="cpu",
              CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
              # the resumed runs compile the programs of the first two again: let them hit a cache

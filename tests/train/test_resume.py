@@ -23,6 +23,14 @@ SEED = 20240612  # the kill and preemption steps come from random.Random(SEED)
 TIMEOUT_S = 300
 
 
+
+def _xla_flags(device_count: int) -> str:
+  """This session's XLA flags (tests/conftest.py) with another host device count."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={device_count}"])
+
+
 def _command(model_dir) -> list[str]:
   return [sys.executable, "-m", "glm_jax.main", "train", "--gin_file=gin/pretrain/quickstart.gin",
           f"--model_dir={model_dir}", f"--gin.TrainConfig.num_steps={NUM_STEPS}", "--gin.TrainConfig.batch_size=4",
@@ -35,7 +43,7 @@ def _command(model_dir) -> list[str]:
 
 def _env(tmp_path) -> dict[str, str]:
   env = dict(os.environ)
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+  env.update(XLA_FLAGS=_xla_flags(2), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
              TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return env
