@@ -30,23 +30,29 @@ def test_gin_flags_become_bindings():
   assert main.experiment().train.num_steps == 3
 
 
-def test_convert_subcommand_writes_a_checkpoint_infer_can_load(tmp_path):
+def _random_hf_checkpoint(directory, config):
+  """A THUDM HF-format checkpoint of `config` with random float32 weights (torch is the [convert] extra)."""
   torch = pytest.importorskip("torch")
   import json
 
   import numpy as np
 
   from glm_jax.convert import pytorch as pt
+
+  rng = np.random.default_rng(0)
+  directory.mkdir()
+  torch.save({k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+              for k, s in pt.torch_shapes(config).items()}, directory / "pytorch_model.bin")
+  (directory / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
+  return directory
+
+
+def test_convert_subcommand_writes_a_checkpoint_infer_can_load(tmp_path):
   from glm_jax.model import GLMConfig
   from glm_jax.train import checkpoints
 
   config = GLMConfig(vocab_size=128, num_layers=1, hidden_size=16, num_heads=2, max_length=8)
-  rng = np.random.default_rng(0)
-  source = tmp_path / "hf"
-  source.mkdir()
-  torch.save({k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
-              for k, s in pt.torch_shapes(config).items()}, source / "pytorch_model.bin")
-  (source / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
+  source = _random_hf_checkpoint(tmp_path / "hf", config)
   assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == 0
   assert checkpoints.load_model_config(str(tmp_path / "out")) == config
   main.parse_gin([str(tmp_path / "out" / "model.gin")], [], main.REPO_ROOT)  # what fine-tuning includes
@@ -76,25 +82,16 @@ OptimizerConfig.learning_rate = 0.0  # the saved step-1 params must then be the 
 
 
 def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path):
-  torch = pytest.importorskip("torch")
-  import json
-
   import flax.linen as nn
   import jax
   import numpy as np
 
   from glm_jax import convert
-  from glm_jax.convert import pytorch as pt
   from glm_jax.model import GLM, GLMConfig
   from glm_jax.train import checkpoints, partitioning
 
   config = GLMConfig(vocab_size=4096, num_layers=1, hidden_size=16, num_heads=2, max_length=32)
-  rng = np.random.default_rng(0)
-  source = tmp_path / "hf"
-  source.mkdir()
-  torch.save({k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
-              for k, s in pt.torch_shapes(config).items()}, source / "pytorch_model.bin")
-  (source / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
+  source = _random_hf_checkpoint(tmp_path / "hf", config)
   assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "converted")]) == 0
   (tmp_path / "finetune.gin").write_text(FINETUNE_GIN)
   run = tmp_path / "run"

@@ -42,31 +42,27 @@ def _kernel_calls(text, target):
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("dtype,head_dim", [(jnp.bfloat16, 64), (jnp.float32, 128)])
 def test_forward_and_backward_lower_to_the_platform_kernels(kernel, dtype, head_dim):
-  module, platform, target = KERNELS[kernel]
-  forward = _lowered_text(module, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=False)
+  implementation, platform, target = KERNELS[kernel]
+  forward = _lowered_text(implementation, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=False)
   assert _kernel_calls(forward, target) == 1
-  backward = _lowered_text(module, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=True)
+  backward = _lowered_text(implementation, platform, length=1000, head_dim=head_dim, dtype=dtype, grad=True)
   assert _kernel_calls(backward, target) == 3  # the forward (for the log-sum-exp), dQ, and dK/dV
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_long_rows_lower(kernel):
-  module, platform, target = KERNELS[kernel]
-  text = _lowered_text(module, platform, length=8192, head_dim=128, dtype=jnp.bfloat16, grad=True, batch=1)
+  implementation, platform, target = KERNELS[kernel]
+  text = _lowered_text(implementation, platform, length=8192, head_dim=128, dtype=jnp.bfloat16, grad=True, batch=1)
   assert _kernel_calls(text, target) == 3
 
 
-def test_gpu_kernel_lowers_with_other_block_sizes():
-  module, platform, target = KERNELS["gpu"]
-  for block_q, block_k in ((32, 64), (128, 32)):
-    text = _lowered_text(module, platform, length=300, head_dim=64, dtype=jnp.bfloat16, grad=True,
-                         block_q=block_q, block_k=block_k)
-    assert _kernel_calls(text, target) == 3
-
-
-def test_tpu_kernel_lowers_with_other_block_sizes():
-  module, platform, target = KERNELS["tpu"]
-  for block_q, block_k in ((128, 256), (256, 128)):
-    text = _lowered_text(module, platform, length=700, head_dim=128, dtype=jnp.bfloat16, grad=True,
-                         block_q=block_q, block_k=block_k)
+@pytest.mark.parametrize("kernel,length,head_dim,blocks", [
+    ("gpu", 300, 64, [(32, 64), (128, 32)]),
+    ("tpu", 700, 128, [(128, 256), (256, 128)]),  # Mosaic tiles: multiples of 128
+])
+def test_kernels_lower_with_other_block_sizes(kernel, length, head_dim, blocks):
+  implementation, platform, target = KERNELS[kernel]
+  for block_q, block_k in blocks:
+    text = _lowered_text(implementation, platform, length=length, head_dim=head_dim, dtype=jnp.bfloat16,
+                         grad=True, block_q=block_q, block_k=block_k)
     assert _kernel_calls(text, target) == 3
