@@ -38,6 +38,7 @@ SentenceObjective = gin.external_configurable(preprocessors.SentenceObjective, "
 DocumentObjective = gin.external_configurable(preprocessors.DocumentObjective, "DocumentObjective")
 _OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, "document": DocumentObjective}
 
+
 @gin.configurable
 def task_vocabulary(checkpoint: str | None = None) -> seqio.Vocabulary:
   """The vocabulary of every glm_* Task, read when a dataset is made: the default glm-jax SentencePiece

@@ -17,9 +17,8 @@ and are partitioned by XLA like the rest of the model.
 """
 from __future__ import annotations
 
-import importlib
-
 import functools
+import importlib
 
 import jax
 from jax.sharding import PartitionSpec as P
