@@ -12,7 +12,8 @@ Meshes: XLA cannot partition a Pallas kernel (a custom call); left alone it woul
 device and run the whole batch there. So under a multi-device mesh (jax.sharding.use_abstract_mesh, as the
 training step traces the model) the Pallas backends run per shard inside `jax.shard_map`, with q, k, v split as
 `partition_spec` says (batch and heads only: attention needs no communication across either); the model passes
-its logical activation axes. Without a partition_spec there they raise. `xla` and `reference` are plain XLA
+its logical activation axes. Without a partition_spec there they raise. Inside a shard_map that made some
+axes manual already, they split over the remaining axes only. `xla` and `reference` are plain XLA
 and are partitioned by XLA like the rest of the model.
 """
 from __future__ import annotations
@@ -79,18 +80,33 @@ def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = No
 
 
 def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
-  """`call` run on each device's [B/b, L, H/h, D] block of q, k, v (and its rows of sep, segment_ids)."""
+  """`call` run on each device's [B/b, L, H/h, D] block of q, k, v (and its rows of sep, segment_ids).
+
+  Inside a shard_map that made some mesh axes manual already (a user's or a pipeline's), q, k, v are that
+  shard_map's local blocks: the kernel is split over the remaining axes only, and the spec's manual axes
+  are dropped.
+  """
   if partition_spec is None:
     raise ValueError(f"{implementation} under a {mesh.size}-device mesh needs partition_spec= (how q, k, v are "
                      f"split over {mesh.axis_names}): XLA cannot partition a Pallas kernel and would run the whole "
                      f"batch on every device")
   if len(partition_spec) != 4 or partition_spec[1] is not None or partition_spec[3] is not None:
     raise ValueError(f"partition_spec {partition_spec} for q, k, v [B, L, H, D] may split only B and H")
-  rows = P(partition_spec[0], None)
+  manual = set(mesh.manual_axes)
+  free_axes = frozenset(mesh.axis_names) - manual
+  spec = P(*(_without(entry, manual) for entry in partition_spec))
+  rows = P(spec[0], None)
 
   def per_shard(q, k, v, sep, segment_ids):
     return call(q, k, v, sep=sep, segment_ids=segment_ids)
 
-  sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(partition_spec,) * 3 + (rows, rows),
-                          out_specs=partition_spec, check_vma=False)
+  sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3 + (rows, rows), out_specs=spec,
+                          axis_names=free_axes, check_vma=False)
   return lambda q, k, v, *, sep, segment_ids: sharded(q, k, v, sep, segment_ids)
+
+
+def _without(entry, axes: set[str]):
+  """A PartitionSpec entry (None, a name or a tuple of names) without the names in `axes`."""
+  names = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+  kept = tuple(name for name in names if name not in axes)
+  return None if not kept else (kept[0] if len(kept) == 1 else kept)

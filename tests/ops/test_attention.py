@@ -163,6 +163,33 @@ def test_pallas_under_a_mesh_runs_per_shard_and_matches_reference():
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-4)
 
 
+def test_pallas_inside_a_shard_map_over_some_axes_splits_over_the_rest():
+  """A user's shard_map over "data" alone: the kernel runs on each (fsdp, tensor) block of its local batch."""
+  mesh = _mesh()
+  q, k, v, sep, segment_ids = _packed_inputs()
+  data = jax.sharding.PartitionSpec("data")
+
+  def loss(q, k, v, sep, segment_ids):
+    def inner(q, k, v, sep, segment_ids):
+      assert jax.sharding.get_abstract_mesh().manual_axes == ("data",)
+      return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu",
+                           interpret=True, block_q=32, block_k=32, partition_spec=MESH_SPEC)
+    out = jax.shard_map(inner, mesh=mesh, in_specs=(data,) * 5, out_specs=data, axis_names={"data"},
+                        check_vma=False)(q, k, v, sep, segment_ids)
+    return (out ** 2).sum(), out
+
+  def reference_loss(q, k, v, sep, segment_ids):
+    out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="reference")
+    return (out ** 2).sum(), out
+
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v, sep, segment_ids)
+  (_, want), want_grads = jax.value_and_grad(reference_loss, argnums=(0, 1, 2), has_aux=True)(
+      q, k, v, sep, segment_ids)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
+  for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-4)
+
+
 @pytest.mark.parametrize("implementation,platform,target,local_qkv", [
     ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton", "tensor<2x256x2x128xbf16>"),  # [B, L, H, D]
     ("pallas_tpu", "tpu", "tpu_custom_call", "tensor<2x2x256x128xbf16>")])  # the TPU kernel's [B, H, L, D]
