@@ -97,14 +97,14 @@ def _forward_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, o
     m, l, acc = carry
     cols = pl.ds(j * block_k, block_k)
     k, v = k_ref[cols, :], v_ref[cols, :]
-    s = pl.dot(q, k, trans_b=True) * scale
+    s = plgpu.dot(q, k, trans_b=True) * scale
     s = jnp.where(_tile_mask(lo, hi, j * block_k, block_k), s, -jnp.inf)
     m_new = jnp.maximum(m, s.max(axis=-1))
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with nothing visible yet
     p = jnp.exp(s - m_safe[:, None])
     alpha = jnp.exp(m - m_safe)
     l = alpha * l + p.sum(axis=-1)
-    acc = alpha[:, None] * acc + pl.dot(p.astype(v.dtype), v)
+    acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
     return m_new, l, acc
 
   init = (jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -127,11 +127,11 @@ def _dq_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref
     cols = pl.ds(j * block_k, block_k)
     k, v = k_ref[cols, :], v_ref[cols, :]
     mask = _tile_mask(lo, hi, j * block_k, block_k)
-    s = pl.dot(q, k, trans_b=True) * scale
+    s = plgpu.dot(q, k, trans_b=True) * scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
-    dp = pl.dot(do, v, trans_b=True)
+    dp = plgpu.dot(do, v, trans_b=True)
     ds = p * (dp - delta[:, None]) * scale
-    return dq + pl.dot(ds.astype(k.dtype), k)
+    return dq + plgpu.dot(ds.astype(k.dtype), k)
 
   first = first_ref[()]
   dq = jax.lax.fori_loop(first, first + count_ref[()], key_block, jnp.zeros(q.shape, jnp.float32))
@@ -151,12 +151,12 @@ def _dkv_kernel(q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, d
     q, do = q_ref[rows, :], do_ref[rows, :]
     lse, delta = lse_ref[rows], delta_ref[rows]
     mask = _tile_mask(lo_ref[rows], hi_ref[rows], key_start, block_k)
-    s = pl.dot(q, k, trans_b=True) * scale
+    s = plgpu.dot(q, k, trans_b=True) * scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
-    dp = pl.dot(do, v, trans_b=True)
+    dp = plgpu.dot(do, v, trans_b=True)
     ds = p * (dp - delta[:, None]) * scale
-    dv = dv + pl.dot(p.astype(do.dtype), do, trans_a=True)
-    dk = dk + pl.dot(ds.astype(q.dtype), q, trans_a=True)
+    dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
+    dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
     return dk, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
