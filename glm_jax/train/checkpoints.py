@@ -15,7 +15,9 @@ and renames it when every item of every process is written, so a crash mid-save 
 `restore_latest` waits for saves in flight, then walks the steps newest -> oldest and restores the newest one
 that reads back completely. A step that fails (files missing or truncated, a changed model) is logged with the
 reason and, once an older step has restored, moved aside to DIR/<step>.unrestorable (never deleted), so the
-run saves that step again. When no step restores, it raises and moves nothing.
+run saves that step again. When no step restores, it raises and moves nothing. With several processes, a step
+that fails on any one of them is skipped on all, so every host resumes the same step (the items are read by
+their handlers, outside orbax's restore barrier, and the outcome is agreed with one collective per step).
 
 The input position: a restored iterator yields exactly the batches the saved run would have drawn next, so a
 resumed run trains on the same stream as an uninterrupted one. The saved positions belong to one process
@@ -159,6 +161,32 @@ def _all_processes_ok(ok: bool) -> bool:
   return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def _read_everywhere(read):
+  """Runs `read()` on this process and agrees on the outcome with the others: (its result, None) when it
+  succeeded on every process, else (None, the reason). Every process must call this the same number of times.
+
+  `read` must contain no cross-process barrier: a process that fails before one would leave the others waiting
+  there while it goes on to the next collective. So the restores below read each item with its orbax handler
+  (whose restore reads this process's own shards and synchronizes nothing) rather than CheckpointManager.restore,
+  which ends with a barrier.
+  """
+  try:
+    result, error = read(), None
+  except Exception as e:  # noqa: BLE001  (any failure to read a step makes that step unusable)
+    result, error = None, _reason(e)
+  if _all_processes_ok(error is None):
+    return result, None
+  return None, error or "it failed on another process"
+
+
+def _restore_item(manager: ocp.CheckpointManager, step: int, item: str, handler: ocp.CheckpointHandler, args):
+  """One item of one step, read by its handler (see _read_everywhere)."""
+  try:
+    return handler.restore(manager.directory / str(step) / item, args=args)
+  finally:
+    handler.close()
+
+
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   """Renames DIR/<step> to DIR/<step>.unrestorable (process 0) so the manager no longer lists them."""
   if jax.process_index() == 0:
@@ -187,20 +215,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
   manager.reload()
   failures: list[tuple[int, str]] = []
   for step in sorted(manager.all_steps(), reverse=True):
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
     has_data = (manager.directory / str(step) / DATA_ITEM).exists()
-    if data_iterator is not None and has_data:
-      items[DATA_ITEM] = DataIteratorRestore(data_iterator)
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(**items))
-      saved_step = int(jax.device_get(restored.state.step))
+
+    def read(step=step, has_data=has_data):
+      state = _restore_item(manager, step, "state", ocp.StandardCheckpointHandler(),
+                            ocp.args.StandardRestore(abstract_state))
+      saved_step = int(jax.device_get(state.step))
       if saved_step != step:
         raise ValueError(f"its state holds step {saved_step}")
-      error = None
-    except Exception as e:  # noqa: BLE001  (any failure to read a step makes that step unusable)
-      error = _reason(e)
-    if not _all_processes_ok(error is None):
-      error = error or "it failed to restore on another process"
+      if data_iterator is not None and has_data:
+        _restore_item(manager, step, DATA_ITEM, DataIteratorHandler(), DataIteratorRestore(data_iterator))
+      return state
+
+    state, error = _read_everywhere(read)
+    if error is not None:
       logging.warning("checkpoint step %d under %s is incomplete or unreadable, skipping it: %s",
                       step, manager.directory, error)
       failures.append((step, error))
@@ -212,7 +240,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
     if data_iterator is not None and not has_data:
       logging.warning("checkpoint step %d holds no input position (saved with input checkpointing off): the "
                       "input stream restarts from its beginning", step)
-    return restored.state
+    return state
   if failures:
     reasons = "; ".join(f"step {s}: {e}" for s, e in failures)
     raise RuntimeError(f"no checkpoint under {manager.directory} restores ({reasons}); fix or move the step "
@@ -273,6 +301,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   unreadable steps are skipped with a warning, and left in place), placed like `abstract_params`
   (ShapeDtypeStructs, e.g. from partitioning.abstract_boxed_params; on one device unless they carry a
   sharding); the optimizer state is not read. Also reads the params-only checkpoints of glm_jax.convert.
+  With several processes, all of them restore the same step (the newest that reads on every process).
   Raises FileNotFoundError when there is no checkpoint, ValueError (naming the params) when the checkpoint's
   params do not fit `abstract_params`, RuntimeError when no step restores."""
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -287,21 +316,20 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
       raise FileNotFoundError(f"no checkpoint under {directory!r}")
     failures = []
     for candidate in steps:
-      try:
-        metadata = manager.item_metadata(candidate)["state"].tree["params"]
-      except Exception as e:  # noqa: BLE001  (a torn step may lack its metadata)
-        failures.append((candidate, _reason(e)))
-        continue
-      check_params_fit(directory, candidate, metadata, abstract_params)
-      try:
-        restored = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
-      except Exception as e:  # noqa: BLE001  (files missing or truncated)
-        failures.append((candidate, _reason(e)))
+      # Every process must read the same step: one that fails anywhere (a host's failed read of a torn copy) is
+      # skipped everywhere, so no two hosts start from different params.
+      metadata, error = _read_everywhere(lambda: manager.item_metadata(candidate)["state"].tree["params"])
+      if error is None:
+        check_params_fit(directory, candidate, metadata, abstract_params)
+        restored, error = _read_everywhere(lambda: _restore_item(
+            manager, candidate, "state", ocp.PyTreeCheckpointHandler(), ocp.args.PyTreeRestore(
+                item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
+      if error is not None:
+        failures.append((candidate, error))
         continue
       if failures:
         logging.warning("restored the params of step %d under %s, skipping newer unreadable steps: %s", candidate,
                         directory, "; ".join(f"step {s}: {r}" for s, r in failures))
-      return restored.state["params"]
+      return restored["params"]
   raise RuntimeError(f"no checkpoint under {directory!r} restores: "
                      + "; ".join(f"step {s}: {r}" for s, r in failures))

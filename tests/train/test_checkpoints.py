@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 
 import jax
@@ -203,3 +204,81 @@ def test_seqio_stream_is_deterministic_and_a_restored_position_continues_it_exac
   resumed.restore_position(str(tmp_path / "position"))
   assert _same_batches([next(resumed) for _ in range(3)], expected)
   del first, again, resumed  # tf.data iterators running Python must not outlive the test (preprocessors.py)
+
+
+# Two real processes (jax.distributed on localhost, one CPU device each) restoring the same directory, where
+# process 1 cannot read the newest step (a host's failed read of a torn or half-copied step). Run as a script,
+# this file is one of those processes.
+FLAKY_STEP = 2
+
+
+def _restore_in_process(directory: str, coordinator: str, process_id: int, out: str) -> None:
+  import orbax.checkpoint as ocp
+
+  from glm_jax.train import distributed
+
+  distributed.initialize(coordinator, 2, process_id)
+  if process_id == 1:  # orbax's read of the arrays fails here, for this step only
+    original = ocp.PyTreeCheckpointHandler.restore
+
+    def flaky_restore(self, directory, *args, **kwargs):
+      if directory.parent.name == str(FLAKY_STEP):
+        raise OSError(f"simulated: process 1 cannot read step {FLAKY_STEP}")
+      return original(self, directory, *args, **kwargs)
+
+    ocp.PyTreeCheckpointHandler.restore = flaky_restore
+  replicated = jax.sharding.NamedSharding(jax.make_mesh((2,), ("data",)), jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), _small_state(0))
+  params = checkpoints.restore_params(directory, target.params)
+  manager = checkpoints.make_manager(directory)
+  state = checkpoints.restore_latest(manager, target)
+  manager.close()
+  local = lambda x: np.asarray(x.addressable_data(0)).tolist()  # noqa: E731
+  with open(out, "w") as f:
+    json.dump({"params_w": local(params["w"]), "latest_step": local(state.step), "latest_w": local(state.params["w"])},
+              f)
+
+
+@pytest.mark.slow
+def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_path):
+  import socket
+  import subprocess
+  import time
+
+  directory = tmp_path / "ckpt"
+  manager = checkpoints.make_manager(str(directory), save_every=1)
+  for s in (1, FLAKY_STEP):
+    checkpoints.save(manager, _small_state(s), CONFIG, step=s, force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=1"]),
+             PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+  children = [subprocess.Popen([sys.executable, __file__, str(directory), coordinator, str(i), str(tmp_path / f"{i}.json")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for i in range(2)]
+  deadline = time.monotonic() + 120  # each process takes ~15 s; a desync hangs
+  while any(p.poll() is None for p in children) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  logs = []
+  for p in children:
+    if p.poll() is None:
+      p.kill()
+    logs.append(p.communicate()[0])
+  assert [p.returncode for p in children] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+
+  want = (np.arange(8.0) * 1).tolist()  # step 1's params
+  for i in range(2):
+    result = json.loads((tmp_path / f"{i}.json").read_text())
+    assert result == {"params_w": want, "latest_step": 1, "latest_w": want}, (i, result)
+  assert "skipping newer unreadable steps: step 2: it failed on another process" in logs[0]
+  assert "simulated: process 1 cannot read step 2" in logs[1]
+  assert not (directory / "2").exists() and (directory / f"2{checkpoints.UNRESTORABLE_SUFFIX}").exists()
+
+
+if __name__ == "__main__":
+  _restore_in_process(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
