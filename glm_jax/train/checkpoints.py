@@ -299,12 +299,12 @@ def check_params_fit(directory: str, step: int, saved_params_metadata, abstract_
 def restore_params(directory: str, abstract_params, step: int | None = None):
   """Only the params of the checkpoint at `step` (default: the newest that reads back completely; newer torn or
   unreadable steps are skipped with a warning, and left in place), placed like `abstract_params`
-  (ShapeDtypeStructs, e.g. from partitioning.abstract_boxed_params; on one device unless they carry a
+  (ShapeDtypeStructs, e.g. from partitioning.abstract_boxed_params; on this process's first device unless they carry a
   sharding); the optimizer state is not read. Also reads the params-only checkpoints of glm_jax.convert.
   With several processes, all of them restore the same step (the newest that reads on every process).
   Raises FileNotFoundError when there is no checkpoint, ValueError (naming the params) when the checkpoint's
   params do not fit `abstract_params`, RuntimeError when no step restores."""
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract_params = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
       abstract_params)
