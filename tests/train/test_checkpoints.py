@@ -256,19 +256,22 @@ def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_pa
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=1"]),
-             PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-  children = [subprocess.Popen([sys.executable, __file__, str(directory), coordinator, str(i), str(tmp_path / f"{i}.json")],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for i in range(2)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=1"]))
+  children = []
+  for i in range(2):
+    with open(tmp_path / f"{i}.log", "w") as log:
+      children.append(subprocess.Popen(
+          [sys.executable, __file__, str(directory), coordinator, str(i), str(tmp_path / f"{i}.json")],
+          env=env, stdout=log, stderr=subprocess.STDOUT))
   deadline = time.monotonic() + 120  # each process takes ~15 s; a desync hangs
   while any(p.poll() is None for p in children) and time.monotonic() < deadline:
     time.sleep(0.2)
-  logs = []
   for p in children:
     if p.poll() is None:
       p.kill()
-    logs.append(p.communicate()[0])
+      p.wait()
+  logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
   assert [p.returncode for p in children] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
 
   want = (np.arange(8.0) * 1).tolist()  # step 1's params
