@@ -14,62 +14,22 @@ import numpy as np
 import pytest
 
 from glm_jax import ops
+from glm_jax.ops import testing
 from glm_jax.ops import attention_blocks
 from glm_jax.ops import attention_pallas_tpu
-from glm_jax.ops import mask as mask_lib
 
 IMPLEMENTATION = "pallas_tpu"
 INTERPRET = jax.default_backend() != "tpu"
 
 
-def packed_batch(rng, batch, length, max_segments, pad_max=0):
-  """Random packed rows: segment ids 1..n (contiguous), per-token sep in [0, segment length], tail padding."""
-  segment_ids = np.zeros((batch, length), np.int32)
-  sep = np.zeros((batch, length), np.int32)
-  for b in range(batch):
-    used = length - int(rng.integers(0, pad_max + 1))
-    n = int(rng.integers(1, max_segments + 1))
-    cuts = np.sort(rng.choice(np.arange(1, used), size=min(n - 1, used - 1), replace=False))
-    bounds = [0, *cuts.tolist(), used]
-    for s, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-      seg_len = stop - start
-      # Extremes on purpose: empty Part A, Part A filling the segment, or anything between.
-      part_a = [0, seg_len, int(rng.integers(0, seg_len + 1))][s % 3 if b == 0 else int(rng.integers(0, 3))]
-      segment_ids[b, start:stop] = s + 1
-      sep[b, start:stop] = part_a
-  return sep, segment_ids
-
-
-def qkv(rng, batch, length, heads, head_dim, dtype=jnp.float32):
-  return tuple(jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), dtype) for _ in range(3))
-
-
-@functools.partial(jax.jit, static_argnames=("implementation", "options"))
-def value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation, options=()):
-  def loss(q, k, v):
-    out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, **dict(options))
-    return jnp.sum(out.astype(jnp.float32) * cotangent), out
-
-  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  return (out, *grads)
-
-
-def kernel_and_reference(q, k, v, sep, segment_ids, block_q, block_k, seed=0):
-  """(out, dq, dk, dv) of the kernel on (q, k, v) and of the reference on their float32 values."""
-  cotangent = jnp.asarray(np.random.default_rng(seed).normal(size=q.shape), jnp.float32)
-  options = (("block_q", block_q), ("block_k", block_k), ("interpret", INTERPRET))
-  got = value_and_grads(q, k, v, cotangent, sep, segment_ids, IMPLEMENTATION, options)
-  want = value_and_grads(*(x.astype(jnp.float32) for x in (q, k, v)), cotangent, sep, segment_ids, "reference")
-  return got, want
-
-
 def assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k):
-  got, want = kernel_and_reference(q, k, v, sep, segment_ids, block_q, block_k)
-  tol = 2e-5 if q.dtype == jnp.float32 else 2e-2  # bf16: probabilities and the result are rounded
-  for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
-    assert g.dtype == q.dtype, name
-    g, w = np.asarray(g, np.float32), np.asarray(w)
-    np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, np.abs(w).max()), err_msg=name)
+  testing.assert_matches_reference(q, k, v, sep, segment_ids, IMPLEMENTATION, block_q=block_q, block_k=block_k,
+                                   interpret=INTERPRET)
+
+
+def kernel_and_reference(q, k, v, sep, segment_ids, block_q, block_k):
+  return testing.against_reference(q, k, v, sep, segment_ids, IMPLEMENTATION, block_q=block_q, block_k=block_k,
+                                   interpret=INTERPRET)
 
 
 @pytest.mark.slow
@@ -78,25 +38,26 @@ def test_per_example_sep_extremes_match_reference():
   rng = np.random.default_rng(1)
   length = 72
   sep = jnp.asarray([0, 1, length - 1, length], jnp.int32)
-  q, k, v = qkv(rng, 4, length, 1, 64)
+  q, k, v = testing.random_qkv(rng, 4, length, 1, 64)
   assert_matches_reference(q, k, v, sep, None, block_q=32, block_k=32)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("length,block_q,block_k", [(100, 16, 32), (77, 32, 64)])
 def test_packed_rows_match_reference(length, block_q, block_k):
-  # Rows of 1..8 segments with sep 0, the full segment or random, tail padding, random per-example sep.
+  # Eight rows of 1..8 segments, each with sep 0, the full segment or random, tail padding.
   rng = np.random.default_rng(length)
-  sep, segment_ids = packed_batch(rng, batch=2, length=length, max_segments=8, pad_max=length // 3)
-  q, k, v = qkv(rng, 2, length, 1, 64)
+  sep, segment_ids = testing.packed_batch(rng, batch=8, length=length, max_segments=8, pad_max=length // 3,
+                                          segments=range(1, 9))
+  q, k, v = testing.random_qkv(rng, 8, length, 1, 64)
   assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k)
 
 
 @pytest.mark.slow
 def test_bfloat16_head_dim_128_matches_reference():
   rng = np.random.default_rng(2)
-  sep, segment_ids = packed_batch(rng, batch=2, length=64, max_segments=5, pad_max=20)
-  q, k, v = qkv(rng, 2, 64, 1, 128, jnp.bfloat16)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=64, max_segments=5, pad_max=20)
+  q, k, v = testing.random_qkv(rng, 2, 64, 1, 128, jnp.bfloat16)
   assert_matches_reference(q, k, v, sep, segment_ids, block_q=16, block_k=32)
 
 
@@ -107,7 +68,7 @@ def test_key_value_index_map_only_names_visited_blocks():
   sep = jnp.asarray([[6] * 40 + [50] * 50 + [0] * 38], jnp.int32)
   lo, hi = attention_blocks.row_intervals(sep, segment_ids, 128)
   first, count = (np.asarray(x) for x in attention_blocks.key_block_ranges(lo, hi, 16, 16))
-  visible = block_visibility(sep, segment_ids, 128, 16, 16)
+  visible = testing.block_visibility(sep, segment_ids, 128, 16, 16)
   for i in range(8):
     blocks = [int(attention_pallas_tpu._visited(first, count, (0, i), j)) for j in range(8)]
     n = int(count[0, i])
@@ -117,15 +78,6 @@ def test_key_value_index_map_only_names_visited_blocks():
     else:
       assert len(set(blocks)) == 1 and not visible[0, i].any()
   assert (count[0] < 8).all() and (count[0, 6:] == 0).all()
-
-
-def block_visibility(sep, segment_ids, length, block_q, block_k):
-  """bool [B, nq, nk] from the rule itself: does any row of query block i attend any key of block j."""
-  dense = np.asarray(mask_lib.dense_mask(*mask_lib.canonicalize(sep, segment_ids, length)))
-  num_q, num_k = -(-length // block_q), -(-length // block_k)
-  padded = np.zeros((dense.shape[0], num_q * block_q, num_k * block_k), bool)
-  padded[:, :length, :length] = dense
-  return padded.reshape(-1, num_q, block_q, num_k, block_k).any(axis=(2, 4))
 
 
 @pytest.mark.slow
@@ -140,9 +92,9 @@ def test_poisoned_skipped_blocks_are_never_read():
   segment_ids = np.array([[1] * 64 + [2] * 32 + [0] * 32, [1] * 128], np.int32)
   sep = np.array([[8] * 64 + [0] * 32 + [0] * 32, [4] * 128], np.int32)
   checked_query_blocks = [{0, 1}, {0}]
-  visible = block_visibility(sep, segment_ids, length, block, block)
+  visible = testing.block_visibility(sep, segment_ids, length, block, block)
   rng = np.random.default_rng(3)
-  q, k, v = qkv(rng, 2, length, 1, 64)
+  q, k, v = testing.random_qkv(rng, 2, length, 1, 64)
   poisoned_k, poisoned_v = np.array(k), np.array(v)
   checks = []
   for b, rows in enumerate(checked_query_blocks):
@@ -182,8 +134,8 @@ def _shapes_outside_kernels(jaxpr):
 def test_no_length_by_length_array_is_materialized():
   length = 256
   rng = np.random.default_rng(4)
-  sep, segment_ids = packed_batch(rng, batch=1, length=length, max_segments=3)
-  q, k, v = qkv(rng, 1, length, 1, 64)
+  sep, segment_ids = testing.packed_batch(rng, batch=1, length=length, max_segments=3)
+  q, k, v = testing.random_qkv(rng, 1, length, 1, 64)
 
   def loss(q, k, v):
     return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=IMPLEMENTATION,

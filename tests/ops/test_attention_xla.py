@@ -11,55 +11,24 @@ import pytest
 from glm_jax import ops
 from glm_jax.ops import attention_xla
 from glm_jax.ops import mask as mask_lib
+from glm_jax.ops import testing
 
 H, D = 2, 16
 
 
-def packed_batch(rng, batch, length, max_segments, pad_max=0):
-  """Random packed rows: segment ids 1..n (contiguous), per-token sep in [0, segment length], tail padding."""
-  segment_ids = np.zeros((batch, length), np.int32)
-  sep = np.zeros((batch, length), np.int32)
-  for b in range(batch):
-    used = length - int(rng.integers(0, pad_max + 1))
-    n = int(rng.integers(1, max_segments + 1))
-    cuts = np.sort(rng.choice(np.arange(1, used), size=min(n - 1, used - 1), replace=False))
-    bounds = [0, *cuts.tolist(), used]
-    for s, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-      seg_len = stop - start
-      # Extremes on purpose: empty Part A, Part A filling the segment, or anything between.
-      part_a = [0, seg_len, int(rng.integers(0, seg_len + 1))][int(rng.integers(0, 3))]
-      segment_ids[b, start:stop] = s + 1
-      sep[b, start:stop] = part_a
-  return sep, segment_ids
-
-
 def qkv(rng, batch, length, dtype=jnp.float32):
-  return tuple(jnp.asarray(rng.normal(size=(batch, length, H, D)), dtype) for _ in range(3))
+  return testing.random_qkv(rng, batch, length, H, D, dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("implementation", "block_q", "block_k"))
-def value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation, block_q=None, block_k=None):
-  options = {} if block_q is None else dict(block_q=block_q, block_k=block_k)
-
-  def loss(q, k, v):
-    out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, **options)
-    return jnp.sum(out.astype(jnp.float32) * cotangent), out
-
-  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  return out, grads
+def value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation, block_q, block_k):
+  return testing.value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation,
+                                 (("block_q", block_q), ("block_k", block_k)))
 
 
-def assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k, seed=0):
-  """The xla path on (q, k, v) vs the reference in float32 on the same values."""
-  cotangent = jnp.asarray(np.random.default_rng(seed).normal(size=q.shape), jnp.float32)
-  got = value_and_grads(q, k, v, cotangent, sep, segment_ids, "xla", block_q, block_k)
-  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-  want = value_and_grads(*f32, cotangent, sep, segment_ids, "reference")
-  tol = 1e-5 if q.dtype == jnp.float32 else 1e-2  # bf16: one rounding of the result
-  for name, g, w in zip(("out", "dq", "dk", "dv"), [got[0], *got[1]], [want[0], *want[1]]):
-    assert g.dtype == q.dtype, name
-    g, w = np.asarray(g, np.float32), np.asarray(w)
-    np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, np.abs(w).max()), err_msg=name)
+def assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k):
+  """The xla path on (q, k, v) vs the reference in float32 on the same values (bf16: one rounding)."""
+  testing.assert_matches_reference(q, k, v, sep, segment_ids, "xla", f32_tol=1e-5, bf16_tol=1e-2,
+                                   block_q=block_q, block_k=block_k)
 
 
 @pytest.mark.parametrize("sep_value", ["zero", "one", "L-1", "L", "random"])
@@ -76,14 +45,14 @@ def test_per_example_sep_matches_reference(sep_value):
                                                     (24, 512, 512)])
 def test_packed_rows_match_reference(length, block_q, block_k):
   rng = np.random.default_rng(length)
-  sep, segment_ids = packed_batch(rng, batch=4, length=length, max_segments=8, pad_max=length // 4)
+  sep, segment_ids = testing.packed_batch(rng, batch=4, length=length, max_segments=8, pad_max=length // 4)
   q, k, v = qkv(rng, 4, length)
   assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k)
 
 
 def test_bfloat16_matches_float32_reference():
   rng = np.random.default_rng(2)
-  sep, segment_ids = packed_batch(rng, batch=2, length=72, max_segments=4, pad_max=10)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=72, max_segments=4, pad_max=10)
   q, k, v = qkv(rng, 2, 72, jnp.bfloat16)
   assert_matches_reference(q, k, v, sep, segment_ids, block_q=32, block_k=16)
 
@@ -91,7 +60,7 @@ def test_bfloat16_matches_float32_reference():
 @pytest.mark.slow
 def test_long_packed_rows_match_reference():
   rng = np.random.default_rng(3)
-  sep, segment_ids = packed_batch(rng, batch=2, length=256, max_segments=8, pad_max=40)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=256, max_segments=8, pad_max=40)
   for dtype in (jnp.float32, jnp.bfloat16):
     q, k, v = qkv(rng, 2, 256, dtype)
     assert_matches_reference(q, k, v, sep, segment_ids, block_q=64, block_k=32)
@@ -131,9 +100,9 @@ def test_nan_at_padding_never_reaches_outputs_or_gradients():
   poisoned = [x.at[:, 35:].set(jnp.nan) for x in (q, k, v)]
   clean = value_and_grads(q, k, v, cotangent, sep, segment_ids, "xla", 16, 16)
   dirty = value_and_grads(*poisoned, cotangent, sep, segment_ids, "xla", 16, 16)
-  for c, d in zip([clean[0], *clean[1]], [dirty[0], *dirty[1]]):
+  for c, d in zip(clean, dirty):
     np.testing.assert_array_equal(np.asarray(d), np.asarray(c))
-  assert not np.asarray(clean[0][:, 35:]).any() and not np.asarray(clean[1][1][:, 35:]).any()
+  assert not np.asarray(clean[0][:, 35:]).any() and not np.asarray(clean[2][:, 35:]).any()
 
 
 def test_nan_in_other_segments_key_blocks_never_reaches_outputs_or_gradients():
@@ -146,7 +115,7 @@ def test_nan_in_other_segments_key_blocks_never_reaches_outputs_or_gradients():
   poisoned = [x.at[:, 32:].set(jnp.nan) for x in (k, v)]
   clean = value_and_grads(q, k, v, cotangent, sep, segment_ids, "xla", 16, 16)
   dirty = value_and_grads(q, *poisoned, cotangent, sep, segment_ids, "xla", 16, 16)
-  for c, d in zip([clean[0], *clean[1]], [dirty[0], *dirty[1]]):
+  for c, d in zip(clean, dirty):
     np.testing.assert_array_equal(np.asarray(d)[:, :32], np.asarray(c)[:, :32])
 
 
@@ -184,7 +153,7 @@ def reference_with_keep(q, k, v, sep, segment_ids, keep, rate):
 def test_dropout_matches_dense_computation_with_the_same_mask():
   rng = np.random.default_rng(8)
   length, rate, block_q, block_k = 45, 0.3, 16, 8
-  sep, segment_ids = packed_batch(rng, batch=2, length=length, max_segments=3, pad_max=6)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=length, max_segments=3, pad_max=6)
   q, k, v = qkv(rng, 2, length)
   cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
   key = jax.random.key(3)
@@ -207,7 +176,7 @@ def test_dropout_matches_dense_computation_with_the_same_mask():
 def test_dropout_is_reproducible_and_keeps_the_expected_value():
   rng = np.random.default_rng(9)
   length, rate, samples = 32, 0.5, 256
-  sep, segment_ids = packed_batch(rng, batch=1, length=length, max_segments=2, pad_max=4)
+  sep, segment_ids = testing.packed_batch(rng, batch=1, length=length, max_segments=2, pad_max=4)
   q, k, v = qkv(rng, 1, length)
   run = jax.jit(lambda key: ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="xla",
                                           dropout_rate=rate, dropout_rng=key, block_q=16, block_k=8))
@@ -225,7 +194,7 @@ def test_dropout_is_reproducible_and_keeps_the_expected_value():
 def test_works_under_jit_scan_and_remat():
   """A layer stack as the model runs it: lax.scan over layers with rematerialized attention and dropout."""
   rng = np.random.default_rng(10)
-  sep, segment_ids = packed_batch(rng, batch=2, length=30, max_segments=3, pad_max=5)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=30, max_segments=3, pad_max=5)
   x = jnp.asarray(rng.normal(size=(2, 30, H, D)), jnp.float32)
   weights = jnp.asarray(rng.normal(size=(3, D, D)) / np.sqrt(D), jnp.float32)
 
@@ -249,7 +218,7 @@ def test_glm_model_with_scan_remat_and_dropout():
   from glm_jax.model import GLM, preset
 
   rng = np.random.default_rng(11)
-  sep, segment_ids = packed_batch(rng, batch=2, length=24, max_segments=3, pad_max=4)
+  sep, segment_ids = testing.packed_batch(rng, batch=2, length=24, max_segments=3, pad_max=4)
   ids = jnp.asarray(rng.integers(0, 256, size=(2, 24)), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(24, dtype=jnp.int32), (2, 24))
 
