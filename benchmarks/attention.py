@@ -8,12 +8,16 @@ against the platform's baseline (its first entry) in the same run. Temporary mem
 accounting of the compiled program (`compile().memory_analysis().temp_size_in_bytes`); a baseline whose
 program needs more than --max_temp_gb is compiled (to report its size) but not run.
 To add a platform, add its entries to IMPLEMENTATIONS; the first entry is the baseline.
+
+On a GPU (`--platform gpu`, the default there) it runs benchmarks/attention_gpu.py, which takes that file's
+flags: the Pallas kernel against cuDNN and the reference in TFLOP/s on allowed pairs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import statistics
+import sys
 import time
 
 import jax
@@ -92,8 +96,16 @@ def ratio(base: Result, result: Result, field: str) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--platform", default=jax.default_backend(), choices=sorted(IMPLEMENTATIONS))
+  platforms = sorted([*IMPLEMENTATIONS, "gpu"])
+  platform_parser = argparse.ArgumentParser(add_help=False)
+  platform_parser.add_argument("--platform", default=jax.default_backend(), choices=platforms)
+  platform, rest = platform_parser.parse_known_args()
+  if platform.platform == "gpu":
+    import attention_gpu  # benchmarks/attention_gpu.py, beside this file: it takes every other flag
+
+    sys.argv = [attention_gpu.__file__, *rest]
+    return attention_gpu.main()
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[platform_parser])
   parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=8)

@@ -1,0 +1,47 @@
+"""The benchmarks still run: each one's smallest run, as a subprocess from the repository root.
+
+What they measure is not checked here (benchmarks are not timed tests); that they run is, so the GPU ones, which
+only a lent device runs for real, do not rot: their --dry_run paths run the same code on CPU with tiny shapes.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> str:
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  return done.stdout
+
+
+@pytest.mark.slow
+def test_attention_cpu_prints_ratios_against_the_reference():
+  out = _run("benchmarks/attention.py", "--platform", "cpu", "--lengths", "128", "--repeats", "1")
+  assert "| 128 | reference | fwd+bwd |" in out and "| 128 | xla       | fwd+bwd |" in out
+
+
+@pytest.mark.slow
+def test_attention_gpu_dry_run_checks_its_flop_accounting():
+  out = _run("benchmarks/attention.py", "--platform", "gpu", "--dry_run", "--lengths", "")
+  assert "dry run ok" in out and "GLM-Large" in out and "GLM-2B" in out
+
+
+@pytest.mark.slow
+def test_scaling_gpu_dry_run_runs_both_models():
+  out = _run("benchmarks/scaling.py", "--gpu", "--dry_run")
+  assert "GLM-Large (dry run: tiny)" in out and "GLM-2B (dry run: tiny)" in out
+
+
+@pytest.mark.slow
+def test_data_throughput_runs_every_part_on_a_small_corpus():
+  out = _run("benchmarks/data_throughput.py", "--corpus_mb", "0.05", "--objectives", "tokens", "--end_to_end")
+  for part in ("baseline: PyTorch-GLM-style corruption", "(a) tokenization", "(b) corruption + conversion",
+               "(c) seqio Task end to end"):
+    assert f"| {part}" in out, part
