@@ -5,7 +5,8 @@ Four runs of `glm_jax.main.main` in child processes, 4 devices in every run:
   two:      2 processes x 2 devices (--coordinator_address/--num_processes/--process_id), steps 1-6
   two->one: 1 process resuming a copy of two's checkpoint, steps 7-8
   one->two: 2 processes resuming a copy of one's checkpoint, steps 7-8
-`one` and `two` run at the same time, then the two resumes.
+`one` and `two` run at the same time, then the two resumes. A second test preempts a 2-process run by sending
+SIGTERM to one of its processes, and resumes it.
 
 What holds: the per-step losses of `two` (metrics.jsonl, written by process 0) match `one`'s within LOSS_RTOL and
 their Part-B token counts are equal, so process-local shards assemble the same global batches; the step-6 params
@@ -26,7 +27,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -197,6 +200,40 @@ def test_two_processes_match_one_and_checkpoints_cross_host_counts(tmp_path):
   # a run that had not restored would log steps from 1 again
   assert [r["step"] for r in resumed] == list(range(STEPS + 1, RESUMED_STEPS + 1)), resumed
   assert resumed[0]["loss"] < 0.8 * one_records[0]["loss"], "the resumed params must be trained"
+
+
+def _await_step(model_dir: pathlib.Path, step: int, children, timeout_s: float = PHASE_TIMEOUT_S) -> None:
+  """Waits until process 0 has logged train step `step` (while every child still runs)."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline and all(p.poll() is None for _, p in children):
+    if (model_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in _train_records(model_dir)):
+      return
+    time.sleep(0.2)
+  _wait(children, timeout_s=0)  # fails with the logs
+  pytest.fail(f"step {step} was not reached")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes(tmp_path):
+  """A preemption notice to one host (process 1, not the coordinator) reaches the other through JAX's
+  preemption sync point: both save the same step, exit with status 0, and a restart goes on after it."""
+  (tmp_path / "multihost.gin").write_text(GIN)
+  run = tmp_path / "preempted"
+  children = _start("preempted", run, 2, 100_000, tmp_path)
+  _await_step(run, 2, children)
+  children[1][1].send_signal(signal.SIGTERM)
+  _wait(children)
+
+  logs = [log.read_text() for log, _ in children]
+  saved = [re.findall(r"preempted at step (\d+): checkpoint saved", log) for log in logs]
+  assert saved[0] and saved[0] == saved[1], saved
+  step = int(saved[0][0])
+  assert 2 <= step < 100_000
+  from glm_jax.train import checkpoints
+  assert checkpoints.latest_step(str(run)) == step
+
+  _wait(_start("resumed", run, 2, step + 2, tmp_path))
+  assert [r["step"] for r in _train_records(run)][-2:] == [step + 1, step + 2]
 
 
 if __name__ == "__main__":
