@@ -135,8 +135,10 @@ def _in_mesh(fn, mesh):
 
 
 def test_pallas_under_a_mesh_runs_per_shard_and_matches_reference():
-  """Executed in interpret mode (the GPU kernel's; the TPU interpreter under an 8-device shard_map stalls on
-  CPU, so the TPU kernel's placement is checked by lowering, below)."""
+  """Executed in interpret mode, the GPU kernel's. The TPU interpreter runs kernels through host callbacks, which
+  do not run under shard_map on CPU (jax 0.10.2: a 2-device mesh fails with "No registered implementation for
+  ... xla.sdy.GlobalToLocalShape for Host", an 8-device one stalls), so the TPU kernel's placement is checked by
+  lowering, below."""
   implementation = "pallas_gpu"
   mesh = _mesh()
   q, k, v, sep, segment_ids = _packed_inputs()
