@@ -3,6 +3,8 @@
   python -m glm_jax.main train --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart \
       [--gin.TrainConfig.num_steps=100 ...]
   python -m glm_jax.main infer --checkpoint=runs/quickstart --text="The [MASK] is in the module."
+  python -m glm_jax.main score --checkpoint=runs/quickstart --text="It works with [MASK]." \
+      --candidate=paths --candidate="the network"
   python -m glm_jax.main convert --from_pytorch=glm-large/ --output_dir=ckpt/glm-large  # needs [convert]
 
 gin binds only here, at the edge: the dataclass configs are gin-configurable and `train` below is the
@@ -26,7 +28,7 @@ from etils import epath
 
 from glm_jax.convert import tokenizers as convert_tokenizers
 from glm_jax.data import vocab
-from glm_jax.infer import infilling
+from glm_jax.infer import infilling, scoring
 from glm_jax.model import GLM, GLMConfig, preset
 from glm_jax.train import checkpoints, distributed, inputs, loop, optimizer, partitioning
 
@@ -87,8 +89,8 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
                     progress=progress)
 
 
-def infer(checkpoint: str, text: str, max_span_length: int) -> str:
-  """Restores the params of the newest checkpoint under `checkpoint` and fills the masks of `text`."""
+def _load(checkpoint: str):
+  """(model, params, vocabulary) of the newest checkpoint under `checkpoint`, params on one device."""
   model = GLM(checkpoints.load_model_config(checkpoint))
   abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
   params = jax.device_get(checkpoints.restore_params(checkpoint, abstract))
@@ -97,7 +99,20 @@ def infer(checkpoint: str, text: str, max_span_length: int) -> str:
     raise ValueError(f"the vocabulary of {checkpoint!r} has {vocabulary.vocab_size} ids but the model has "
                      f"{model.config.vocab_size} (a converted checkpoint needs its tokenizer: "
                      f"convert with --vocab_files)")
+  return model, params, vocabulary
+
+
+def infer(checkpoint: str, text: str, max_span_length: int) -> str:
+  """Restores the params of the newest checkpoint under `checkpoint` and fills the masks of `text`."""
+  model, params, vocabulary = _load(checkpoint)
   return infilling.infill_text(model, params, vocabulary, text, max_span_length)
+
+
+def score(checkpoint: str, text: str, candidates: list[str], eop: bool = False,
+          length_normalized: bool = False) -> list[float]:
+  """The log-likelihood of each candidate as the fill of the one mask in `text` (glm_jax/infer/scoring.py)."""
+  model, params, vocabulary = _load(checkpoint)
+  return scoring.score_candidates(model, params, vocabulary, text, candidates, eop, length_normalized)
 
 
 def checkpoint_vocabulary(checkpoint: str):
@@ -141,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
   infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
   infer_cmd.add_argument("--text", required=True)
   infer_cmd.add_argument("--max_span_length", type=int, default=32)
+  score_cmd = commands.add_parser("score", help="rank candidate fills of one blank by their log-likelihood (cloze)")
+  score_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
+  score_cmd.add_argument("--text", required=True, help="text with exactly one [MASK], [sMASK] or [gMASK]")
+  score_cmd.add_argument("--candidate", action="append", required=True, help="a candidate fill; repeat the flag")
+  score_cmd.add_argument("--eop", action="store_true", help="also score [eop] after each candidate")
+  score_cmd.add_argument("--length_normalized", action="store_true", help="log-likelihood per scored token")
   commands.add_parser(
       "convert", add_help=False,
       help="import a THUDM GLM checkpoint: convert --from_pytorch PATH --output_dir DIR (see `convert --help`)")
@@ -161,12 +182,18 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     return convert_main.main(argv[1:], prog="python -m glm_jax.main convert")
   gin_bindings, rest = _split_gin_args(argv)
   args = _parser().parse_args(rest)
+  if args.command in ("infer", "score") and gin_bindings:
+    raise SystemExit(f"{args.command} takes no gin bindings: the model config comes from the checkpoint")
   if args.command == "infer":
-    if gin_bindings:
-      raise SystemExit("infer takes no gin bindings: the model config comes from the checkpoint")
     filled = infer(args.checkpoint, args.text, args.max_span_length)
     print(filled)
     return filled
+  if args.command == "score":
+    scores = score(args.checkpoint, args.text, args.candidate, args.eop, args.length_normalized)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    for i, (candidate, value) in enumerate(zip(args.candidate, scores)):
+      print(f"{value:10.4f}  {candidate}{'  <- best' if i == best else ''}")
+    return scores
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   start = time.perf_counter()

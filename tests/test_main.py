@@ -113,3 +113,35 @@ def test_train_refuses_data_whose_vocabulary_exceeds_the_model(tmp_path):
   with pytest.raises(ValueError, match="has 4096 ids but the model's vocab_size is 100"):
     main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.model_preset.overrides={'vocab_size': 100}",
                f"--model_dir={tmp_path}"])
+
+
+def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys):
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from glm_jax.data import vocab
+  from glm_jax.infer import scoring
+  from glm_jax.model import GLM, GLMConfig
+  from glm_jax.train import checkpoints, loop
+
+  config = GLMConfig(vocab_size=vocab.default_vocabulary().vocab_size, num_layers=1, hidden_size=32, num_heads=4,
+                     max_length=32)
+  ids = np.zeros((1, 8), np.int32)
+  params = nn.unbox(GLM(config).init(jax.random.key(7), ids, ids, ids, sep=np.array([8]))["params"])
+  manager = checkpoints.make_manager(str(tmp_path / "run"))
+  checkpoints.save(manager, loop.TrainState(step=jax.numpy.int32(1), params=params, opt_state={}), config, step=1,
+                   force=True)
+  manager.wait_until_finished()
+  manager.close()
+  text, candidates = "It works with [MASK].", ["paths", "the network"]
+  scores = main.main(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}",
+                      *(f"--candidate={c}" for c in candidates)])
+  want = scoring.score_candidates(GLM(config), params, vocab.default_vocabulary(), text, candidates)
+  np.testing.assert_allclose(scores, want, rtol=1e-5)
+  lines = capsys.readouterr().out.strip().splitlines()
+  best = int(np.argmax(want))
+  assert [line.endswith("<- best") for line in lines] == [i == best for i in range(2)]
+  assert [line.split()[1] for line in lines] == ["paths", "the"]
+  with pytest.raises(SystemExit, match="score takes no gin bindings"):
+    main.main(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x", "--gin.a=1"])
