@@ -2,6 +2,7 @@
 
   python -m glm_jax.main train --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart \
       [--gin.TrainConfig.num_steps=100 ...]
+  python -m glm_jax.main eval --gin_file=gin/pretrain/quickstart.gin --checkpoint=runs/quickstart
   python -m glm_jax.main infer --checkpoint=runs/quickstart --text="The [MASK] is in the module."
   python -m glm_jax.main score --checkpoint=runs/quickstart --text="It works with [MASK]." \
       --candidate=paths --candidate="the network"
@@ -89,6 +90,18 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
                     progress=progress)
 
 
+def evaluate(checkpoint: str, exp: Experiment) -> dict[str, float]:
+  """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
+  (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint): the batches the
+  training loop evaluates on, so a run's final checkpoint gives its final eval loss again."""
+  tc, data = exp.train, exp.data
+  if not data.eval_split:
+    raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
+  inputs.check_fits_model(data, exp.model.vocab_size)
+  batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+  return loop.evaluate(exp.model, checkpoint, exp.mesh, batches, tc.eval_steps, tc.length)
+
+
 def _load(checkpoint: str):
   """(model, params, vocabulary) of the newest checkpoint under `checkpoint`, params on one device."""
   model = GLM(checkpoints.load_model_config(checkpoint))
@@ -152,6 +165,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)")
   train_cmd.add_argument("--process_id", type=int, default=os.environ.get("GLM_JAX_PROCESS_ID"),
                          help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)")
+  eval_cmd = commands.add_parser("eval", help="a checkpoint's loss and accuracy on the experiment's eval split")
+  eval_cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
+  eval_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
+  eval_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
+  eval_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
   infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
   infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
   infer_cmd.add_argument("--text", required=True)
@@ -169,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str) -> None:
+  """Parses the files then the bindings into an emptied, then locked, gin config (so one process can run several
+  commands: a notebook, a test)."""
+  gin.clear_config()
   for path in filter(None, search_paths.split(",")):
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
@@ -194,6 +215,11 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     for i, (candidate, value) in enumerate(zip(args.candidate, scores)):
       print(f"{value:10.4f}  {candidate}{'  <- best' if i == best else ''}")
     return scores
+  if args.command == "eval":
+    parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
+    result = evaluate(args.checkpoint, experiment())
+    print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    return result
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   start = time.perf_counter()

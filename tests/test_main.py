@@ -145,3 +145,19 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
   assert [line.split()[1] for line in lines] == ["paths", "the"]
   with pytest.raises(SystemExit, match="score takes no gin bindings"):
     main.main(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x", "--gin.a=1"])
+
+
+def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
+  overrides = ["--gin.TrainConfig.num_steps=2", "--gin.TrainConfig.eval_every=2", "--gin.TrainConfig.eval_steps=2",
+               "--gin.TrainConfig.length=32", "--gin.TrainConfig.checkpoint_every=2",
+               "--gin.OptimizerConfig.warmup_steps=0", "--gin.model_preset.overrides={'max_length': 32}"]
+  summary = main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={tmp_path / 'run'}",
+                       *overrides])
+  result = main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}",
+                      *overrides])
+  assert result["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-6)
+  assert 0.0 <= result["accuracy"] <= 1.0
+  assert f"loss={result['loss']:.4f}" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="no eval split: bind DataConfig.eval_split"):
+    main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides,
+               "--gin.DataConfig.eval_split=None"])

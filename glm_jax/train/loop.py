@@ -34,6 +34,7 @@ import os
 import time
 from typing import Callable, Iterable, Iterator
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -89,6 +90,20 @@ def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) ->
     sums = {k: sums[k] + float(out[k]) for k in sums}
   tokens = max(sums["num_tokens"], 1.0)
   return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens}
+
+
+def evaluate(model_config: GLMConfig, checkpoint: str, mesh_config: partitioning.MeshConfig,
+             eval_batches: Iterable[dict[str, np.ndarray]], num_batches: int, length: int) -> dict[str, float]:
+  """Loss and token accuracy (over Part B targets) of the newest params under `checkpoint` (a train model_dir or
+  a convert output) on `num_batches` of `eval_batches`; the params are restored straight into their shardings
+  on the mesh. Raises ValueError naming the params that do not fit `model_config`."""
+  model = GLM(model_config)
+  mesh = partitioning.make_mesh(mesh_config)
+  boxed = partitioning.abstract_boxed_params(model, length)
+  shardings = partitioning.logical_shardings(boxed, mesh)
+  params = checkpoints.restore_params(checkpoint, checkpoints.abstract_like(nn.unbox(boxed), shardings))
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings, mesh)
+  return _eval(eval_step, params, eval_batches, num_batches, mesh)
 
 
 def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
