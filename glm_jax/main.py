@@ -25,10 +25,11 @@ import time
 import flax.linen as nn
 import gin
 import jax
+import seqio
 from etils import epath
 
 from glm_jax.convert import tokenizers as convert_tokenizers
-from glm_jax.data import vocab
+from glm_jax.data import cloze, vocab
 from glm_jax.infer import infilling, scoring
 from glm_jax.model import GLM, GLMConfig, preset
 from glm_jax.train import checkpoints, distributed, inputs, loop, optimizer, partitioning
@@ -90,16 +91,37 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
                     progress=progress)
 
 
-def evaluate(checkpoint: str, exp: Experiment) -> dict[str, float]:
+def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
   """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
   (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint): the batches the
-  training loop evaluates on, so a run's final checkpoint gives its final eval loss again."""
+  training loop evaluates on, so a run's final checkpoint gives its final eval loss again.
+
+  With `cloze_examples` (a cloze Task, glm_jax.data.cloze), also the classification accuracy on the first
+  `cloze_examples` examples of the split (0: all), predicting the verbalizer the model finds most likely."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
+  template = None
+  if cloze_examples is not None:
+    template = cloze.TEMPLATES.get(data.mixture_or_task_name)
+    if template is None:
+      raise ValueError(f"{data.mixture_or_task_name!r} is not a cloze Task (registered: {sorted(cloze.TEMPLATES)})")
   inputs.check_fits_model(data, exp.model.vocab_size)
   batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
-  return loop.evaluate(exp.model, checkpoint, exp.mesh, batches, tc.eval_steps, tc.length)
+  result = loop.evaluate(exp.model, checkpoint, exp.mesh, batches, tc.eval_steps, tc.length)
+  if template is not None:
+    task = seqio.get_mixture_or_task(data.mixture_or_task_name)
+    raw = task.source.get_dataset(split=data.eval_split, shuffle=False)
+    if cloze_examples:
+      raw = raw.take(cloze_examples)
+    examples = ({k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()} for ex in raw.as_numpy_iterator())
+    model = GLM(exp.model)
+    params = jax.device_get(checkpoints.restore_params(
+        checkpoint, nn.unbox(partitioning.abstract_boxed_params(model, tc.length))))
+    vocabulary = task.output_features["input_ids"].vocabulary
+    scored = scoring.cloze_accuracy(model, params, vocabulary, template, examples)
+    result.update(cloze_accuracy=scored["accuracy"], cloze_examples=scored["num_examples"])
+  return result
 
 
 def _load(checkpoint: str):
@@ -170,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
   eval_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
   eval_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
   eval_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
+  eval_cmd.add_argument("--cloze", type=int, default=None, metavar="N",
+                        help="a cloze Task: also the accuracy of scoring its verbalizers on N examples (0: all)")
   infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
   infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
   infer_cmd.add_argument("--text", required=True)
@@ -217,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     return scores
   if args.command == "eval":
     parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
-    result = evaluate(args.checkpoint, experiment())
+    result = evaluate(args.checkpoint, experiment(), args.cloze)
     print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
     return result
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use

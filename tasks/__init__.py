@@ -1,2 +1,2 @@
 """seqio Task and Mixture registrations; `import tasks` (or `import tasks` in a gin file) registers them all."""
-from tasks import pretrain  # noqa: F401
+from tasks import finetune, pretrain  # noqa: F401

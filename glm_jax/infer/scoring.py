@@ -14,12 +14,13 @@ number of scored tokens, for candidates of different lengths.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glm_jax.data import blank_infilling, cloze
 from glm_jax.infer.infilling import InfillIds
 from glm_jax.model import GLM
 from glm_jax.train import step as step_lib
@@ -87,13 +88,45 @@ def score_candidates(model: GLM, params, vocabulary, text: str, candidates: Sequ
   masks = [i for i, t in enumerate(part_a) if t in ids.masks]
   if len(masks) != 1:
     raise ValueError(f"scoring needs exactly one [MASK], [sMASK] or [gMASK] in the text; found {len(masks)}")
+  tokens = _candidate_tokens(vocabulary, candidates)
+  length = min(model.config.max_length, len(part_a) + max(map(len, tokens)) + int(eop))
+  rows = candidate_rows(part_a, masks[0], tokens, ids, length, eop=eop)
+  return [float(s) for s in _normalized(make_score_fn(model, params)(rows), rows, length_normalized)]
+
+
+def _candidate_tokens(vocabulary, candidates: Sequence[str]) -> list[list[int]]:
   tokens = [list(vocabulary.encode(c)) for c in candidates]
   empty = [c for c, t in zip(candidates, tokens) if not t]
   if empty:
     raise ValueError(f"candidates {empty} encode to no tokens")
-  length = min(model.config.max_length, len(part_a) + max(map(len, tokens)) + int(eop))
-  rows = candidate_rows(part_a, masks[0], tokens, ids, length, eop=eop)
-  scores = make_score_fn(model, params)(rows)
-  if length_normalized:
-    scores = scores / rows.loss_mask.sum(axis=-1)
-  return [float(s) for s in scores]
+  return tokens
+
+
+def _normalized(scores: np.ndarray, rows: CandidateRows, length_normalized: bool) -> np.ndarray:
+  return scores / rows.loss_mask.sum(axis=-1) if length_normalized else scores
+
+
+def cloze_accuracy(model: GLM, params, vocabulary, template: cloze.ClozeTemplate,
+                   examples: Iterable[Mapping[str, Any]], eop: bool = False,
+                   length_normalized: bool = False) -> dict[str, float]:
+  """Accuracy of predicting each example's label as the verbalizer that fills the template's blank most likely.
+
+  `examples`: dicts with the template's fields (str) and its label_key (int). Every example is scored at the
+  model's max_length (one compilation); Part A is tokenized as glm_jax.data.cloze's training pipeline does.
+  Returns {"accuracy", "num_examples"}."""
+  ids = InfillIds.from_vocabulary(vocabulary)
+  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  labels = template.labels()
+  candidates = _candidate_tokens(vocabulary, [template.verbalizers[label] for label in labels])
+  score = make_score_fn(model, params)
+  correct = total = 0
+  for example in examples:
+    part_a, mask_position = cloze.part_a(template, example, vocabulary, special, model.config.max_length,
+                                         max(map(len, candidates)))
+    rows = candidate_rows(part_a, mask_position, candidates, ids, model.config.max_length, eop=eop)
+    predicted = labels[int(np.argmax(_normalized(score(rows), rows, length_normalized)))]
+    correct += int(predicted == int(example[template.label_key]))
+    total += 1
+  if not total:
+    raise ValueError("cloze_accuracy got no examples")
+  return {"accuracy": correct / total, "num_examples": float(total)}
