@@ -108,18 +108,17 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
       raise ValueError(f"{data.mixture_or_task_name!r} is not a cloze Task (registered: {sorted(cloze.TEMPLATES)})")
   inputs.check_fits_model(data, exp.model.vocab_size)
   batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
-  result = loop.evaluate(exp.model, checkpoint, exp.mesh, batches, tc.eval_steps, tc.length)
+  model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
+  params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
+  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps)
   if template is not None:
     task = seqio.get_mixture_or_task(data.mixture_or_task_name)
     raw = task.source.get_dataset(split=data.eval_split, shuffle=False)
     if cloze_examples:
       raw = raw.take(cloze_examples)
     examples = ({k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()} for ex in raw.as_numpy_iterator())
-    model = GLM(exp.model)
-    params = jax.device_get(checkpoints.restore_params(
-        checkpoint, nn.unbox(partitioning.abstract_boxed_params(model, tc.length))))
     vocabulary = task.output_features["input_ids"].vocabulary
-    scored = scoring.cloze_accuracy(model, params, vocabulary, template, examples)
+    scored = scoring.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)
     result.update(cloze_accuracy=scored["accuracy"], cloze_examples=scored["num_examples"])
   return result
 

@@ -71,13 +71,13 @@ def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
   vocab_size = model.config.vocab_size
 
   @jax.jit
-  def logits_at(input_ids, position_ids, block_position_ids, sep, last):
+  def logits_at(params, input_ids, position_ids, block_position_ids, sep, last):  # params: an argument, not constants
     logits = model.apply({"params": params}, input_ids[None], position_ids[None], block_position_ids[None],
                          sep=sep[None], deterministic=True)
     return step_lib.mask_padded_vocab(logits[0, last], vocab_size)
 
   def next_token(inputs: DecodeInputs) -> int:
-    logits = logits_at(inputs.input_ids, inputs.position_ids, inputs.block_position_ids,
+    logits = logits_at(params, inputs.input_ids, inputs.position_ids, inputs.block_position_ids,
                        jnp.int32(inputs.sep), jnp.int32(inputs.last))
     return int(jnp.argmax(logits))
   return next_token

@@ -62,11 +62,12 @@ def candidate_rows(part_a: Sequence[int], mask_position: int, candidates: Sequen
 
 
 def make_score_fn(model: GLM, params):
-  """A jitted function CandidateRows -> the summed log-probability of each row's scored targets, float32 [n]."""
+  """A function CandidateRows -> the summed log-probability of each row's scored targets, float32 [n] (jitted
+  once per row length; the params are an argument of the compiled program, not constants baked into it)."""
   vocab_size = model.config.vocab_size
 
   @jax.jit
-  def scores(input_ids, position_ids, block_position_ids, target_ids, loss_mask, sep):
+  def scores(params, input_ids, position_ids, block_position_ids, target_ids, loss_mask, sep):
     logits = model.apply({"params": params}, input_ids, position_ids, block_position_ids, sep=sep,
                          deterministic=True)
     log_probs = jax.nn.log_softmax(step_lib.mask_padded_vocab(logits, vocab_size), axis=-1)
@@ -74,7 +75,7 @@ def make_score_fn(model: GLM, params):
     return jnp.sum(picked * loss_mask, axis=-1)
 
   def score(rows: CandidateRows) -> np.ndarray:
-    return np.asarray(scores(rows.input_ids, rows.position_ids, rows.block_position_ids, rows.target_ids,
+    return np.asarray(scores(params, rows.input_ids, rows.position_ids, rows.block_position_ids, rows.target_ids,
                              rows.loss_mask, rows.sep))
   return score
 

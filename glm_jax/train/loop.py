@@ -92,17 +92,20 @@ def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) ->
   return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens}
 
 
-def evaluate(model_config: GLMConfig, checkpoint: str, mesh_config: partitioning.MeshConfig,
-             eval_batches: Iterable[dict[str, np.ndarray]], num_batches: int, length: int) -> dict[str, float]:
-  """Loss and token accuracy (over Part B targets) of the newest params under `checkpoint` (a train model_dir or
-  a convert output) on `num_batches` of `eval_batches`; the params are restored straight into their shardings
-  on the mesh. Raises ValueError naming the params that do not fit `model_config`."""
-  model = GLM(model_config)
-  mesh = partitioning.make_mesh(mesh_config)
+def restore_sharded_params(model: GLM, checkpoint: str, mesh, length: int):
+  """(params, their shardings): the newest params under `checkpoint` (a train model_dir or a convert output),
+  restored straight into the rule shardings of `model` on `mesh`. Raises ValueError naming params that do not
+  fit the model."""
   boxed = partitioning.abstract_boxed_params(model, length)
   shardings = partitioning.logical_shardings(boxed, mesh)
-  params = checkpoints.restore_params(checkpoint, checkpoints.abstract_like(nn.unbox(boxed), shardings))
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings, mesh)
+  return checkpoints.restore_params(checkpoint, checkpoints.abstract_like(nn.unbox(boxed), shardings)), shardings
+
+
+def evaluate(model: GLM, params, param_shardings, mesh, eval_batches: Iterable[dict[str, np.ndarray]],
+             num_batches: int) -> dict[str, float]:
+  """Loss and token accuracy (over Part B targets) of `params` on `num_batches` of `eval_batches`, with the
+  training loop's eval step."""
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), param_shardings, mesh)
   return _eval(eval_step, params, eval_batches, num_batches, mesh)
 
 
