@@ -106,6 +106,8 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
     template = cloze.TEMPLATES.get(data.mixture_or_task_name)
     if template is None:
       raise ValueError(f"{data.mixture_or_task_name!r} is not a cloze Task (registered: {sorted(cloze.TEMPLATES)})")
+    if jax.process_count() > 1:
+      raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
   inputs.check_fits_model(data, exp.model.vocab_size)
   batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
   model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
@@ -175,22 +177,20 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   train_cmd = commands.add_parser("train", help="train (or resume) a model")
-  train_cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
-  train_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
-  train_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
   train_cmd.add_argument("--model_dir", required=True, help="checkpoints, metrics, TensorBoard, loss curve")
-  # Multi-host (glm_jax/train/distributed.py): none of these on a TPU VM pod / SLURM (jax detects them).
-  train_cmd.add_argument("--coordinator_address", default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
-                         help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)")
-  train_cmd.add_argument("--num_processes", type=int, default=os.environ.get("GLM_JAX_NUM_PROCESSES"),
-                         help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)")
-  train_cmd.add_argument("--process_id", type=int, default=os.environ.get("GLM_JAX_PROCESS_ID"),
-                         help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)")
   eval_cmd = commands.add_parser("eval", help="a checkpoint's loss and accuracy on the experiment's eval split")
-  eval_cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
-  eval_cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
-  eval_cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
   eval_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
+  for cmd in (train_cmd, eval_cmd):
+    cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
+    cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
+    cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
+    # Multi-host (glm_jax/train/distributed.py): none of these on a TPU VM pod / SLURM (jax detects them).
+    cmd.add_argument("--coordinator_address", default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
+                     help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)")
+    cmd.add_argument("--num_processes", type=int, default=os.environ.get("GLM_JAX_NUM_PROCESSES"),
+                     help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)")
+    cmd.add_argument("--process_id", type=int, default=os.environ.get("GLM_JAX_PROCESS_ID"),
+                     help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)")
   eval_cmd.add_argument("--cloze", type=int, default=None, metavar="N",
                         help="a cloze Task: also the accuracy of scoring its verbalizers on N examples (0: all)")
   infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
@@ -238,13 +238,12 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     for i, (candidate, value) in enumerate(zip(args.candidate, scores)):
       print(f"{value:10.4f}  {candidate}{'  <- best' if i == best else ''}")
     return scores
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
+  parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   if args.command == "eval":
-    parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
     result = evaluate(args.checkpoint, experiment(), args.cloze)
     print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
     return result
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
-  parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   start = time.perf_counter()
   summary = train(args.model_dir, experiment())
   logging.info("trained to step %d in %.1f s: first loss %s, final loss %s, final eval loss %s",
