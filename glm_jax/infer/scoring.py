@@ -108,12 +108,13 @@ def _normalized(scores: np.ndarray, rows: CandidateRows, length_normalized: bool
 
 
 def cloze_accuracy(model: GLM, params, vocabulary, template: cloze.ClozeTemplate,
-                   examples: Iterable[Mapping[str, Any]], eop: bool = False,
-                   length_normalized: bool = False) -> dict[str, float]:
+                   examples: Iterable[Mapping[str, Any]], eop: bool = False, length_normalized: bool = False,
+                   examples_per_call: int = 16) -> dict[str, float]:
   """Accuracy of predicting each example's label as the verbalizer that fills the template's blank most likely.
 
-  `examples`: dicts with the template's fields (str) and its label_key (int). Every example is scored at the
-  model's max_length (one compilation); Part A is tokenized as glm_jax.data.cloze's training pipeline does.
+  `examples`: dicts with the template's fields (str) and its label_key (int). Part A is tokenized and truncated
+  as glm_jax.data.cloze's training pipeline does. The candidate rows of `examples_per_call` examples run as one
+  batch at the model's max_length (one compilation; the last batch is padded with copies of its last example).
   Returns {"accuracy", "num_examples"}."""
   ids = InfillIds.from_vocabulary(vocabulary)
   special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
@@ -121,13 +122,25 @@ def cloze_accuracy(model: GLM, params, vocabulary, template: cloze.ClozeTemplate
   candidates = _candidate_tokens(vocabulary, [template.verbalizers[label] for label in labels])
   score = make_score_fn(model, params)
   correct = total = 0
+
+  def flush(batch: list[CandidateRows], gold: list[int]) -> int:
+    padded = batch + [batch[-1]] * (examples_per_call - len(batch))
+    rows = CandidateRows(*(np.concatenate([getattr(r, f.name) for r in padded])
+                           for f in dataclasses.fields(CandidateRows)))
+    scores = _normalized(score(rows), rows, length_normalized).reshape(examples_per_call, len(labels))
+    predicted = [labels[i] for i in np.argmax(scores[:len(batch)], axis=-1)]
+    return sum(int(p == g) for p, g in zip(predicted, gold))
+
+  batch, gold = [], []
   for example in examples:
     part_a, mask_position = cloze.part_a(template, example, vocabulary, special, model.config.max_length,
                                          max(map(len, candidates)))
-    rows = candidate_rows(part_a, mask_position, candidates, ids, model.config.max_length, eop=eop)
-    predicted = labels[int(np.argmax(_normalized(score(rows), rows, length_normalized)))]
-    correct += int(predicted == int(example[template.label_key]))
-    total += 1
+    batch.append(candidate_rows(part_a, mask_position, candidates, ids, model.config.max_length, eop=eop))
+    gold.append(int(example[template.label_key]))
+    if len(batch) == examples_per_call:
+      correct, total, batch, gold = correct + flush(batch, gold), total + len(batch), [], []
+  if batch:
+    correct, total = correct + flush(batch, gold), total + len(batch)
   if not total:
     raise ValueError("cloze_accuracy got no examples")
   return {"accuracy": correct / total, "num_examples": float(total)}

@@ -74,3 +74,30 @@ def test_score_candidates_reads_one_mask_of_the_text():
     scoring.score_candidates(model, params, vocabulary, "no blank here", candidates)
   with pytest.raises(ValueError, match="exactly one .*found 2"):
     scoring.score_candidates(model, params, vocabulary, "[MASK] and [gMASK]", candidates)
+
+
+def test_cloze_accuracy_batches_examples_without_mixing_them_up():
+  from glm_jax.data import cloze
+
+  vocabulary = vocab.default_vocabulary()
+  cfg = GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=32)
+  model = GLM(cfg)
+  ids = np.zeros((1, 8), np.int32)
+  params = model.init(jax.random.key(0), ids, ids, ids, sep=np.array([8]))["params"]
+  params = jax.tree.map(lambda x: 20.0 * x, params)  # large weights: predictions that depend on the sentence
+  template = cloze.ClozeTemplate("{sentence} It was [MASK].", {0: "bad", 1: "good", 2: "a long answer"})
+  sentences = ["the module is fast", "a parser", "files and paths", "the network is slow", "it works", "lists"]
+  # Each example's prediction, one example per call: the label with accuracy 1.
+  predicted = [next(label for label in template.labels() if scoring.cloze_accuracy(
+      model, params, vocabulary, template, [{"sentence": s, "label": label}], examples_per_call=1,
+      length_normalized=True)["accuracy"] == 1)
+      for s in sentences]
+  assert len(set(predicted)) > 1, "a test of batching needs different predictions"
+  examples = [{"sentence": s, "label": label} for s, label in zip(sentences, predicted)]
+  for per_call in (4, 16):  # 6 = 4 + a padded 2; one padded batch
+    result = scoring.cloze_accuracy(model, params, vocabulary, template, examples, examples_per_call=per_call,
+                                    length_normalized=True)
+    assert result == {"accuracy": 1.0, "num_examples": 6.0}
+  flipped = [dict(ex, label=(ex["label"] + 1) % 3) for ex in examples]
+  assert scoring.cloze_accuracy(model, params, vocabulary, template, flipped, examples_per_call=4,
+                                length_normalized=True)["accuracy"] == 0
