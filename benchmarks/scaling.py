@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--accumulation_steps", type=int, default=1)
   parser.add_argument("--attention_implementation", default=None, help="default: the platform's (Pallas on GPU)")
   parser.add_argument("--attention_dropout", type=float, default=0.0,
-                      help="the Pallas kernels have no attention dropout; > 0 needs --attention_implementation=xla")
+                      help="attention dropout (GLM v1 trains with 0.1; the Pallas kernels apply it in-kernel)")
   parser.add_argument("--peak_flops", type=float, default=None, help="per device; default: train/metrics.py")
   args = parser.parse_args(argv)
   if args.dry_run and not args.gpu:

@@ -13,8 +13,9 @@ device and run the whole batch there. So under a multi-device mesh (jax.sharding
 training step traces the model) the Pallas backends run per shard inside `jax.shard_map`, with q, k, v split as
 `partition_spec` says (batch and heads only: attention needs no communication across either); the model passes
 its logical activation axes. Without a partition_spec there they raise. Inside a shard_map that made some
-axes manual already, they split over the remaining axes only. `xla` and `reference` are plain XLA
-and are partitioned by XLA like the rest of the model.
+axes manual already, they split over the remaining axes only. Each shard folds its index into the
+dropout_rng, so shards (whose kernels number their rows and heads from 0) drop independently. `xla` and
+`reference` are plain XLA and are partitioned by XLA like the rest of the model.
 """
 from __future__ import annotations
 
@@ -72,11 +73,11 @@ def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = No
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, q.shape[1])
   backend = importlib.import_module(_MODULES[implementation])
-  call = functools.partial(backend.attention, dropout_rate=dropout_rate, dropout_rng=dropout_rng, **backend_options)
+  call = functools.partial(backend.attention, dropout_rate=dropout_rate, **backend_options)
   mesh = jax.sharding.get_abstract_mesh()
   if implementation in PALLAS_IMPLEMENTATIONS and not mesh.empty and mesh.size > 1 and not mesh.are_all_axes_manual:
     call = _per_shard(call, mesh, partition_spec, implementation)
-  return call(q, k, v, sep=sep, segment_ids=segment_ids)
+  return call(q, k, v, sep=sep, segment_ids=segment_ids, dropout_rng=dropout_rng)
 
 
 def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
@@ -97,12 +98,19 @@ def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
   spec = P(*(_without(entry, manual) for entry in partition_spec))
   rows = P(spec[0], None)
 
-  def per_shard(q, k, v, sep, segment_ids):
-    return call(q, k, v, sep=sep, segment_ids=segment_ids)
+  # Each shard's kernel numbers its rows and heads from 0: its dropout stream must differ from the others'.
+  shard_axes = tuple(name for name in mesh.axis_names if name in free_axes)
 
-  sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3 + (rows, rows), out_specs=spec,
-                          axis_names=free_axes, check_vma=False)
-  return lambda q, k, v, *, sep, segment_ids: sharded(q, k, v, sep, segment_ids)
+  def per_shard(q, k, v, sep, segment_ids, dropout_rng):
+    if dropout_rng is not None:
+      dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(shard_axes))
+    return call(q, k, v, sep=sep, segment_ids=segment_ids, dropout_rng=dropout_rng)
+
+  def sharded(q, k, v, *, sep, segment_ids, dropout_rng=None):
+    rng_spec = None if dropout_rng is None else P()
+    return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3 + (rows, rows, rng_spec), out_specs=spec,
+                         axis_names=free_axes, check_vma=False)(q, k, v, sep, segment_ids, dropout_rng)
+  return sharded
 
 
 def _without(entry, axes: set[str]):

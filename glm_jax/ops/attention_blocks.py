@@ -83,3 +83,34 @@ def query_block_ranges(first: jax.Array, count: jax.Array, num_k: int) -> tuple[
   q_first = jnp.where(has_any, q_first, 0)
   q_count = jnp.where(has_any, q_last + 1 - q_first, 0)
   return q_first.astype(jnp.int32), q_count.astype(jnp.int32)
+
+
+# Attention dropout inside the kernels: a counter-based hash, so a tile's keep-mask is recomputed from integers
+# (forward and both backward kernels agree without storing it) and does not depend on the block sizes. Values are
+# int32 with wrapping arithmetic; the constants are murmur3's, written as int32.
+_FMIX_1, _FMIX_2, _GOLDEN = -2048144789, -1028477387, -1640531527  # 0x85ebca6b, 0xc2b2ae35, 0x9e3779b9
+
+
+def _fmix(x: jax.Array) -> jax.Array:
+  """murmur3's 32-bit finalizer (a bijection of int32 with good avalanche)."""
+  x = x ^ jax.lax.shift_right_logical(x, 16)
+  x = x * _FMIX_1
+  x = x ^ jax.lax.shift_right_logical(x, 13)
+  x = x * _FMIX_2
+  return x ^ jax.lax.shift_right_logical(x, 16)
+
+
+def dropout_seed(dropout_rng: jax.Array) -> jax.Array:
+  """The int32 [1] seed of the kernels' dropout, drawn from a jax PRNG key."""
+  return jax.lax.bitcast_convert_type(jax.random.bits(dropout_rng, (1,), jnp.uint32), jnp.int32)
+
+
+def dropout_keep(seed: jax.Array, batch_index, head_index, rows: jax.Array, cols: jax.Array, num_heads: int,
+                 length: int, rate: float) -> jax.Array:
+  """Whether attention probability (batch_index, head_index, row, col) is kept, bool of rows' and cols' broadcast
+  shape (int32 arrays, e.g. [R, 1] and [1, C]). Kept with probability 1 - rate, independently per element as far
+  as a 32-bit hash allows; a function of the indices and `seed` only."""
+  stream = jnp.asarray(batch_index, jnp.int32) * num_heads + head_index + 1
+  key = _fmix(seed ^ _fmix(stream * _GOLDEN))
+  bits = _fmix(_fmix((rows * length + cols) ^ key) + key)
+  return (bits & 0x7FFFFFFF) >= int(rate * 2**31)

@@ -15,9 +15,14 @@ Numerics. Matmuls take the input dtype (bf16 or f32) and accumulate in f32; soft
 f32. The backward is a `jax.custom_vjp` that recomputes each tile's probabilities from the saved
 log-sum-exp (no [L, L] residual). Padding rows return zeros and get zero gradients.
 
-Limits (each raises, naming the alternative): head dim 64 or 128, power-of-two blocks >= 16, no
-attention dropout. Values at masked positions of a visited tile must be finite (p = 0 times a NaN value
-is still NaN); values in skipped tiles are never read.
+Dropout. Each probability is kept or dropped by a hash of (seed, batch, head, query row, key column)
+(attention_blocks.dropout_keep), so the forward and both backward kernels recompute the same keep-mask
+from integers, nothing [L, L] is stored, and the mask does not depend on the block sizes (the TPU kernel
+draws the same one). The softmax normalizer counts dropped probabilities, as dropout after softmax does.
+
+Limits (each raises, naming the alternative): head dim 64 or 128, power-of-two blocks >= 16. Values at
+masked positions of a visited tile must be finite (p = 0 times a NaN value is still NaN); values in
+skipped tiles are never read.
 """
 from __future__ import annotations
 
@@ -45,6 +50,15 @@ class _Config:
   interpret: bool
   num_warps: int
   num_stages: int
+  dropout_rate: float = 0.0
+  heads: int = 1
+  length: int = 0  # the unpadded L: dropout's counters use it, so the keep-mask does not depend on the blocks
+
+  def keep(self, stream, rows, cols):
+    """Dropout keep-mask of a tile [len(rows), len(cols)]; stream = (seed, batch index, head index)."""
+    seed, b, h = stream
+    return attention_blocks.dropout_keep(seed, b, h, rows[:, None], cols[None, :], self.heads, self.length,
+                                         self.dropout_rate)
 
 
 def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
@@ -55,11 +69,11 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
   padded internally and sliced off). `interpret=True` runs the kernels in the Pallas interpreter (CPU).
   """
-  del dropout_rng
   batch, length, heads, head_dim = q.shape
-  if dropout_rate > 0.0:
-    raise ValueError(f"dropout_rate={dropout_rate}: attention dropout is not supported in the Pallas kernels; "
-                     "use implementation='xla' or set attention_dropout=0")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate} must be in [0, 1)")
+  if dropout_rate > 0.0 and dropout_rng is None:
+    raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   if head_dim not in HEAD_DIMS:
     raise ValueError(f"head dim {head_dim} is not supported by the pallas_gpu kernel (supported: {HEAD_DIMS}); "
                      "use implementation='xla'")
@@ -69,7 +83,9 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
   config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
-                   num_warps=num_warps or (4 if head_dim <= 64 else 8), num_stages=num_stages)
+                   num_warps=num_warps or (4 if head_dim <= 64 else 8), num_stages=num_stages,
+                   dropout_rate=float(dropout_rate), heads=heads, length=length)
+  seed = attention_blocks.dropout_seed(dropout_rng) if dropout_rate > 0.0 else jnp.zeros((1,), jnp.int32)
 
   padded = attention_blocks.padded_length(length, block_q, block_k)
   lo, hi = attention_blocks.row_intervals(sep, segment_ids, padded)
@@ -77,7 +93,7 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   q_first, q_count = attention_blocks.query_block_ranges(first, count, padded // block_k)
   extra = ((0, 0), (0, padded - length), (0, 0), (0, 0))
   q, k, v = (jnp.pad(x, extra) for x in (q, k, v))
-  out = _flash(config, q, k, v, lo, hi, first, count, q_first, q_count)
+  out = _flash(config, q, k, v, lo, hi, first, count, q_first, q_count, seed)
   return out[:, :length]
 
 
@@ -87,11 +103,14 @@ def _tile_mask(lo, hi, key_start, block_k):
   return (keys[None, :] >= lo[:, None]) & (keys[None, :] <= hi[:, None])
 
 
-def _forward_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *,
-                    scale: float, block_k: int):
+def _forward_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *,
+                    config: _Config):
   """One (b, h, query block): q_ref [bq, D], k_ref, v_ref [Lp, D], lo_ref, hi_ref [bq]."""
   q, lo, hi = q_ref[...], lo_ref[...], hi_ref[...]
   block_q, head_dim = q.shape
+  scale, block_k = config.scale, config.block_k
+  rows = pl.program_id(2) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+  stream = (seed_ref[0], pl.program_id(0), pl.program_id(1))  # read outside the loop (the interpreter needs it)
 
   def key_block(j, carry):
     m, l, acc = carry
@@ -103,7 +122,10 @@ def _forward_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, o
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows with nothing visible yet
     p = jnp.exp(s - m_safe[:, None])
     alpha = jnp.exp(m - m_safe)
-    l = alpha * l + p.sum(axis=-1)
+    l = alpha * l + p.sum(axis=-1)  # the softmax normalizer counts dropped probabilities too
+    if config.dropout_rate > 0.0:
+      keep = config.keep(stream, rows, j * block_k + jnp.arange(block_k, dtype=jnp.int32))
+      p = jnp.where(keep, p * (1.0 / (1.0 - config.dropout_rate)), 0.0)
     acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
     return m_new, l, acc
 
@@ -117,11 +139,22 @@ def _forward_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, o
   lse_ref[...] = jnp.where(empty, 0.0, m + jnp.log(l_safe))
 
 
-def _dq_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
-               scale: float, block_k: int):
+def _dropped(config: _Config, stream, x, rows, cols):
+  """x [rows, cols] zero where dropout drops, scaled by 1 / (1 - rate) where it keeps (identity without dropout):
+  applied to dP after dropout it gives dP before, and to P the probabilities that multiplied V."""
+  if config.dropout_rate == 0.0:
+    return x
+  return jnp.where(config.keep(stream, rows, cols), x * (1.0 / (1.0 - config.dropout_rate)), 0.0)
+
+
+def _dq_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+               dq_ref, *, config: _Config):
   """One (b, h, query block): dQ over its visible key blocks. q_ref, do_ref [bq, D], k_ref, v_ref [Lp, D]."""
   q, do, lo, hi = q_ref[...], do_ref[...], lo_ref[...], hi_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
+  scale, block_k = config.scale, config.block_k
+  rows = pl.program_id(2) * q.shape[0] + jnp.arange(q.shape[0], dtype=jnp.int32)
+  stream = (seed_ref[0], pl.program_id(0), pl.program_id(1))
 
   def key_block(j, dq):
     cols = pl.ds(j * block_k, block_k)
@@ -129,7 +162,8 @@ def _dq_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref
     mask = _tile_mask(lo, hi, j * block_k, block_k)
     s = plgpu.dot(q, k, trans_b=True) * scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
-    dp = plgpu.dot(do, v, trans_b=True)
+    dp = _dropped(config, stream, plgpu.dot(do, v, trans_b=True), rows,
+                  j * block_k + jnp.arange(block_k, dtype=jnp.int32))
     ds = p * (dp - delta[:, None]) * scale
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
@@ -138,12 +172,15 @@ def _dq_kernel(first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-                dk_ref, dv_ref, *, scale: float, block_q: int):
+def _dkv_kernel(seed_ref, q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
+                delta_ref, dk_ref, dv_ref, *, config: _Config):
   """One (b, h, key block): dK, dV over the query blocks that see it. k_ref, v_ref [bk, D], q_ref [Lp, D]."""
   k, v = k_ref[...], v_ref[...]
   block_k = k.shape[0]
+  scale, block_q = config.scale, config.block_q
   key_start = pl.program_id(2) * block_k
+  cols = key_start + jnp.arange(block_k, dtype=jnp.int32)
+  stream = (seed_ref[0], pl.program_id(0), pl.program_id(1))
 
   def query_block(i, carry):
     dk, dv = carry
@@ -153,9 +190,11 @@ def _dkv_kernel(q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, d
     mask = _tile_mask(lo_ref[rows], hi_ref[rows], key_start, block_k)
     s = plgpu.dot(q, k, trans_b=True) * scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
-    dp = plgpu.dot(do, v, trans_b=True)
+    rows = i * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    dp = _dropped(config, stream, plgpu.dot(do, v, trans_b=True), rows, cols)
     ds = p * (dp - delta[:, None]) * scale
-    dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
+    p_kept = _dropped(config, stream, p, rows, cols)  # the probabilities that multiplied V
+    dv = dv + plgpu.dot(p_kept.astype(do.dtype), do, trans_a=True)
     dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
     return dk, dv
 
@@ -177,6 +216,7 @@ def _specs(block_q: int, block_k: int, length: int, head_dim: int):
       head_rows_q=pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
       all_head_rows=pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0)),
       table=pl.BlockSpec((None, None), lambda b, h, i: (b, i)),
+      seed=pl.BlockSpec((1,), lambda b, h, i: (0,)),
   )
 
 
@@ -187,48 +227,46 @@ def _call(config: _Config, kernel, grid, in_specs, out_specs, out_shape, name):
       interpret=config.interpret, name=name)
 
 
-def _forward(config: _Config, q, k, v, lo, hi, first, count, q_first, q_count):
+def _forward(config: _Config, q, k, v, lo, hi, first, count, q_first, q_count, seed):
   batch, length, heads, head_dim = q.shape
   s = _specs(config.block_q, config.block_k, length, head_dim)
-  kernel = functools.partial(_forward_kernel, scale=config.scale, block_k=config.block_k)
   out, lse = _call(
-      config, kernel, (batch, heads, length // config.block_q),
-      [s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
+      config, functools.partial(_forward_kernel, config=config), (batch, heads, length // config.block_q),
+      [s["seed"], s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
        s["all_rows"]],
       [s["rows_q"], s["head_rows_q"]],
       [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
-      "glm_flash_forward")(first, count, lo, hi, q, k, v)
-  return out, (q, k, v, lo, hi, first, count, q_first, q_count, out, lse)
+      "glm_flash_forward")(seed, first, count, lo, hi, q, k, v)
+  return out, (q, k, v, lo, hi, first, count, q_first, q_count, seed, out, lse)
 
 
 def _backward(config: _Config, residuals, dout):
-  q, k, v, lo, hi, first, count, q_first, q_count, out, lse = residuals
+  q, k, v, lo, hi, first, count, q_first, q_count, seed, out, lse = residuals
   batch, length, heads, head_dim = q.shape
+  # rowsum(dO * O) = rowsum(dP * P) with dropout too: O already holds the dropped, rescaled probabilities.
   delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), dout.astype(jnp.float32))
   dout = dout.astype(q.dtype)
   s = _specs(config.block_q, config.block_k, length, head_dim)
   dq = _call(
-      config, functools.partial(_dq_kernel, scale=config.scale, block_k=config.block_k),
-      (batch, heads, length // config.block_q),
-      [s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
+      config, functools.partial(_dq_kernel, config=config), (batch, heads, length // config.block_q),
+      [s["seed"], s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
        s["all_rows"], s["rows_q"], s["head_rows_q"], s["head_rows_q"]],
       s["rows_q"], jax.ShapeDtypeStruct(q.shape, q.dtype),
-      "glm_flash_dq")(first, count, lo, hi, q, k, v, dout, lse, delta)
+      "glm_flash_dq")(seed, first, count, lo, hi, q, k, v, dout, lse, delta)
   dk, dv = _call(
-      config, functools.partial(_dkv_kernel, scale=config.scale, block_q=config.block_q),
-      (batch, heads, length // config.block_k),
-      [s["table"], s["table"], s["all_row_scalars"], s["all_row_scalars"], s["all_rows"], s["rows_k"],
-       s["rows_k"], s["all_rows"], s["all_head_rows"], s["all_head_rows"]],
+      config, functools.partial(_dkv_kernel, config=config), (batch, heads, length // config.block_k),
+      [s["seed"], s["table"], s["table"], s["all_row_scalars"], s["all_row_scalars"], s["all_rows"],
+       s["rows_k"], s["rows_k"], s["all_rows"], s["all_head_rows"], s["all_head_rows"]],
       [s["rows_k"], s["rows_k"]],
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      "glm_flash_dkv")(q_first, q_count, lo, hi, q, k, v, dout, lse, delta)
-  return dq, dk, dv, None, None, None, None, None, None
+      "glm_flash_dkv")(seed, q_first, q_count, lo, hi, q, k, v, dout, lse, delta)
+  return dq, dk, dv, None, None, None, None, None, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(config, q, k, v, lo, hi, first, count, q_first, q_count):
-  """q, k, v [B, Lp, H, D], Lp a multiple of both blocks; int32 tables from attention_blocks."""
-  return _forward(config, q, k, v, lo, hi, first, count, q_first, q_count)[0]
+def _flash(config, q, k, v, lo, hi, first, count, q_first, q_count, seed):
+  """q, k, v [B, Lp, H, D], Lp a multiple of both blocks; int32 tables from attention_blocks; int32 [1] seed."""
+  return _forward(config, q, k, v, lo, hi, first, count, q_first, q_count, seed)[0]
 
 
 _flash.defvjp(_forward, _backward)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax import ops
+from glm_jax.ops import attention_blocks
 from glm_jax.ops import mask as mask_lib
 
 
@@ -154,3 +155,46 @@ def assert_no_length_by_length_array(implementation: str, length: int = 256, **o
   shapes = list(_shapes_outside_kernels(jaxpr))
   assert any(length in s for s in shapes)
   assert not [s for s in shapes if sum(d >= length for d in s) >= 2]
+
+
+def reference_with_kernel_dropout(q, k, v, sep, segment_ids, dropout_rate: float, dropout_rng):
+  """The materialized-mask attention with the Pallas kernels' dropout keep-mask (attention_blocks.dropout_keep)
+  drawn densely: what a kernel with dropout must compute, forward and backward (it is plain differentiable XLA)."""
+  batch, length, heads, _ = q.shape
+  sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, length)
+  seed = attention_blocks.dropout_seed(dropout_rng)[0]
+  rows, cols = jnp.arange(length, dtype=jnp.int32)[:, None], jnp.arange(length, dtype=jnp.int32)[None, :]
+  keep = jnp.stack([jnp.stack([attention_blocks.dropout_keep(seed, b, h, rows, cols, heads, length, dropout_rate)
+                               for h in range(heads)]) for b in range(batch)])  # [B, H, L, L]
+  mask = mask_lib.dense_mask(sep, segment_ids)[:, None]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) / np.sqrt(q.shape[-1])
+  probs = jnp.where(mask, jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1), 0.0)
+  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32))
+
+
+def assert_dropout_matches_reference(implementation: str, dropout_rate: float = 0.3, **options) -> None:
+  """`implementation`'s output and three gradients with dropout equal `reference_with_kernel_dropout`'s on
+  packed rows, and another dropout_rng gives another output."""
+  rng = np.random.default_rng(9)
+  sep, segment_ids = packed_batch(rng, batch=2, length=80, max_segments=3, pad_max=10)
+  q, k, v = random_qkv(rng, 2, 80, 2, 64)
+  cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+  key = jax.random.key(4)
+
+  def loss(fn):
+    def f(q, k, v):
+      out = fn(q, k, v)
+      return jnp.sum(out.astype(jnp.float32) * cotangent), out
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+  kernel = lambda q, k, v, key=key: ops.attention(  # noqa: E731
+      q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, dropout_rate=dropout_rate,
+      dropout_rng=key, **options)
+  (_, got), got_grads = loss(kernel)(q, k, v)
+  (_, want), want_grads = loss(lambda q, k, v: reference_with_kernel_dropout(
+      q, k, v, sep, segment_ids, dropout_rate, key))(q, k, v)
+  for name, g, w in zip(("out", "dq", "dk", "dv"), (got, *got_grads), (want, *want_grads)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5, err_msg=name)
+  (_, other), _ = loss(functools.partial(kernel, key=jax.random.key(5)))(q, k, v)
+  assert not np.allclose(np.asarray(other), np.asarray(got))

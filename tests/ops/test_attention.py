@@ -192,6 +192,24 @@ def test_pallas_inside_a_shard_map_over_some_axes_splits_over_the_rest():
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-4)
 
 
+def test_pallas_dropout_under_a_mesh_draws_a_different_stream_on_every_shard():
+  """Each shard's kernel numbers its rows from 0; with the dropout_rng folded with the shard index, two shards
+  given the same rows still drop differently (and one device's computation is reproducible)."""
+  mesh = _mesh()
+  q, k, v, sep, segment_ids = _packed_inputs(batch=4)
+  q, k, v, sep, segment_ids = (jnp.concatenate([x[:1]] * 4) for x in (q, k, v, sep, segment_ids))  # 4 equal rows
+
+  def f(q, k, v):
+    return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", interpret=True,
+                         block_q=32, block_k=32, partition_spec=MESH_SPEC, dropout_rate=0.5,
+                         dropout_rng=jax.random.key(0))
+
+  q, k, v = (jax.device_put(x, jax.sharding.NamedSharding(mesh, MESH_SPEC)) for x in (q, k, v))
+  out = np.asarray(jax.jit(_in_mesh(f, mesh))(q, k, v))
+  assert not np.allclose(out[0], out[1]) and not np.allclose(out[0], out[2])  # rows on different shards
+  np.testing.assert_array_equal(out, np.asarray(jax.jit(_in_mesh(f, mesh))(q, k, v)))
+
+
 @pytest.mark.parametrize("implementation,platform,target,local_qkv", [
     ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton", "tensor<2x256x2x128xbf16>"),  # [B, L, H, D]
     ("pallas_tpu", "tpu", "tpu_custom_call", "tensor<2x2x256x128xbf16>")])  # the TPU kernel's [B, H, L, D]

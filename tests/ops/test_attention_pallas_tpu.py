@@ -84,12 +84,21 @@ def test_no_length_by_length_array_is_materialized():
   testing.assert_no_length_by_length_array(IMPLEMENTATION, block_q=32, block_k=32, interpret=INTERPRET)
 
 
+@pytest.mark.slow
+def test_dropout_matches_the_reference_with_the_same_keep_mask():
+  """Dropout inside the kernel: forward and the three gradients equal the materialized computation with the
+  kernel's counter-hash keep-mask (which does not depend on the block sizes)."""
+  testing.assert_dropout_matches_reference(IMPLEMENTATION, block_q=16, block_k=32, interpret=INTERPRET)
+
+
 def test_unsupported_configurations_raise():
   q = jnp.zeros((1, 32, 1, 64), jnp.float32)
   run = functools.partial(ops.attention, q, q, q, sep=jnp.array([4]), implementation=IMPLEMENTATION,
                           interpret=INTERPRET)
-  with pytest.raises(ValueError, match="implementation='xla' or set attention_dropout=0"):
-    run(dropout_rate=0.1, dropout_rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="needs a dropout_rng"):
+    run(dropout_rate=0.1)
+  with pytest.raises(ValueError, match=r"dropout_rate=1.0 must be in \[0, 1\)"):
+    run(dropout_rate=1.0, dropout_rng=jax.random.key(0))
   with pytest.raises(ValueError, match="head dim 48"):
     ops.attention(*(jnp.zeros((1, 32, 1, 48)),) * 3, sep=jnp.array([4]), implementation=IMPLEMENTATION)
   with pytest.raises(ValueError, match="block_k=12"):

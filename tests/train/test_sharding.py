@@ -211,9 +211,9 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(run_s
 @pytest.mark.parametrize("implementation,platform,target", [
     ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"), ("pallas_tpu", "tpu", "tpu_custom_call")])
 def test_train_step_with_the_pallas_kernel_lowers_for_its_platform_per_shard(implementation, platform, target):
-  """The whole sharded train step (scan over layers, remat, the kernel's custom_vjp inside shard_map) lowers
-  for GPU / TPU from this CPU machine, and the kernel sees one device's batch rows and heads."""
-  config = _config(hidden_size=256, num_heads=2, hidden_dropout=0.0, attention_dropout=0.0, max_length=128,
+  """The whole sharded train step (scan over layers, remat, the kernel's custom_vjp with GLM's attention dropout
+  inside shard_map) lowers for GPU / TPU from this CPU machine, and the kernel sees one device's rows and heads."""
+  config = _config(hidden_size=256, num_heads=2, hidden_dropout=0.0, attention_dropout=0.1, max_length=128,
                    attention_implementation=implementation, remat_policy="full")
   mesh = _mesh((2, 2, 2))
   model = GLM(config)
