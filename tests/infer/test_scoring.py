@@ -57,12 +57,17 @@ def test_scores_equal_the_teacher_forced_log_likelihood(eop):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_score_candidates_reads_one_mask_of_the_text():
+def _default_vocabulary_model(seed: int, max_length: int):
+  """(vocabulary, a random one-layer GLM over it, its params)."""
   vocabulary = vocab.default_vocabulary()
-  cfg = GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=64)
-  model = GLM(cfg)
+  model = GLM(GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4,
+                        max_length=max_length))
   ids = np.zeros((1, 8), np.int32)
-  params = model.init(jax.random.key(6), ids, ids, ids, sep=np.array([8]))["params"]
+  return vocabulary, model, model.init(jax.random.key(seed), ids, ids, ids, sep=np.array([8]))["params"]
+
+
+def test_score_candidates_reads_one_mask_of_the_text():
+  vocabulary, model, params = _default_vocabulary_model(6, 64)
   text = "The module provides functions for working with [MASK]."
   candidates = ["paths", "files and directories"]
   summed = scoring.score_candidates(model, params, vocabulary, text, candidates)
@@ -79,11 +84,7 @@ def test_score_candidates_reads_one_mask_of_the_text():
 def test_cloze_accuracy_batches_examples_without_mixing_them_up():
   from glm_jax.data import cloze
 
-  vocabulary = vocab.default_vocabulary()
-  cfg = GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=32)
-  model = GLM(cfg)
-  ids = np.zeros((1, 8), np.int32)
-  params = model.init(jax.random.key(0), ids, ids, ids, sep=np.array([8]))["params"]
+  vocabulary, model, params = _default_vocabulary_model(0, 32)
   params = jax.tree.map(lambda x: 20.0 * x, params)  # large weights: predictions that depend on the sentence
   template = cloze.ClozeTemplate("{sentence} It was [MASK].", {0: "bad", 1: "good", 2: "a long answer"})
   sentences = ["the module is fast", "a parser", "files and paths", "the network is slow", "it works", "lists"]
