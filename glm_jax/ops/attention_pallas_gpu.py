@@ -38,8 +38,22 @@ from jax.experimental.pallas import triton as plgpu
 from glm_jax.ops import attention_blocks
 
 HEAD_DIMS = (64, 128)
-DEFAULT_BLOCK_Q = 64
-DEFAULT_BLOCK_K = 64
+# (block_q, block_k, num_warps) per (dtype, head dim) when none are given. All three kernels were compiled at each
+# for A100 (sm_80) and H100/H200 (sm_90a) by benchmarks/attention_compile.py, and none spills registers on either
+# (docs/benchmarks.md has the sweep); no GPU has timed them. float32 matmuls run in TF32 with about twice the
+# registers per tile: at bfloat16's 64 x 64 the dK/dV kernel spills 8 KiB per thread on sm_80, so float32 gets
+# the largest tiles that spill nowhere.
+DEFAULT_TILING = {
+    ("bfloat16", 64): (64, 64, 4),
+    ("bfloat16", 128): (64, 64, 8),
+    ("float32", 64): (32, 32, 4),
+    ("float32", 128): (16, 32, 8),
+}
+
+
+def default_tiling(dtype, head_dim: int) -> tuple[int, int, int]:
+  """(block_q, block_k, num_warps) of DEFAULT_TILING for q.dtype and the head dim."""
+  return DEFAULT_TILING[(jnp.dtype(dtype).name, head_dim)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +76,13 @@ class _Config:
 
 
 def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
-              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, interpret: bool = False,
+              block_q: int | None = None, block_k: int | None = None, interpret: bool = False,
               num_warps: int | None = None, num_stages: int = 2):
   """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
 
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
-  padded internally and sliced off). `interpret=True` runs the kernels in the Pallas interpreter (CPU).
+  padded internally and sliced off). Blocks and warps left None come from DEFAULT_TILING.
+  `interpret=True` runs the kernels in the Pallas interpreter (CPU).
   """
   batch, length, heads, head_dim = q.shape
   if not 0.0 <= dropout_rate < 1.0:
@@ -77,13 +92,15 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   if head_dim not in HEAD_DIMS:
     raise ValueError(f"head dim {head_dim} is not supported by the pallas_gpu kernel (supported: {HEAD_DIMS}); "
                      "use implementation='xla'")
+  if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+    raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
+  default_q, default_k, default_warps = default_tiling(q.dtype, head_dim)
+  block_q, block_k = block_q or default_q, block_k or default_k
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block < 16 or block & (block - 1):
       raise ValueError(f"{name}={block} must be a power of two >= 16 (Triton tile shapes)")
-  if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-    raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
   config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
-                   num_warps=num_warps or (4 if head_dim <= 64 else 8), num_stages=num_stages,
+                   num_warps=num_warps or default_warps, num_stages=num_stages,
                    dropout_rate=float(dropout_rate), heads=heads, length=length)
   seed = attention_blocks.dropout_seed(dropout_rng) if dropout_rate > 0.0 else jnp.zeros((1,), jnp.int32)
 

@@ -52,6 +52,7 @@ class _Config:
   scale: float
   interpret: bool
   dropout_rate: float = 0.0
+  vmem_limit_bytes: int | None = None
   heads: int = 1
   length: int = 0  # the unpadded L: dropout's counters use it, so the keep-mask does not depend on the blocks
 
@@ -69,11 +70,14 @@ class _Config:
 
 
 def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
-              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, interpret: bool = False):
+              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, interpret: bool = False,
+              vmem_limit_bytes: int | None = None):
   """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
 
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
   padded internally and sliced off). `interpret=True` runs the kernels in Pallas's TPU interpret mode.
+  `vmem_limit_bytes` raises (or lowers) Mosaic's scoped VMEM limit, for blocks larger than the default
+  limit holds; a kernel that needs more than the limit fails to compile, naming both sizes.
   """
   batch, length, heads, head_dim = q.shape
   if not 0.0 <= dropout_rate < 1.0:
@@ -90,7 +94,8 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
   config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
-                   dropout_rate=float(dropout_rate), heads=heads, length=length)
+                   dropout_rate=float(dropout_rate), vmem_limit_bytes=vmem_limit_bytes, heads=heads,
+                   length=length)
   seed = attention_blocks.dropout_seed(dropout_rng) if dropout_rate > 0.0 else jnp.zeros((1,), jnp.int32)
 
   padded = attention_blocks.padded_length(length, block_q, block_k)
@@ -225,7 +230,8 @@ def _pallas(config: _Config, kernel, grid, in_specs, out_specs, out_shape, scrat
   return pl.pallas_call(
       kernel, grid_spec=grid_spec, out_shape=out_shape, name=name,
       compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+          vmem_limit_bytes=config.vmem_limit_bytes),
       interpret=pltpu.InterpretParams() if config.interpret else False)
 
 
