@@ -3,7 +3,7 @@
     python -m pip install -q --no-deps --target .deviceless -r benchmarks/deviceless_compilers.txt   # once
     python benchmarks/attention_compile.py            # re-runs itself with .deviceless on PYTHONPATH, CPU only
 
-GPU: the forward, dQ and dK/dV kernels of `pallas_gpu` (fwd+bwd of one GLM row) for each case, compiled by the
+GPU: the forward, dQ and dK/dV kernels of `pallas_gpu` (fwd+bwd of one row, L=8192) for each case, compiled by the
 Triton pipeline of XLA's CUDA plugin to PTX and by ptxas for each compute capability (glm_jax/deviceless.py).
 Reported per kernel: shared memory per thread block against the device's limit (a block over it cannot launch),
 registers per thread, and spill stores (bytes per thread: spilled registers go to local memory, slow).
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import time
 
 import jax
@@ -30,6 +28,7 @@ from glm_jax import ops
 from glm_jax.ops import attention_pallas_gpu, attention_pallas_tpu
 
 GPU_CASES = [(dtype, head_dim) for dtype in ("bfloat16", "float32") for head_dim in (64, 128)]
+GPU_LENGTH = 8192  # L is a static shape of the kernels: compile the longest rows they are meant for
 TPU_TOPOLOGIES = ("v4:2x2x1", "v5e:2x2", "v5p:2x2x1", "v6e:2x2")
 TPU_CASES = [("bfloat16", 128, 1000, 0.1), ("float32", 64, 1000, 0.0), ("bfloat16", 64, 8192, 0.1)]
 
@@ -72,7 +71,7 @@ def gpu_results(args) -> list[dict]:
       options = {} if block is None else dict(block_q=block[0], block_k=block[1])
       if args.num_warps:
         options["num_warps"] = args.num_warps
-      lowered = _grad_program("pallas_gpu", (1, 1024, 1, head_dim), dtype, args.dropout_rate,
+      lowered = _grad_program("pallas_gpu", (1, GPU_LENGTH, 1, head_dim), dtype, args.dropout_rate,
                               **options).lower(lowering_platforms=("cuda",))
       for kernel in deviceless.triton_kernels(lowered):
         for capability in args.compute_capabilities.split(","):
@@ -135,17 +134,9 @@ def print_tables(gpu: list[dict], tpu: list[dict]) -> None:
             f"| {r['blocks']} | {r['dropout_rate']} | {compiled} | {r['compile_seconds']} |")
 
 
-def _reexec_with_compilers() -> None:
-  """Runs this script again in the deviceless environment unless it already is in it."""
-  if os.environ.get("JAX_PLATFORMS") == "cpu" and str(deviceless.compilers_dir()) in os.environ.get("PYTHONPATH", ""):
-    return
-  env = deviceless.environment()
-  os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
-  _reexec_with_compilers()
+  deviceless.reexec_in_environment()
   print(f"# jax {jax.__version__}; deviceless compilers from {deviceless.compilers_dir()}")
   gpu = [] if args.skip_gpu else gpu_results(args)
   tpu = [] if args.skip_tpu else tpu_results(args)

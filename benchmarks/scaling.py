@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/scaling.py                       # CPU: 8 host devices vs 1
     PYTHONPATH=. python benchmarks/scaling.py --gpu                 # GLM-Large (L=512) and GLM-2B (L=1024)
     PYTHONPATH=. python benchmarks/scaling.py --gpu --dry_run       # the GPU code path, tiny shapes, on CPU
+    python benchmarks/scaling.py --tpu v5e:2x4                      # compiled for a TPU slice, from this CPU
 
 CPU mode sets `--xla_force_host_platform_device_count=8` before jax is imported and trains one model on
 every mesh shape of --meshes, in one process. For each shape it reports, per device: the bytes of params +
@@ -14,7 +15,14 @@ remat policy, scan over layers and gradient accumulation, by compiled temporary 
 
 GPU mode trains GLM-Large at L=512 and GLM-2B at L=1024 on one device with bf16 compute and float32 master
 weights, and reports tokens/s and MFU (FLOPs per token from glm_jax/train/metrics.py, peak from its table).
-Attention dropout defaults to 0 there: the Pallas kernels do not implement it.
+Attention dropout defaults to 0 there (GLM v1 trains with 0.1: --attention_dropout=0.1).
+
+TPU mode compiles the sharded train step of GLM-Large, GLM-2B and GLM-10B (bf16 compute, float32 params and AdamW,
+the Pallas TPU attention kernel under shard_map) with libtpu for a TPU topology this machine does not have
+(glm_jax/deviceless.py; it re-runs itself with the side folder of compilers on PYTHONPATH), on a mesh of its chips
+(--tpu_mesh, default all on fsdp), and reports the compiled program's HBM per chip against the chip's: arguments
+(params, optimizer state, batch), temporaries, and the peak (arguments + outputs - donated + temporaries). Nothing
+runs: it says whether a configuration fits before a slice is rented.
 """
 from __future__ import annotations
 
@@ -51,21 +59,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--attention_dropout", type=float, default=0.0,
                       help="attention dropout (GLM v1 trains with 0.1; the Pallas kernels apply it in-kernel)")
   parser.add_argument("--peak_flops", type=float, default=None, help="per device; default: train/metrics.py")
+  # TPU mode.
+  parser.add_argument("--tpu", default=None, metavar="TOPOLOGY", help="compile for e.g. v5e:2x4, v4:2x2x1, v5p:2x2x2")
+  parser.add_argument("--tpu_mesh", default=None, help="data x fsdp x tensor over the topology's chips; default 1xNx1")
+  parser.add_argument("--10b_batch", dest="b10_batch", type=int, default=8)
+  parser.add_argument("--10b_remat", dest="b10_remat", default="full", choices=["none", "minimal", "full"])
   args = parser.parse_args(argv)
-  if args.dry_run and not args.gpu:
-    parser.error("--dry_run tests the --gpu path; pass both")
+  if args.dry_run and not (args.gpu or args.tpu):
+    parser.error("--dry_run tests the --gpu or --tpu path; pass one of them")
+  if args.gpu and args.tpu:
+    parser.error("pass one of --gpu and --tpu")
   return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
 # Before jax is imported: CPU mode needs 8 host devices for the meshes; the dry run stays on (one) CPU device.
-if ARGS is not None and not ARGS.gpu:
+if ARGS is not None and not ARGS.gpu and not ARGS.tpu:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 if ARGS is not None and (not ARGS.gpu or ARGS.dry_run):
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from glm_jax import deviceless  # noqa: E402
 from glm_jax.model import GLM, GLMConfig, preset  # noqa: E402
 from glm_jax.train import metrics as metrics_lib, optimizer, partitioning, step as step_lib, synthetic  # noqa: E402
 
@@ -174,14 +191,6 @@ def cpu_mode(args: argparse.Namespace) -> None:
 def gpu_mode(args: argparse.Namespace) -> None:
   """GLM-Large (L=512) and GLM-2B (L=1024) on one device: tokens/s and MFU."""
   device = jax.devices()[0]
-  cases = [("GLM-Large", "large", 512, args.large_batch, args.large_remat),
-           ("GLM-2B", "2b", 1024, args.b2_batch, args.b2_remat)]
-  if args.dry_run:
-    tiny = dict(num_layers=2, hidden_size=128, num_heads=4, vocab_size=512)
-    cases = [(f"{name} (dry run: tiny)", name_, length // 8, 2, remat, tiny)
-             for name, name_, length, _, remat in cases]
-  else:
-    cases = [case + ({},) for case in cases]
   peak, estimate = metrics_lib.peak_flops_per_device(device, override=args.peak_flops)
   print(f"# {device.device_kind} ({device.platform}), jax {jax.__version__}; peak {peak / 1e12:.3g} TFLOP/s "
         f"per device{' (estimate)' if estimate else ''}; compute {args.dtype}, params float32; attention "
@@ -189,22 +198,93 @@ def gpu_mode(args: argparse.Namespace) -> None:
         f"median of {args.repeats} steps; peak GiB: the device's peak so far in this process\n")
   print("| model | L | batch | remat | accumulation | step ms | tokens/s | TFLOP/s | MFU | temp GiB | peak GiB |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
-  for name, preset_name, length, batch_size, remat, overrides in cases:
-    config = preset(preset_name, dtype=args.dtype, remat_policy=remat, max_length=length,
-                    attention_implementation=args.attention_implementation,
-                    attention_dropout=args.attention_dropout, **overrides)
+  for name, config, length, batch_size in model_cases(args, ("GLM-Large", "GLM-2B")):
     m = measure(config, (1, 1, 1), batch_size, length, args.repeats, args.accumulation_steps)
     tokens_per_second = batch_size * length / m.step_seconds
     flops = metrics_lib.flops_per_token(config, length) * tokens_per_second
     stats = device.memory_stats() or {}
     peak_bytes = stats.get("peak_bytes_in_use")
-    print(f"| {name} | {length} | {batch_size} | {remat} | {args.accumulation_steps} | {m.step_seconds * 1e3:.1f} "
+    print(f"| {name} | {length} | {batch_size} | {config.remat_policy} | {args.accumulation_steps} "
+          f"| {m.step_seconds * 1e3:.1f} "
           f"| {tokens_per_second:,.0f} | {flops / 1e12:.3g} | {flops / peak:.1%} | {m.temp_bytes / 2 ** 30:.2f} "
           f"| {'-' if peak_bytes is None else f'{peak_bytes / 2 ** 30:.2f}'} |", flush=True)
 
 
+def model_cases(args: argparse.Namespace, models: tuple[str, ...]) -> list[tuple[str, GLMConfig, int, int]]:
+  """(name, config, L, global batch) of the GPU and TPU modes: bf16 compute, float32 params; tiny with --dry_run."""
+  cases = {"GLM-Large": ("large", 512, args.large_batch, args.large_remat),
+           "GLM-2B": ("2b", 1024, args.b2_batch, args.b2_remat),
+           "GLM-10B": ("10b", 1024, args.b10_batch, args.b10_remat)}
+  out = []
+  for name in models:
+    preset_name, length, batch_size, remat = cases[name]
+    overrides = {}
+    if args.dry_run:
+      name, length, batch_size = f"{name} (dry run: tiny)", length // 8, 2
+      overrides = dict(num_layers=2, hidden_size=128, num_heads=2, vocab_size=512)  # D=64, as the kernels take
+    config = preset(preset_name, dtype=args.dtype, remat_policy=remat, max_length=length,
+                    attention_implementation=args.attention_implementation,
+                    attention_dropout=args.attention_dropout, **overrides)
+    out.append((name, config, length, batch_size))
+  return out
+
+
+def tpu_mode(args: argparse.Namespace) -> None:
+  """Each model's train step compiled by libtpu for the topology: HBM per chip, nothing run."""
+  devices = deviceless.tpu_devices(args.tpu)
+  kind = devices[0].device_kind
+  shape = parse_mesh(args.tpu_mesh) if args.tpu_mesh else (1, len(devices), 1)
+  mesh = deviceless.tpu_mesh(args.tpu, shape, partitioning.MESH_AXES)
+  hbm = deviceless.TPU_HBM_BYTES[kind]
+  models = ("GLM-Large", "GLM-2B") if args.dry_run else ("GLM-Large", "GLM-2B", "GLM-10B")
+  print(f"# {kind} x {len(devices)} ({args.tpu}), mesh data x fsdp x tensor = {'x'.join(map(str, shape))}, "
+        f"{hbm / 2 ** 30:.0f} GiB HBM per chip; compute {args.dtype}, params and AdamW float32; compiled by libtpu "
+        f"on this CPU, nothing run; jax {jax.__version__}\n")
+  print("| model | L | global batch | remat | accumulation | args GiB/chip | temp GiB/chip | peak GiB/chip "
+        "| of HBM | attention | Mosaic calls | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  batch_devices = shape[0] * shape[1]
+  for name, config, length, batch_size in model_cases(args, models):
+    batch_size = batch_devices if args.dry_run else batch_size
+    if batch_size % batch_devices:
+      raise ValueError(f"{name}: global batch {batch_size} does not split over data x fsdp = {batch_devices} chips")
+    # The platform default would be this process's (CPU: xla); the compiled program is for TPU.
+    config = config.replace(attention_implementation=config.attention_implementation or "pallas_tpu")
+    model = GLM(config)
+    tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-4, warmup_steps=10), 1000)
+    state, shardings = partitioning.abstract_state(model, tx, mesh, length)
+    example = next(synthetic.synthetic_batches(1, length, config.vocab_size))
+    batch = {key: jax.ShapeDtypeStruct((batch_size, *value.shape[1:]), value.dtype,
+                                       sharding=partitioning.batch_sharding(mesh)) for key, value in example.items()}
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=jax.sharding.NamedSharding(mesh, P()))
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(model, tx, accumulation_steps=args.accumulation_steps), shardings, mesh)
+    start = time.perf_counter()
+    try:
+      compiled = train_step.trace(state, batch, rng).lower().compile()
+    except jax.errors.JaxRuntimeError as error:
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      print(f"| {name} | {length} | {batch_size} | {config.remat_policy} | {args.accumulation_steps} "
+            f"| does not fit: {' '.join(str(error).split())[:200]} | | | | {config.attention_implementation} | "
+            f"| {time.perf_counter() - start:.1f} |", flush=True)
+      continue
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    kernels = compiled.as_text().count('custom_call_target="tpu_custom_call"')
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+    print(f"| {name} | {length} | {batch_size} | {config.remat_policy} | {args.accumulation_steps} "
+          f"| {memory.argument_size_in_bytes / 2 ** 30:.2f} | {memory.temp_size_in_bytes / 2 ** 30:.2f} "
+          f"| {peak / 2 ** 30:.2f} | {peak / hbm:.0%} | {config.attention_implementation} | {kernels} "
+          f"| {seconds:.1f} |", flush=True)
+
+
 def main(args: argparse.Namespace) -> None:
-  if args.gpu:
+  if args.tpu:
+    deviceless.reexec_in_environment()
+    tpu_mode(args)
+  elif args.gpu:
     gpu_mode(args)
   else:
     cpu_mode(args)

@@ -66,11 +66,25 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
   # libtpu reads these to find its own chips; compiling for a named topology needs neither.
   env.setdefault("TPU_ACCELERATOR_TYPE", "none")
   env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips; compile-only processes own none, and
+  # several may compile at once (the tests' xdist workers do).
+  env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   return env
 
 
+def reexec_in_environment() -> None:
+  """Runs this program again (same argv) in `environment()`, unless it already runs there."""
+  if os.environ.get("JAX_PLATFORMS") == "cpu" and str(compilers_dir()) in os.environ.get("PYTHONPATH", ""):
+    return
+  os.execve(sys.executable, [sys.executable, *sys.argv], environment())
+
+
 # TPU --------------------------------------------------------------------------------------------------------------
+
+# HBM per chip (Cloud TPU system architecture pages), by jax's device_kind.
+TPU_HBM_BYTES = {"TPU v4": 32 * 2 ** 30, "TPU v5 lite": 16 * 2 ** 30, "TPU v5": 95 * 2 ** 30, "TPU v6 lite": 32 * 2 ** 30}
+
 
 def tpu_devices(topology: str) -> list:
   """The compile-only devices of a TPU topology such as "v5e:2x4" or "v4:2x2x1" (generation:chips), one per chip

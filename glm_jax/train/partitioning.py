@@ -124,6 +124,18 @@ def abstract_boxed_params(model: nn.Module, length: int):
   return jax.eval_shape(init, jax.random.key(0), ids, sep)
 
 
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                   length: int) -> tuple[TrainState, TrainState]:
+  """The TrainState's shapes and dtypes in their shardings, nothing allocated: what a train step is lowered with
+  to compile it for devices this process does not have (glm_jax/deviceless.py). Returns (state, shardings)."""
+  boxed = abstract_boxed_params(model, length)
+  shardings = state_shardings(boxed, tx, mesh)
+  shapes = jax.eval_shape(lambda params: TrainState.create(params, tx), nn.unbox(boxed))
+  state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                       shapes, shardings)
+  return state, shardings
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array,
                length: int) -> tuple[TrainState, TrainState]:
   """A freshly initialized TrainState created directly in its shardings; returns (state, shardings)."""

@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
+from glm_jax import deviceless
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str) -> str:
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-             JAX_PLATFORMS="cpu")
+def _run(*args: str, env: dict[str, str] | None = None) -> str:
+  env = env or dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                    JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   return done.stdout
@@ -37,6 +39,19 @@ def test_attention_gpu_dry_run_checks_its_flop_accounting():
 def test_scaling_gpu_dry_run_runs_both_models():
   out = _run("benchmarks/scaling.py", "--gpu", "--dry_run")
   assert "GLM-Large (dry run: tiny)" in out and "GLM-2B (dry run: tiny)" in out
+
+
+@pytest.mark.slow
+def test_scaling_tpu_dry_run_compiles_the_sharded_train_step_with_the_mosaic_kernels():
+  try:
+    env = deviceless.environment()
+  except FileNotFoundError as error:
+    pytest.skip(str(error))
+  out = _run("benchmarks/scaling.py", "--tpu", "v5e:2x2", "--dry_run", env=env)
+  rows = [line.split("|") for line in out.splitlines() if line.startswith("| GLM-")]
+  assert [row[1].strip() for row in rows] == ["GLM-Large (dry run: tiny)", "GLM-2B (dry run: tiny)"], out
+  for row in rows:  # the attention kernel, forward and backward, inside the compiled step
+    assert row[10].strip() == "pallas_tpu" and int(row[11]) >= 3, out
 
 
 @pytest.mark.slow

@@ -115,6 +115,18 @@ def test_param_shardings_follow_the_rules_table():
   assert _specs(shardings.params) == expected
 
 
+def test_abstract_state_is_the_initialized_state_without_its_values():
+  mesh = _mesh((2, 2, 2))
+  model = GLM(_config())
+  state, shardings = partitioning.init_state(model, _tx(), mesh, jax.random.key(0), LENGTH)
+  abstract, abstract_shardings = partitioning.abstract_state(model, _tx(), mesh, LENGTH)
+  assert abstract_shardings == shardings
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+  described = lambda x: (x.shape, x.dtype, x.sharding)  # noqa: E731
+  assert jax.tree.leaves(jax.tree.map(described, abstract)) == jax.tree.leaves(jax.tree.map(described, state))
+  assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(abstract))
+
+
 def test_model_traces_under_a_mesh_with_fsdp_and_tensor():
   # Regression: flax's DenseGeneral applied the 4-D QKV kernel constraint to its flattened 2-D init value, so
   # tracing model.apply failed as soon as a mesh and the rules were in context.
