@@ -2,15 +2,15 @@
 
 TPU. libtpu compiles for a TPU topology without TPU hardware (`jax.experimental.topologies`, as MaxText's
 train_compile does): `tpu_mesh("v5e:2x4", ...)` gives a mesh of compile-only devices, and a program jitted with
-shardings on it lowers and compiles with the real TPU compiler, Mosaic kernels included, reporting their VMEM and
-HBM needs (`compiled.memory_analysis()`). It cannot run.
+shardings on it lowers and compiles with the real TPU compiler, Mosaic kernels included: a program whose VMEM or
+HBM needs exceed the chip's fails to compile, and `compiled.memory_analysis()` gives its HBM use. It cannot run.
 
 GPU. XLA compiles a Pallas-Triton custom call (`__gpu$xla.gpu.triton`) only on a GPU client, which needs a GPU.
 `triton_kernels` takes the Triton IR that the Pallas lowering stored in each such call of a program lowered with
-`lowering_platforms=("cuda",)`, and `compile_triton` runs it through the Triton pipeline bundled with XLA's CUDA
-plugin (the PJRT Triton extension, which jax uses to compile Pallas kernels ahead of time) to PTX, then `ptxas`
-to machine code for the chosen compute capability, reporting shared memory, registers and spills. What stays
-unchecked is the launch itself and the speed.
+`lowering_platforms=("cuda",)`, and `compile_triton` runs it through the Triton pipeline built into XLA's CUDA
+plugin (the PJRT Triton extension, which the plugin registers as jax's Triton compilation handler; jax compiles
+Pallas kernels through it itself after jaxlib 0.10.2) to PTX, then `ptxas` to machine code for the chosen compute
+capability, reporting shared memory, registers and spills. What stays unchecked is the launch and the speed.
 
 Neither compiler is a dependency of glm-jax: installed in the environment, libtpu and the CUDA plugin make every
 jax start look for (and warn about) a TPU or a CUDA device. They go to a side folder instead,
