@@ -1,6 +1,6 @@
 """The Pallas attention kernels compiled for accelerators this machine does not have: their static resource use.
 
-    python -m pip install -q --no-deps --target .deviceless -r benchmarks/deviceless_compilers.txt   # once
+    python -m pip install -q --no-deps --upgrade --target .deviceless -r benchmarks/deviceless_compilers.txt   # once
     python benchmarks/attention_compile.py            # re-runs itself with .deviceless on PYTHONPATH, CPU only
 
 GPU: the forward, dQ and dK/dV kernels of `pallas_gpu` (fwd+bwd of one row, L=8192) for each case, compiled by the

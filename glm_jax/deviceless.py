@@ -15,7 +15,7 @@ capability, reporting shared memory, registers and spills. What stays unchecked 
 Neither compiler is a dependency of glm-jax: installed in the environment, libtpu and the CUDA plugin make every
 jax start look for (and warn about) a TPU or a CUDA device. They go to a side folder instead,
 
-    python -m pip install -q --no-deps --target .deviceless -r benchmarks/deviceless_compilers.txt
+    python -m pip install -q --no-deps --upgrade --target .deviceless -r benchmarks/deviceless_compilers.txt
 
 and a program that uses them runs with that folder first on PYTHONPATH and JAX_PLATFORMS=cpu (`environment()`);
 `.ci/run` does this for the tests (tests/ops/test_attention_compile.py).
@@ -50,7 +50,7 @@ def compilers_dir() -> pathlib.Path:
 
 
 def install_command() -> str:
-  return (f"python -m pip install -q --no-deps --target {compilers_dir()} "
+  return (f"python -m pip install -q --no-deps --upgrade --target {compilers_dir()} "
           f"-r {REPO / 'benchmarks' / 'deviceless_compilers.txt'}")
 
 
@@ -119,6 +119,7 @@ class TritonKernel:
   module: bytes
   num_warps: int
   num_stages: int
+  grid: tuple[int, int, int]  # program instances along x, y, z
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +160,8 @@ def triton_kernels(lowered: jax.stages.Lowered) -> list[TritonKernel]:
             kernels.append(TritonKernel(
                 name=ir.StringAttr(config["name"]).value, module=ir.StringAttr(config["ir"]).value_bytes,
                 num_warps=ir.IntegerAttr(config["num_warps"]).value,
-                num_stages=ir.IntegerAttr(config["num_stages"]).value))
+                num_stages=ir.IntegerAttr(config["num_stages"]).value,
+                grid=tuple(ir.IntegerAttr(config[f"grid_{axis}"]).value for axis in "xyz")))
           walk(op.operation)
 
   walk(lowered.compiler_ir("stablehlo").operation)

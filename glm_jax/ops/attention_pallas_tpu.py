@@ -77,7 +77,7 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
   padded internally and sliced off). `interpret=True` runs the kernels in Pallas's TPU interpret mode.
   `vmem_limit_bytes` raises (or lowers) Mosaic's scoped VMEM limit, for blocks larger than the default
-  limit holds; a kernel that needs more than the limit fails to compile, naming both sizes.
+  limit holds; a kernel that needs more than the limit fails to compile (CompileTimeScopedVmemOom).
   """
   batch, length, heads, head_dim = q.shape
   if not 0.0 <= dropout_rate < 1.0:
