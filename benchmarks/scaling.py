@@ -80,13 +80,13 @@ if ARGS is not None and (not ARGS.gpu or ARGS.dry_run):
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from glm_jax import deviceless  # noqa: E402
 from glm_jax.model import GLM, GLMConfig, preset  # noqa: E402
-from glm_jax.train import metrics as metrics_lib, optimizer, partitioning, step as step_lib, synthetic  # noqa: E402
+from glm_jax.train import loop, metrics as metrics_lib, optimizer, partitioning, step as step_lib, synthetic  # noqa: E402
 
 MiB = 2 ** 20
+_OPTIMIZER = optimizer.OptimizerConfig(learning_rate=1e-4, warmup_steps=10)
 
 
 @dataclasses.dataclass
@@ -123,8 +123,7 @@ def measure(config: GLMConfig, shape: tuple[int, int, int], batch_size: int, len
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=fsdp, tensor=tensor),
                                 jax.devices()[:num_devices])
   model = GLM(config)
-  ocfg = optimizer.OptimizerConfig(learning_rate=1e-4, warmup_steps=10)
-  tx = optimizer.make_optimizer(ocfg, 1000)
+  tx = optimizer.make_optimizer(_OPTIMIZER, 1000)
   state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), length)
   per_device, total = state_bytes(state)
   train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, accumulation_steps=accumulation_steps),
@@ -243,25 +242,15 @@ def tpu_mode(args: argparse.Namespace) -> None:
   print("| model | L | global batch | remat | accumulation | args GiB/chip | temp GiB/chip | peak GiB/chip "
         "| of HBM | attention | Mosaic calls | compile s |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  batch_devices = shape[0] * shape[1]
   for name, config, length, batch_size in model_cases(args, models):
-    batch_size = batch_devices if args.dry_run else batch_size
-    if batch_size % batch_devices:
-      raise ValueError(f"{name}: global batch {batch_size} does not split over data x fsdp = {batch_devices} chips")
+    batch_size = shape[0] * shape[1] if args.dry_run else batch_size
     # The platform default would be this process's (CPU: xla); the compiled program is for TPU.
     config = config.replace(attention_implementation=config.attention_implementation or "pallas_tpu")
-    model = GLM(config)
-    tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-4, warmup_steps=10), 1000)
-    state, shardings = partitioning.abstract_state(model, tx, mesh, length)
-    example = next(synthetic.synthetic_batches(1, length, config.vocab_size))
-    batch = {key: jax.ShapeDtypeStruct((batch_size, *value.shape[1:]), value.dtype,
-                                       sharding=partitioning.batch_sharding(mesh)) for key, value in example.items()}
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=jax.sharding.NamedSharding(mesh, P()))
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(model, tx, accumulation_steps=args.accumulation_steps), shardings, mesh)
+    train_config = loop.TrainConfig(num_steps=1000, batch_size=batch_size, length=length,
+                                    accumulation_steps=args.accumulation_steps)
     start = time.perf_counter()
     try:
-      compiled = train_step.trace(state, batch, rng).lower().compile()
+      compiled = loop.compile_train_step(config, train_config, _OPTIMIZER, mesh)
     except jax.errors.JaxRuntimeError as error:
       if "RESOURCE_EXHAUSTED" not in str(error):
         raise
@@ -270,14 +259,10 @@ def tpu_mode(args: argparse.Namespace) -> None:
             f"| {time.perf_counter() - start:.1f} |", flush=True)
       continue
     seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    kernels = compiled.as_text().count('custom_call_target="tpu_custom_call"')
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
+    m = deviceless.tpu_memory(compiled, kind)
     print(f"| {name} | {length} | {batch_size} | {config.remat_policy} | {args.accumulation_steps} "
-          f"| {memory.argument_size_in_bytes / 2 ** 30:.2f} | {memory.temp_size_in_bytes / 2 ** 30:.2f} "
-          f"| {peak / 2 ** 30:.2f} | {peak / hbm:.0%} | {config.attention_implementation} | {kernels} "
-          f"| {seconds:.1f} |", flush=True)
+          f"| {m['argument_gib']:.2f} | {m['temp_gib']:.2f} | {m['peak_gib']:.2f} | {m['peak_gib'] / m['hbm_gib']:.0%} "
+          f"| {config.attention_implementation} | {m['mosaic_calls']} | {seconds:.1f} |", flush=True)
 
 
 def main(args: argparse.Namespace) -> None:

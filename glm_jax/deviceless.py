@@ -73,17 +73,34 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
   return env
 
 
-def reexec_in_environment() -> None:
-  """Runs this program again (same argv) in `environment()`, unless it already runs there."""
-  if os.environ.get("JAX_PLATFORMS") == "cpu" and str(compilers_dir()) in os.environ.get("PYTHONPATH", ""):
-    return
-  os.execve(sys.executable, [sys.executable, *sys.argv], environment())
+def in_environment() -> bool:
+  """Whether this process runs in `environment()` (the compilers importable, CPU the only runtime platform)."""
+  return (os.environ.get("JAX_PLATFORMS") == "cpu"
+          and str(compilers_dir()) in os.environ.get("PYTHONPATH", "").split(os.pathsep))
+
+
+def reexec_in_environment(args: list[str] | None = None) -> None:
+  """Replaces this process by `python ARGS` (default: this script's argv) in `environment()`, unless it already
+  runs there."""
+  if not in_environment():
+    os.execve(sys.executable, [sys.executable, *(sys.argv if args is None else args)], environment())
 
 
 # TPU --------------------------------------------------------------------------------------------------------------
 
 # HBM per chip (Cloud TPU system architecture pages), by jax's device_kind.
 TPU_HBM_BYTES = {"TPU v4": 32 * 2 ** 30, "TPU v5 lite": 16 * 2 ** 30, "TPU v5": 95 * 2 ** 30, "TPU v6 lite": 32 * 2 ** 30}
+
+
+def tpu_memory(compiled: jax.stages.Compiled, device_kind: str) -> dict:
+  """HBM per chip of a program compiled for a TPU (GiB): arguments, temporaries and the peak (arguments + outputs -
+  donated + temporaries, XLA's own accounting), the chip's HBM, and the program's Mosaic kernel calls."""
+  memory = compiled.memory_analysis()
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+          + memory.temp_size_in_bytes)
+  return {"argument_gib": memory.argument_size_in_bytes / 2 ** 30, "temp_gib": memory.temp_size_in_bytes / 2 ** 30,
+          "peak_gib": peak / 2 ** 30, "hbm_gib": TPU_HBM_BYTES[device_kind] / 2 ** 30,
+          "mosaic_calls": compiled.as_text().count('custom_call_target="tpu_custom_call"')}
 
 
 def tpu_devices(topology: str) -> list:

@@ -7,6 +7,7 @@
   python -m glm_jax.main score --checkpoint=runs/quickstart --text="It works with [MASK]." \
       --candidate=paths --candidate="the network"
   python -m glm_jax.main convert --from_pytorch=glm-large/ --output_dir=ckpt/glm-large  # needs [convert]
+  python -m glm_jax.main compile --gin_file=gin/pretrain/large.gin --topology=v5e:2x4   # fits? (no TPU needed)
 
 gin binds only here, at the edge: the dataclass configs are gin-configurable and `train` below is the
 configurable that builds the Experiment; the library under glm_jax/ never reads gin. A misspelt binding fails at
@@ -28,6 +29,7 @@ import jax
 import seqio
 from etils import epath
 
+from glm_jax import deviceless, ops
 from glm_jax.convert import tokenizers as convert_tokenizers
 from glm_jax.data import cloze, vocab
 from glm_jax.infer import infilling, scoring
@@ -125,6 +127,27 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   return result
 
 
+def compile_for_tpu(topology: str, exp: Experiment) -> dict:
+  """The experiment's train step compiled by libtpu for a TPU topology this machine does not have (MaxText's
+  train_compile; needs glm_jax/deviceless.py's environment): per chip, the HBM it takes and whether it fits
+  (deviceless.tpu_memory's fields, or the compiler's error). The mesh is exp.mesh over the topology's chips;
+  attention left to the platform default gets TPU's kernel."""
+  devices = deviceless.tpu_devices(topology)
+  kind = devices[0].device_kind
+  model = exp.model.replace(attention_implementation=exp.model.attention_implementation
+                            or ops.default_implementation("tpu"))
+  result = {"topology": topology, "device_kind": kind, "chips": len(devices),
+            "mesh": "x".join(str(n) for n in exp.mesh.shape(len(devices))),
+            "hbm_gib": deviceless.TPU_HBM_BYTES[kind] / 2 ** 30}
+  try:
+    compiled = loop.compile_train_step(model, exp.train, exp.optimizer, partitioning.make_mesh(exp.mesh, devices))
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    return {**result, "fits": False, "error": " ".join(str(error).split())}
+  return {**result, "fits": True, **deviceless.tpu_memory(compiled, kind)}
+
+
 def _load(checkpoint: str):
   """(model, params, vocabulary) of the newest checkpoint under `checkpoint`, params on one device."""
   model = GLM(checkpoints.load_model_config(checkpoint))
@@ -180,10 +203,14 @@ def _parser() -> argparse.ArgumentParser:
   train_cmd.add_argument("--model_dir", required=True, help="checkpoints, metrics, TensorBoard, loss curve")
   eval_cmd = commands.add_parser("eval", help="a checkpoint's loss and accuracy on the experiment's eval split")
   eval_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
-  for cmd in (train_cmd, eval_cmd):
+  compile_cmd = commands.add_parser(
+      "compile", help="compile the experiment's train step for a TPU slice on this machine: does it fit?")
+  compile_cmd.add_argument("--topology", required=True, help="generation:chips, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x2")
+  for cmd in (train_cmd, eval_cmd, compile_cmd):
     cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
     cmd.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
     cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
+  for cmd in (train_cmd, eval_cmd):
     # Multi-host (glm_jax/train/distributed.py): none of these on a TPU VM pod / SLURM (jax detects them).
     cmd.add_argument("--coordinator_address", default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
                      help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)")
@@ -220,6 +247,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str) -> N
 
 def main(argv: list[str] | None = None) -> dict | str | int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+  from_command_line = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["convert"]:  # its own flags: glm_jax/convert/__main__.py
     from glm_jax.convert import __main__ as convert_main  # torch loads only when a file is read
@@ -238,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     for i, (candidate, value) in enumerate(zip(args.candidate, scores)):
       print(f"{value:10.4f}  {candidate}{'  <- best' if i == best else ''}")
     return scores
+  if args.command == "compile":
+    return _compile_command(args, gin_bindings, from_command_line, argv)
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any device use
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   if args.command == "eval":
@@ -250,6 +280,25 @@ def main(argv: list[str] | None = None) -> dict | str | int:
                summary["steps"], time.perf_counter() - start, summary["first_loss"], summary["final_loss"],
                summary["final_eval_loss"])
   return summary
+
+
+def _compile_command(args, gin_bindings: list[str], from_command_line: bool, argv: list[str]) -> dict:
+  if not deviceless.in_environment():
+    if not from_command_line:
+      raise SystemExit("compile needs the deviceless compilers (glm_jax/deviceless.py): run it as a command, or in "
+                       "a process started with deviceless.environment()")
+    deviceless.reexec_in_environment(["-m", "glm_jax.main", *argv])
+  parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
+  result = compile_for_tpu(args.topology, experiment())
+  print(f"{result['device_kind']} x {result['chips']} ({result['topology']}), mesh data x fsdp x tensor = "
+        f"{result['mesh']}, {result['hbm_gib']:.0f} GiB HBM per chip")
+  if not result["fits"]:
+    print(f"does not fit: {result['error']}")
+    raise SystemExit(1)
+  print(f"fits: peak {result['peak_gib']:.2f} GiB per chip ({result['peak_gib'] / result['hbm_gib']:.0%} of HBM): "
+        f"arguments {result['argument_gib']:.2f} GiB (params, optimizer state, batch), temporaries "
+        f"{result['temp_gib']:.2f} GiB; {result['mosaic_calls']} Mosaic (attention) kernel calls")
+  return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
+import os
+import re
+import subprocess
+import sys
+
 import gin
 import pytest
 
-from glm_jax import main
+from glm_jax import deviceless, main
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +166,33 @@ def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
   with pytest.raises(ValueError, match="no eval split: bind DataConfig.eval_split"):
     main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides,
                "--gin.DataConfig.eval_split=None"])
+
+
+def _compile_command(*flags):
+  """`python -m glm_jax.main compile ...` as a user runs it (it re-runs itself with the deviceless compilers)."""
+  try:
+    deviceless.environment()
+  except FileNotFoundError as error:
+    pytest.skip(str(error))
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # as on a user's command line
+  return subprocess.run([sys.executable, "-m", "glm_jax.main", "compile", "--gin_file=gin/pretrain/quickstart.gin",
+                         "--topology=v5e:2x2", *flags], cwd=deviceless.REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.mark.slow
+def test_compile_subcommand_says_whether_the_experiment_fits_a_tpu_slice():
+  # The quickstart's model with D=64 (the TPU kernel's head dims), on 4 v5e chips it does not have.
+  done = _compile_command("--gin.model_preset.overrides={'num_heads': 2}")
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  assert "TPU v5 lite x 4 (v5e:2x2), mesh data x fsdp x tensor = 4x1x1, 16 GiB HBM per chip" in done.stdout
+  fits = re.search(r"fits: peak ([\d.]+) GiB per chip .* (\d+) Mosaic \(attention\) kernel calls", done.stdout)
+  assert fits and 0 < float(fits.group(1)) < 1 and int(fits.group(2)) >= 3, done.stdout
+  # 8192 rows of L=128 per chip: their float32 logits alone (8192 x 128 x 4096 x 4 bytes) are the chip's 16 GiB.
+  done = _compile_command("--gin.model_preset.overrides={'num_heads': 2}", "--gin.TrainConfig.batch_size=32768")
+  assert done.returncode == 1 and "does not fit: RESOURCE_EXHAUSTED" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_compile_subcommand_in_process_needs_the_deviceless_environment():
+  with pytest.raises(SystemExit, match="deviceless compilers"):
+    main.main(["compile", "--gin_file=gin/pretrain/quickstart.gin", "--topology=v5e:2x2"])

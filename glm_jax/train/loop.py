@@ -43,7 +43,8 @@ from etils import epath
 from tqdm import tqdm
 
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import checkpoints, faults, metrics as metrics_lib, optimizer, partitioning, step as step_lib
+from glm_jax.train import (checkpoints, faults, metrics as metrics_lib, optimizer, partitioning, step as step_lib,
+                           synthetic)
 from glm_jax.train.state import TrainState
 
 METRICS_FILE = "metrics.jsonl"
@@ -107,6 +108,30 @@ def evaluate(model: GLM, params, param_shardings, mesh, eval_batches: Iterable[d
   training loop's eval step."""
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), param_shardings, mesh)
   return _eval(eval_step, params, eval_batches, num_batches, mesh)
+
+
+def compile_train_step(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
+                       mesh: jax.sharding.Mesh) -> jax.stages.Compiled:
+  """The train step `train` runs, compiled for `mesh` from abstract state and batch: nothing is allocated or run,
+  so the mesh may be of devices this process does not have (a TPU slice: glm_jax/deviceless.py). Raises the
+  compiler's error (JaxRuntimeError, RESOURCE_EXHAUSTED) when the step does not fit the devices' memory."""
+  tc = train_config
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if tc.batch_size % batch_devices:
+    raise ValueError(f"TrainConfig.batch_size={tc.batch_size} does not split over data*fsdp={batch_devices} devices "
+                     f"(make it a multiple of {batch_devices})")
+  model = GLM(model_config)
+  tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
+  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
+  state, shardings = partitioning.abstract_state(model, tx, mesh, tc.length)
+  example = synthetic.synthetic_example(np.random.default_rng(0), tc.length, model_config.vocab_size)
+  batch = {name: jax.ShapeDtypeStruct((tc.batch_size, *value.shape), value.dtype,
+                                      sharding=partitioning.batch_sharding(mesh)) for name, value in example.items()}
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                             sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh)
+  return train_step.trace(state, batch, rng).lower().compile()
 
 
 def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
