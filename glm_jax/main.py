@@ -287,7 +287,10 @@ def _compile_command(args, gin_bindings: list[str], from_command_line: bool, arg
     if not from_command_line:
       raise SystemExit("compile needs the deviceless compilers (glm_jax/deviceless.py): run it as a command, or in "
                        "a process started with deviceless.environment()")
-    deviceless.reexec_in_environment(["-m", "glm_jax.main", *argv])
+    try:
+      deviceless.reexec_in_environment(["-m", "glm_jax.main", *argv])
+    except FileNotFoundError as error:  # the compilers are not installed: say how
+      raise SystemExit(str(error)) from None
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   result = compile_for_tpu(args.topology, experiment())
   print(f"{result['device_kind']} x {result['chips']} ({result['topology']}), mesh data x fsdp x tensor = "
