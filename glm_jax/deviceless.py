@@ -89,7 +89,8 @@ def reexec_in_environment(args: list[str] | None = None) -> None:
 # TPU --------------------------------------------------------------------------------------------------------------
 
 # HBM per chip (Cloud TPU system architecture pages), by jax's device_kind.
-TPU_HBM_BYTES = {"TPU v4": 32 * 2 ** 30, "TPU v5 lite": 16 * 2 ** 30, "TPU v5": 95 * 2 ** 30, "TPU v6 lite": 32 * 2 ** 30}
+TPU_HBM_BYTES = {kind: gib * 2 ** 30 for kind, gib in (("TPU v4", 32), ("TPU v5 lite", 16), ("TPU v5", 95),
+                                                        ("TPU v6 lite", 32))}
 
 
 def tpu_memory(compiled: jax.stages.Compiled, device_kind: str) -> dict:
