@@ -42,7 +42,7 @@ HEAD_DIMS = (64, 128)
 # for A100 (sm_80) and H100/H200 (sm_90a) by benchmarks/attention_compile.py, and none spills registers on either
 # (docs/benchmarks.md has the sweep); no GPU has timed them. float32 matmuls run in TF32 with about twice the
 # registers per tile: at bfloat16's 64 x 64 the dK/dV kernel spills 8 KiB per thread on sm_80, so float32 gets
-# the largest tiles that spill nowhere.
+# the largest tiles that spill nowhere (whose 16 or 32 rows make sm_90a use mma.sync rather than wgmma).
 DEFAULT_TILING = {
     ("bfloat16", 64): (64, 64, 4),
     ("bfloat16", 128): (64, 64, 8),
