@@ -53,7 +53,7 @@ def _grad_program(implementation: str, shape, dtype, dropout_rate: float, shardi
   """jit(grad) of sum(attention(...)) over q, k, v and abstract inputs: the forward and both backward kernels."""
   def loss(q, k, v, sep, segment_ids, rng):
     out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation,
-                                  dropout_rate=dropout_rate, dropout_rng=rng if dropout_rate else None, **options)
+                        dropout_rate=dropout_rate, dropout_rng=rng if dropout_rate else None, **options)
     return out.astype(jnp.float32).sum()
 
   qkv = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)

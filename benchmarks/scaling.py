@@ -233,7 +233,7 @@ def tpu_mode(args: argparse.Namespace) -> None:
   devices = deviceless.tpu_devices(args.tpu)
   kind = devices[0].device_kind
   shape = parse_mesh(args.tpu_mesh) if args.tpu_mesh else (1, len(devices), 1)
-  mesh = deviceless.tpu_mesh(args.tpu, shape, partitioning.MESH_AXES)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(*shape), devices)  # as `train` and `compile` lay it out
   hbm = deviceless.TPU_HBM_BYTES[kind]
   models = ("GLM-Large", "GLM-2B") if args.dry_run else ("GLM-Large", "GLM-2B", "GLM-10B")
   print(f"# {kind} x {len(devices)} ({args.tpu}), mesh data x fsdp x tensor = {'x'.join(map(str, shape))}, "

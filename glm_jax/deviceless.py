@@ -1,8 +1,8 @@
 """Compiling for accelerators this machine does not have: TPU topologies, and the GPU backend's Triton kernels.
 
 TPU. libtpu compiles for a TPU topology without TPU hardware (`jax.experimental.topologies`, as MaxText's
-train_compile does): `tpu_mesh("v5e:2x4", ...)` gives a mesh of compile-only devices, and a program jitted with
-shardings on it lowers and compiles with the real TPU compiler, Mosaic kernels included: a program whose VMEM or
+train_compile does): `tpu_devices("v5e:2x4")` gives compile-only devices, and a program jitted with shardings on
+a mesh of them lowers and compiles with the real TPU compiler, Mosaic kernels included: a program whose VMEM or
 HBM needs exceed the chip's fails to compile, and `compiled.memory_analysis()` gives its HBM use. It cannot run.
 
 GPU. XLA compiles a Pallas-Triton custom call (`__gpu$xla.gpu.triton`) only on a GPU client, which needs a GPU.
@@ -32,7 +32,6 @@ import sys
 import tempfile
 
 import jax
-import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO / ".deviceless"
@@ -116,16 +115,6 @@ def tpu_devices(topology: str) -> list:
       raise RuntimeError(f"libtpu is not importable; install the deviceless compilers with: {install_command()} "
                          "and run with that folder on PYTHONPATH") from error
     raise
-
-
-def tpu_mesh(topology: str, shape: tuple[int, ...], axis_names: tuple[str, ...]) -> jax.sharding.Mesh:
-  """A mesh over all the devices of `topology` (see tpu_devices), laid out along its physical torus."""
-  from jax.experimental import mesh_utils  # noqa: PLC0415
-  devices = tpu_devices(topology)
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices; topology {topology} has "
-                     f"{len(devices)} ({devices[0].device_kind})")
-  return jax.sharding.Mesh(mesh_utils.create_device_mesh(shape, devices), axis_names)
 
 
 # GPU (Triton) -----------------------------------------------------------------------------------------------------

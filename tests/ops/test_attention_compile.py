@@ -3,7 +3,7 @@
 test_attention_lowering.py checks the Pallas -> Triton / Mosaic lowering; this checks the compilers after it
 (glm_jax/deviceless.py): XLA's Triton pipeline and ptxas for A100 (sm_80) and H100/H200 (sm_90a), and libtpu for
 TPU v4, v5e, v5p and v6e. It runs benchmarks/attention_compile.py in the deviceless environment (the side folder
-of compilers that .ci/run installs) and checks its results; two control runs show that the checks can fail.
+of compilers that .ci/run installs) and checks its results; a control run shows that the checks can fail.
 Skips, saying how to install them, where the compilers are absent.
 """
 import json
