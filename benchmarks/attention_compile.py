@@ -23,8 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from glm_jax import deviceless
-from glm_jax import ops
+from glm_jax import deviceless, ops
 from glm_jax.ops import attention_pallas_gpu, attention_pallas_tpu
 
 GPU_CASES = [(dtype, head_dim) for dtype in ("bfloat16", "float32") for head_dim in (64, 128)]

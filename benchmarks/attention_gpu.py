@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax import ops
-from glm_jax.ops import attention_blocks
-from glm_jax.ops import mask as mask_lib
+from glm_jax.ops import attention_blocks, mask as mask_lib
 
 IMPLEMENTATIONS = ("pallas_gpu", "cudnn_causal", "cudnn_mask", "reference")
 BACKWARD_FLOP_FACTOR = 2.5  # dQ, dK, dV, dP and the recomputed S: 5 matmuls against the forward's 2
@@ -71,15 +70,19 @@ def causal_pairs(batch: int, length: int) -> int:
 def programs(implementation: str, sep, segment_ids, block_q: int, block_k: int):
   """{"fwd": f(q, k, v, cotangent), "fwd+bwd": g(q, k, v, cotangent)} for one implementation."""
   if implementation == "pallas_gpu":
-    attend = lambda q, k, v: ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu",
-                                           block_q=block_q, block_k=block_k)
+    def attend(q, k, v):
+      return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu",
+                                               block_q=block_q, block_k=block_k)
   elif implementation == "reference":
-    attend = lambda q, k, v: ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="reference")
+    def attend(q, k, v):
+      return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="reference")
   elif implementation == "cudnn_causal":
-    attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    def attend(q, k, v):
+      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
   elif implementation == "cudnn_mask":
     mask = mask_lib.dense_mask(sep, segment_ids)[:, None]  # [B, 1, L, L], built outside the timed program
-    attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    def attend(q, k, v):
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   else:
     raise ValueError(f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
 
@@ -88,7 +91,8 @@ def programs(implementation: str, sep, segment_ids, block_q: int, block_k: int):
     return attend(q, k, v)
 
   def forward_backward(q, k, v, cotangent):
-    loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32) * cotangent.astype(jnp.float32))
+    def loss(q, k, v):
+      return jnp.sum(attend(q, k, v).astype(jnp.float32) * cotangent.astype(jnp.float32))
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   return {"fwd": forward, "fwd+bwd": forward_backward}

@@ -71,16 +71,16 @@ def load_corpus(corpus: str | None, megabytes: float) -> list[str]:
 def default_vocabulary():
   """The default GLM vocabulary (glm_jax.data.vocab), or None when it cannot be loaded here."""
   try:
-    from glm_jax.data import vocab  # pylint: disable=g-import-not-at-top
+    from glm_jax.data import vocab
     return vocab.default_vocabulary()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     print(f"default vocabulary unavailable ({type(e).__name__}: {e}); part (a) skipped, (b) uses word ids")
     return None
 
 
 def tokenization_throughput(documents: list[str], vocabulary) -> dict[str, float]:
   """Part (a): the vocabulary's encode_tf over a tf.data dataset of documents."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   ds = tf.data.Dataset.from_tensor_slices(documents).with_options(_one_thread_options())
   ds = ds.map(vocabulary.encode_tf).map(tf.size)
@@ -107,10 +107,9 @@ def token_ids(documents: list[str], vocabulary) -> tuple[list[np.ndarray], list[
 
 def corruption_and_conversion(ids, sentences, objective: str, max_length: int) -> dict[str, float]:
   """Part (b): blank infilling of every document, then the packed feature converter."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from glm_jax.data import blank_infilling as bi  # pylint: disable=g-import-not-at-top
-  from glm_jax.data import feature_converter as fc  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import blank_infilling as bi, feature_converter as fc
 
   special = bi.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
   rng = np.random.default_rng(0)
@@ -148,8 +147,8 @@ def reference_style_token_corruption(ids, max_length: int) -> dict[str, float]:
   per-span loops over numpy slices: Poisson span lengths drawn with random.choices, placed with randrange,
   Part A / Part B assembled span by span, then padded to L as its collate function does). Same documents,
   same L, same core as (b); documents are cut into pieces of 0.8 L so A + B fits."""
-  import math  # pylint: disable=g-import-not-at-top
-  import random  # pylint: disable=g-import-not-at-top
+  import math
+  import random
 
   rng = random.Random(0)
   weights = [math.exp(-3.0) * 3.0**k / math.factorial(k) for k in range(1, 40)]
@@ -208,19 +207,19 @@ def reference_style_token_corruption(ids, max_length: int) -> dict[str, float]:
 
 def end_to_end(documents: list[str], objective: str, max_length: int) -> dict[str, float]:
   """Part (c): seqio.get_dataset of the text Task of `objective` over `documents`, packed."""
-  import json  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
+  import json
+  import tempfile
 
-  import seqio  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import seqio
+  import tensorflow as tf
 
-  from glm_jax.data import feature_converter as fc  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import feature_converter as fc
 
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents), encoding="utf-8")
     os.environ["GLM_JAX_TEXT_FILES"] = str(path)
-    import tasks  # pylint: disable=g-import-not-at-top,unused-import
+    import tasks  # noqa: F401  (registers the Tasks)
 
     ds = seqio.get_dataset(f"glm_{objective}_text", task_feature_lengths=fc.task_feature_lengths(max_length),
                            feature_converter=fc.GLMFeatureConverter(pack=True), shuffle=False, seed=0)
@@ -237,7 +236,7 @@ def end_to_end(documents: list[str], objective: str, max_length: int) -> dict[st
 
 
 def _one_thread_options():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
@@ -261,7 +260,7 @@ def main() -> None:
   parser.add_argument("--end_to_end", action="store_true", help="also time (c), the seqio Tasks end to end")
   args = parser.parse_args()
   pin_to_one_core(args.core)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -24,11 +24,11 @@ import sys
 import time
 
 import flax.linen as nn
-import gin
 import jax
 import seqio
 from etils import epath
 
+import gin
 from glm_jax import deviceless, ops
 from glm_jax.convert import tokenizers as convert_tokenizers
 from glm_jax.data import cloze, vocab

@@ -24,10 +24,10 @@ from __future__ import annotations
 import functools
 import os
 
-import gin
 import seqio
 import tensorflow as tf
 
+import gin
 from glm_jax.data import preprocessors, sources, vocab
 from glm_jax.data.blank_infilling import FEATURES
 

@@ -1,9 +1,9 @@
 import glob
 import os
 
-import gin
 import pytest
 
+import gin
 from glm_jax import main
 from glm_jax.model import GLMConfig
 

@@ -3,9 +3,9 @@ import re
 import subprocess
 import sys
 
-import gin
 import pytest
 
+import gin
 from glm_jax import deviceless, main
 
 

@@ -4,10 +4,10 @@ import glob
 import json
 import os
 
-import gin
 import matplotlib
 import pytest
 
+import gin
 from glm_jax import main
 
 matplotlib.use("Agg")

@@ -106,8 +106,8 @@ def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | N
   if vocab_files and tokenizer is None:
     name = presets.match_published(config.num_layers, config.hidden_size, config.vocab_size)
     if name is None:
-      raise ValueError(f"no published GLM has this checkpoint's shape, so its tokenizer family is unknown; pass "
-                       f"tokenizer= (--tokenizer) as one of bert, gpt2, roberta, chinese_sp")
+      raise ValueError("no published GLM has this checkpoint's shape, so its tokenizer family is unknown; pass "
+                       "tokenizer= (--tokenizer) as one of bert, gpt2, roberta, chinese_sp")
     tokenizer = presets.PUBLISHED[name].tokenizer
   if vocab_files:  # checked before anything is written
     from glm_jax.convert import tokenizers  # imports TensorFlow and seqio: only when a vocabulary is given

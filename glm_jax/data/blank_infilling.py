@@ -55,7 +55,7 @@ class SpecialIds:
 
   @classmethod
   def from_vocabulary(cls, vocabulary) -> SpecialIds:
-    from glm_jax.data import vocab  # pylint: disable=g-import-not-at-top
+    from glm_jax.data import vocab
 
     names = {"pad": "[pad]", "eos": "[eos]", "cls": "[CLS]", "mask": "[MASK]", "smask": "[sMASK]",
              "gmask": "[gMASK]", "sop": "[sop]", "eop": "[eop]"}

@@ -14,10 +14,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import gin
 import numpy as np
 import seqio
 
+import gin
 from glm_jax.data import blank_infilling, counters, feature_converter
 
 
@@ -64,7 +64,7 @@ def describe(example: dict[str, np.ndarray], vocabulary) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """Runs the command; returns the converted features (empty if no --out)."""
-  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tasks  # noqa: F401
 
   bindings, rest = _split_gin_args(sys.argv[1:] if argv is None else argv)
   args = _parser().parse_args(rest)

@@ -42,7 +42,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 
 def embedded_documents(split: str) -> list[tuple[str, str]]:
   """The (topic, text) documents of one split of the embedded corpus, in a fixed order."""
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  from pydoc_data import topics
 
   _check_split(split)
   documents = [(name, text) for name in sorted(topics.topics) for text in _paragraph_runs(topics.topics[name])]

@@ -25,8 +25,8 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-import seqio
 import sentencepiece as spm
+import seqio
 
 from glm_jax.data import cache_dir, file_lock
 
@@ -134,7 +134,7 @@ def cached_model_file(documents: Sequence[str], settings: TrainSettings = TrainS
 
 def embedded_corpus_texts() -> list[str]:
   """The train documents of the embedded corpus (glm_jax.data.sources) the default vocabulary learns from."""
-  from glm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import sources
 
   return [text for _, text in sources.embedded_documents("train")]
 
@@ -219,7 +219,7 @@ def read_corpus(pattern: str) -> list[str]:
   corpus for `pattern == "embedded"`."""
   if pattern == "embedded":
     return embedded_corpus_texts()
-  from glm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import sources
 
   files = sources.expand_patterns(pattern)
   if not files:

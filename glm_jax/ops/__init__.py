@@ -1,1 +1,1 @@
-from glm_jax.ops.attention import attention, IMPLEMENTATIONS, default_implementation  # noqa: F401
+from glm_jax.ops.attention import IMPLEMENTATIONS, attention, default_implementation  # noqa: F401

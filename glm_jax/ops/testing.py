@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax import ops
-from glm_jax.ops import attention_blocks
-from glm_jax.ops import mask as mask_lib
+from glm_jax.ops import attention_blocks, mask as mask_lib
 
 
 def packed_batch(rng: np.random.Generator, batch: int, length: int, max_segments: int, pad_max: int = 0,

@@ -57,8 +57,8 @@ def check_fits_model(config: DataConfig, model_vocab_size: int) -> None:
   size = vocabulary_size(config)
   if size > model_vocab_size:
     raise ValueError(f"the vocabulary of {config.mixture_or_task_name!r} has {size} ids but the model's "
-                     f"vocab_size is {model_vocab_size}: use a Task with the model's own tokenizer (for the glm_* Tasks "
-                     f"of a checkpoint converted with --vocab_files: task_vocabulary.checkpoint = DIR, which its "
+                     f"vocab_size is {model_vocab_size}: use a Task with the model's own tokenizer (for the glm_* "
+                     f"Tasks of a checkpoint converted with --vocab_files: task_vocabulary.checkpoint = DIR, which its "
                      f"model.gin binds) or a model with a larger vocab_size")
 
 

@@ -43,8 +43,15 @@ from etils import epath
 from tqdm import tqdm
 
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import (checkpoints, faults, metrics as metrics_lib, optimizer, partitioning, step as step_lib,
-                           synthetic)
+from glm_jax.train import (
+  checkpoints,
+  faults,
+  metrics as metrics_lib,
+  optimizer,
+  partitioning,
+  step as step_lib,
+  synthetic,
+)
 from glm_jax.train.state import TrainState
 
 METRICS_FILE = "metrics.jsonl"

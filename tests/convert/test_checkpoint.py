@@ -13,8 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from glm_jax import convert  # noqa: E402
-from glm_jax.convert import __main__ as convert_main  # noqa: E402
-from glm_jax.convert import pytorch as pt  # noqa: E402
+from glm_jax.convert import __main__ as convert_main, pytorch as pt  # noqa: E402
 from glm_jax.model import GLMConfig  # noqa: E402
 
 CONFIG = GLMConfig(vocab_size=128, num_layers=2, hidden_size=16, num_heads=2, max_length=8)
@@ -113,10 +112,10 @@ def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
 
 def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_tokenizer(tmp_path):
   pytest.importorskip("tokenizers")
-  import gin
-  import seqio
   import sentencepiece as spm
+  import seqio
 
+  import gin
   from glm_jax import main
   from glm_jax.convert import tokenizers as glm_tokenizers
   from glm_jax.data import feature_converter

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import numpy as np
 import pytest
 import seqio
 import tensorflow as tf

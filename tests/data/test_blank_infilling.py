@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import math
 
 import hypothesis
@@ -322,7 +321,7 @@ def test_reconstruct_is_exact_on_a_hand_written_example():
 
 
 def test_special_ids_from_the_default_vocabulary_and_a_text_round_trip(monkeypatch, tmp_path):
-  from glm_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  from glm_jax.data import vocab
 
   monkeypatch.setenv("GLM_JAX_CACHE", str(tmp_path))
   vocabulary = vocab.default_vocabulary()
@@ -344,7 +343,7 @@ def test_special_ids_from_the_default_vocabulary_and_a_text_round_trip(monkeypat
 def test_sentence_piece_matches_brute_force(lengths, max_length, mask_ratio, seed):
   lengths = np.minimum(lengths, max_length - 3)
   priority = np.random.default_rng(seed).random(lengths.size)
-  j, masked = bi._sentence_piece(lengths, priority, max_length, mask_ratio)  # pylint: disable=protected-access
+  j, masked = bi._sentence_piece(lengths, priority, max_length, mask_ratio)
 
   def brute_force():
     for candidate in range(lengths.size, 0, -1):
@@ -367,7 +366,7 @@ def test_sentence_piece_matches_brute_force(lengths, max_length, mask_ratio, see
 def test_token_piece_matches_brute_force(remaining, max_length, mask_ratio, seed):
   count = max(1, math.ceil(mask_ratio * min(remaining, max_length - 3) - 1e-9))
   span_lengths = bi.sample_span_lengths(np.random.default_rng(seed), count)
-  n, k = bi._token_piece(span_lengths, remaining, max_length, mask_ratio)  # pylint: disable=protected-access
+  n, k = bi._token_piece(span_lengths, remaining, max_length, mask_ratio)
 
   def brute_force():
     for size in range(min(remaining, max_length), 0, -1):

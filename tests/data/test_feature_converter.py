@@ -6,8 +6,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling as bi
-from glm_jax.data import feature_converter as fc
+from glm_jax.data import blank_infilling as bi, feature_converter as fc
 from glm_jax.ops import mask as mask_lib
 
 SPECIAL = bi.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)

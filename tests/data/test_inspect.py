@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 
-import gin
 import numpy as np
 import pytest
 
+import gin
 from glm_jax.data import feature_converter, inspect
 
 
@@ -47,8 +47,8 @@ def test_bad_gin_binding_names_the_parameter():
 
 @pytest.mark.slow
 def test_command_line(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import sys
 
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   command = [sys.executable, "-m", "glm_jax.data.inspect", "--mixture", "glm_embedded", "--num_examples", "2",

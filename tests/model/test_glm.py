@@ -138,8 +138,10 @@ def test_dropout_is_random_only_in_training(tokens):
   eval_a = model.apply({"params": params}, *args, **kwargs)
   eval_b = model.apply({"params": params}, *args, **kwargs, deterministic=True)
   np.testing.assert_array_equal(eval_a, eval_b)
-  train = lambda seed: model.apply({"params": params}, *args, **kwargs, deterministic=False,  # noqa: E731
-                                   rngs={"dropout": jax.random.key(seed)})
+
+  def train(seed):
+    return model.apply({"params": params}, *args, **kwargs, deterministic=False, rngs={"dropout": jax.random.key(seed)})
+
   np.testing.assert_array_equal(train(1), train(1))
   assert np.abs(train(1) - train(2)).max() > 1e-3
   assert np.abs(train(1) - eval_a).max() > 1e-3

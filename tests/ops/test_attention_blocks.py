@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from glm_jax.ops import attention_blocks
-from glm_jax.ops import mask as mask_lib
+from glm_jax.ops import attention_blocks, mask as mask_lib
 
 
 def tables(sep, segment_ids, block_q, block_k):

@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from glm_jax import ops
-from glm_jax.ops import testing
-from glm_jax.ops import attention_blocks
-from glm_jax.ops import attention_pallas_tpu
+from glm_jax.ops import attention_blocks, attention_pallas_tpu, testing
 
 IMPLEMENTATION = "pallas_tpu"
 INTERPRET = jax.default_backend() != "tpu"

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from glm_jax import ops
-from glm_jax.ops import attention_xla
-from glm_jax.ops import mask as mask_lib
-from glm_jax.ops import testing
+from glm_jax.ops import attention_xla, mask as mask_lib, testing
 
 H, D = 2, 16
 
@@ -201,8 +199,9 @@ def test_works_under_jit_scan_and_remat():
   def stack(weights, x, remat):
     def layer(h, inputs):
       w, key = inputs
-      attend = lambda h: ops.attention(h @ w, h, h, sep=sep, segment_ids=segment_ids, implementation="xla",
-                                       dropout_rate=0.1, dropout_rng=key, block_q=16, block_k=8)
+      def attend(h):
+        return ops.attention(h @ w, h, h, sep=sep, segment_ids=segment_ids, implementation="xla",
+                                             dropout_rate=0.1, dropout_rng=key, block_q=16, block_k=8)
       return h + (jax.checkpoint(attend) if remat else attend)(h), None
     return jnp.sum(jax.lax.scan(layer, x, (weights, jax.random.split(jax.random.key(1), 3)))[0] ** 2)
 

@@ -1,12 +1,12 @@
 """tasks/finetune.py: cloze Tasks train with `train` and are scored with `eval --cloze`."""
 from __future__ import annotations
 
-import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
+import gin
 from glm_jax import main
 from glm_jax.data import cloze
 from tasks import finetune

@@ -6,12 +6,12 @@ import json
 import os
 import unicodedata
 
-import gin
 import numpy as np
 import pytest
 import seqio
 
-from glm_jax.data import blank_infilling, counters, feature_converter, sources, vocab
+import gin
+from glm_jax.data import blank_infilling, counters, feature_converter, sources
 
 L = 48
 MASK_NAMES = {"[MASK]": "token", "[sMASK]": "sentence", "[gMASK]": "document"}
@@ -21,7 +21,7 @@ MASK_NAMES = {"[MASK]": "token", "[sMASK]": "sentence", "[gMASK]": "document"}
 def glm_tasks(tmp_path_factory):
   """`import tasks` with the vocabulary and embedded corpus cached once per session for the data tests."""
   os.environ["GLM_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "glm_jax_cache")
-  import tasks  # pylint: disable=g-import-not-at-top
+  import tasks
   return tasks.pretrain
 
 
@@ -71,7 +71,8 @@ def test_task_end_to_end(glm_tasks, objective, pack):
 
   def rows(seed):
     ds = seqio.get_dataset(f"glm_{objective}_embedded", feature_converter.task_feature_lengths(L),
-                           dataset_split="validation", shuffle=False, seed=seed, feature_converter=feature_converter.GLMFeatureConverter(pack))
+                           dataset_split="validation", shuffle=False, seed=seed,
+                           feature_converter=feature_converter.GLMFeatureConverter(pack))
     return list(ds.take(6).as_numpy_iterator())
 
   first = rows(3)
@@ -123,7 +124,8 @@ def test_gin_objective_settings_apply_after_import(glm_tasks, clean_gin):
 
   def masked_fraction():
     ds = seqio.get_dataset("glm_token_embedded", feature_converter.task_feature_lengths(64),
-                           dataset_split="train", shuffle=False, seed=0, feature_converter=feature_converter.GLMFeatureConverter(False))
+                           dataset_split="train", shuffle=False, seed=0,
+                           feature_converter=feature_converter.GLMFeatureConverter(False))
     rows = list(ds.take(20).as_numpy_iterator())
     spans = sum(int((r["block_position_ids"] == 1).sum()) for r in rows)
     masked = sum(float(r["loss_mask"].sum()) for r in rows) - spans

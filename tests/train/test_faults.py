@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from glm_jax import main
 from glm_jax.model import GLMConfig
-from glm_jax.train import (checkpoints, faults, inputs, loop, optimizer, partitioning, step as step_lib,
-                           synthetic)
+from glm_jax.train import checkpoints, faults, inputs, loop, optimizer, partitioning, step as step_lib, synthetic
 
 VOCAB, LENGTH, BATCH = 40, 32, 8
 CONFIG = GLMConfig(vocab_size=VOCAB, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH)
@@ -208,7 +207,7 @@ def test_an_injected_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
 def test_unwritable_model_dir_fails_before_data_is_read_or_anything_compiled(tmp_path, monkeypatch):
   def untouchable():
     raise AssertionError("the data was read")
-    yield  # pylint: disable=unreachable
+    yield
 
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was compiled")
