@@ -12,6 +12,7 @@ To add a platform, add its entries to IMPLEMENTATIONS; the first entry is the ba
 On a GPU (`--platform gpu`, the default there) it runs benchmarks/attention_gpu.py, which takes that file's
 flags: the Pallas kernel against cuDNN and the reference in TFLOP/s on allowed pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,10 @@ class Entry:
 
 
 IMPLEMENTATIONS = {
-    "cpu": (
-        Entry("reference", "reference"),
-        Entry("xla", "xla", (("block_q", 512), ("block_k", 256))),
-    ),
+  "cpu": (
+    Entry("reference", "reference"),
+    Entry("xla", "xla", (("block_q", 512), ("block_k", 256))),
+  ),
 }
 
 
@@ -67,6 +68,7 @@ def programs(entry: Entry, dropout_rate: float = 0.0):
     def loss(q, k, v):
       out = ops.attention(q, k, v, sep=sep, implementation=entry.implementation, **options)
       return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32))
+
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   return {"fwd": forward, "fwd+bwd": forward_backward}
@@ -114,13 +116,19 @@ def main():
   parser.add_argument("--sep_fraction", type=float, default=0.8)
   parser.add_argument("--dropout_rate", type=float, default=0.0)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--max_temp_gb", type=float, default=4.0,
-                      help="the baseline is not run where its program needs more temporary memory")
+  parser.add_argument(
+    "--max_temp_gb",
+    type=float,
+    default=4.0,
+    help="the baseline is not run where its program needs more temporary memory",
+  )
   args = parser.parse_args()
   entries = IMPLEMENTATIONS[args.platform]
-  print(f"platform={args.platform} device={jax.devices()[0].device_kind} B={args.batch} H={args.heads} "
-        f"D={args.head_dim} dtype={args.dtype} sep={args.sep_fraction}*L dropout={args.dropout_rate} "
-        f"repeats={args.repeats} (median)")
+  print(
+    f"platform={args.platform} device={jax.devices()[0].device_kind} B={args.batch} H={args.heads} "
+    f"D={args.head_dim} dtype={args.dtype} sep={args.sep_fraction}*L dropout={args.dropout_rate} "
+    f"repeats={args.repeats} (median)"
+  )
   header = ("L", "impl", "pass", "ms", "temp MiB", "speedup", "less temp")
   rows = []
   for length in (int(x) for x in args.lengths.split(",")):
@@ -131,16 +139,27 @@ def main():
         limit = args.max_temp_gb * 2**30 if n == 0 else None
         result = measure(programs(entry, args.dropout_rate)[pass_name], inputs, args.repeats, limit)
         base = base or result
-        rows.append((str(length), entry.name, pass_name, fmt_time(result), f"{result.temp_bytes / 2**20:.1f}",
-                     ratio(base, result, "seconds"), ratio(base, result, "temp_bytes")))
+        rows.append(
+          (
+            str(length),
+            entry.name,
+            pass_name,
+            fmt_time(result),
+            f"{result.temp_bytes / 2**20:.1f}",
+            ratio(base, result, "seconds"),
+            ratio(base, result, "temp_bytes"),
+          )
+        )
         print(" | ".join(rows[-1]), flush=True)
   widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
   print("\n| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
   print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
   for row in rows:
     print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-  print(f"\nspeedup, less temp: {entries[0].name} / implementation (higher is better); "
-        f"skipped: {entries[0].name} needs more than --max_temp_gb={args.max_temp_gb} of temporary memory")
+  print(
+    f"\nspeedup, less temp: {entries[0].name} / implementation (higher is better); "
+    f"skipped: {entries[0].name} needs more than --max_temp_gb={args.max_temp_gb} of temporary memory"
+  )
 
 
 if __name__ == "__main__":

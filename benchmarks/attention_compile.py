@@ -13,6 +13,7 @@ None of this runs a kernel; speed needs the device (benchmarks/attention_gpu.py)
 
 `--json PATH` also writes every result; tests/ops/test_attention_compile.py runs `--quick` and checks them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--compute_capabilities", default="9.0,8.0", help=f"of {sorted(deviceless.GPU_NAMES)}")
   parser.add_argument("--tpu_topologies", default=",".join(TPU_TOPOLOGIES))
-  parser.add_argument("--gpu_blocks", default="",
-                      help="comma-separated QxK block sizes (e.g. 64x64,128x64); default: the kernel's defaults")
+  parser.add_argument(
+    "--gpu_blocks",
+    default="",
+    help="comma-separated QxK block sizes (e.g. 64x64,128x64); default: the kernel's defaults",
+  )
   parser.add_argument("--num_warps", type=int, default=None, help="GPU; default: the kernel's")
   parser.add_argument("--dropout_rate", type=float, default=0.0, help="GPU cases' attention dropout")
   parser.add_argument("--tpu_vmem_limit_bytes", type=int, default=None, help="Mosaic's VMEM limit; default: its own")
@@ -50,9 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _grad_program(implementation: str, shape, dtype, dropout_rate: float, sharding=None, **options):
   """jit(grad) of sum(attention(...)) over q, k, v and abstract inputs: the forward and both backward kernels."""
+
   def loss(q, k, v, sep, segment_ids, rng):
-    out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation,
-                        dropout_rate=dropout_rate, dropout_rng=rng if dropout_rate else None, **options)
+    out = ops.attention(
+      q,
+      k,
+      v,
+      sep=sep,
+      segment_ids=segment_ids,
+      implementation=implementation,
+      dropout_rate=dropout_rate,
+      dropout_rng=rng if dropout_rate else None,
+      **options,
+    )
     return out.astype(jnp.float32).sum()
 
   qkv = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
@@ -62,7 +76,7 @@ def _grad_program(implementation: str, shape, dtype, dropout_rate: float, shardi
 
 
 def gpu_results(args) -> list[dict]:
-  cases = GPU_CASES[:: 3] if args.quick else GPU_CASES  # quick: bf16 D=64 (GLM's) and f32 D=128
+  cases = GPU_CASES[::3] if args.quick else GPU_CASES  # quick: bf16 D=64 (GLM's) and f32 D=128
   blocks = [tuple(int(n) for n in text.split("x")) for text in args.gpu_blocks.split(",") if text] or [None]
   results = []
   for dtype, head_dim in cases:
@@ -70,15 +84,24 @@ def gpu_results(args) -> list[dict]:
       options = {} if block is None else dict(block_q=block[0], block_k=block[1])
       if args.num_warps:
         options["num_warps"] = args.num_warps
-      lowered = _grad_program("pallas_gpu", (1, GPU_LENGTH, 1, head_dim), dtype, args.dropout_rate,
-                              **options).lower(lowering_platforms=("cuda",))
+      lowered = _grad_program("pallas_gpu", (1, GPU_LENGTH, 1, head_dim), dtype, args.dropout_rate, **options).lower(
+        lowering_platforms=("cuda",)
+      )
       for kernel in deviceless.triton_kernels(lowered):
         for capability in args.compute_capabilities.split(","):
           report = deviceless.compile_triton(kernel, capability)
           fields = {k: v for k, v in dataclasses.asdict(report).items() if k != "ptxas_log"}
-          results.append(dict(fields, dtype=dtype, head_dim=head_dim, dropout_rate=args.dropout_rate,
-                              blocks=_blocks("pallas_gpu", dtype, head_dim, block),
-                              shared_memory_limit=report.shared_memory_limit, fits=report.fits))
+          results.append(
+            dict(
+              fields,
+              dtype=dtype,
+              head_dim=head_dim,
+              dropout_rate=args.dropout_rate,
+              blocks=_blocks("pallas_gpu", dtype, head_dim, block),
+              shared_memory_limit=report.shared_memory_limit,
+              fits=report.fits,
+            )
+          )
   return results
 
 
@@ -102,8 +125,15 @@ def tpu_results(args) -> list[dict]:
       options = {} if args.tpu_vmem_limit_bytes is None else dict(vmem_limit_bytes=args.tpu_vmem_limit_bytes)
       traced = _grad_program("pallas_tpu", (2, length, 2, head_dim), dtype, dropout_rate, sharding, **options)
       start = time.perf_counter()
-      entry = dict(topology=topology, device_kind=kind, dtype=dtype, head_dim=head_dim, length=length,
-                   dropout_rate=dropout_rate, blocks=_blocks("pallas_tpu", dtype, head_dim, None))
+      entry = dict(
+        topology=topology,
+        device_kind=kind,
+        dtype=dtype,
+        head_dim=head_dim,
+        length=length,
+        dropout_rate=dropout_rate,
+        blocks=_blocks("pallas_tpu", dtype, head_dim, None),
+      )
       try:
         traced.lower().compile()
         entry.update(compiled=True, error=None)
@@ -116,21 +146,27 @@ def tpu_results(args) -> list[dict]:
 
 def print_tables(gpu: list[dict], tpu: list[dict]) -> None:
   if gpu:
-    print("\n| kernel | GPU (target) | dtype | D | blocks | warps | stages | smem KiB | limit KiB | registers "
-          "| spill bytes |")
+    print(
+      "\n| kernel | GPU (target) | dtype | D | blocks | warps | stages | smem KiB | limit KiB | registers "
+      "| spill bytes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in gpu:
-      print(f"| {r['name']} | {deviceless.GPU_NAMES[r['compute_capability']]} ({r['target']}) | {r['dtype']} "
-            f"| {r['head_dim']} | {r['blocks']} | {r['num_warps']} | {r['num_stages']} "
-            f"| {r['shared_memory_bytes'] / 1024:.0f}{'' if r['fits'] else ' (over)'} "
-            f"| {r['shared_memory_limit'] / 1024:.0f} | {r['registers']} | {r['spill_bytes']} |")
+      print(
+        f"| {r['name']} | {deviceless.GPU_NAMES[r['compute_capability']]} ({r['target']}) | {r['dtype']} "
+        f"| {r['head_dim']} | {r['blocks']} | {r['num_warps']} | {r['num_stages']} "
+        f"| {r['shared_memory_bytes'] / 1024:.0f}{'' if r['fits'] else ' (over)'} "
+        f"| {r['shared_memory_limit'] / 1024:.0f} | {r['registers']} | {r['spill_bytes']} |"
+      )
   if tpu:
     print("\n| TPU (topology) | dtype | D | L | blocks | dropout | compiled | compile s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in tpu:
       compiled = "yes" if r["compiled"] else f"no: {r['error']}"
-      print(f"| {r['device_kind']} ({r['topology']}) | {r['dtype']} | {r['head_dim']} | {r['length']} "
-            f"| {r['blocks']} | {r['dropout_rate']} | {compiled} | {r['compile_seconds']} |")
+      print(
+        f"| {r['device_kind']} ({r['topology']}) | {r['dtype']} | {r['head_dim']} | {r['length']} "
+        f"| {r['blocks']} | {r['dropout_rate']} | {compiled} | {r['compile_seconds']} |"
+      )
 
 
 def main(argv=None) -> None:

@@ -19,6 +19,7 @@ cudnn_causal; 4 * D FLOPs per pair forward, 2.5 times that backward. A program w
 exceeds --max_temp_gb is compiled (to report its size) but not run; one that fails to compile reports
 the error's first line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,17 +71,22 @@ def causal_pairs(batch: int, length: int) -> int:
 def programs(implementation: str, sep, segment_ids, block_q: int, block_k: int):
   """{"fwd": f(q, k, v, cotangent), "fwd+bwd": g(q, k, v, cotangent)} for one implementation."""
   if implementation == "pallas_gpu":
+
     def attend(q, k, v):
-      return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu",
-                                               block_q=block_q, block_k=block_k)
+      return ops.attention(
+        q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", block_q=block_q, block_k=block_k
+      )
   elif implementation == "reference":
+
     def attend(q, k, v):
       return ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="reference")
   elif implementation == "cudnn_causal":
+
     def attend(q, k, v):
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
   elif implementation == "cudnn_mask":
     mask = mask_lib.dense_mask(sep, segment_ids)[:, None]  # [B, 1, L, L], built outside the timed program
+
     def attend(q, k, v):
       return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   else:
@@ -93,6 +99,7 @@ def programs(implementation: str, sep, segment_ids, block_q: int, block_k: int):
   def forward_backward(q, k, v, cotangent):
     def loss(q, k, v):
       return jnp.sum(attend(q, k, v).astype(jnp.float32) * cotangent.astype(jnp.float32))
+
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   return {"fwd": forward, "fwd+bwd": forward_backward}
@@ -131,7 +138,7 @@ def dry_run(args, all_cases: list[Case]) -> None:
       assert allowed_pairs(sep, segment_ids) == want, (length, fraction)
     # Packed rows with padding, as the pipeline produces them.
     segment_ids = np.repeat(np.arange(1, 5), -(-length // 4))[:length][None].astype(np.int32)
-    segment_ids[:, -(length // 5):] = 0
+    segment_ids[:, -(length // 5) :] = 0
     part_a = np.concatenate([[0], rng.integers(0, length // 3, size=4)])  # per segment; 0 for padding
     sep, segment_ids = jnp.asarray(part_a[segment_ids], jnp.int32), jnp.asarray(segment_ids)
     assert allowed_pairs(sep, segment_ids) == int(mask_lib.dense_mask(sep, segment_ids).sum()), length
@@ -139,13 +146,16 @@ def dry_run(args, all_cases: list[Case]) -> None:
     sep, segment_ids = glm_mask_inputs(1, case.length, args.sep_fraction)
     pairs = case.batch * allowed_pairs(sep, segment_ids)
     flops = 4 * case.head_dim * case.heads * pairs
-    print(f"{case.name}: B={case.batch} H={case.heads} D={case.head_dim} L={case.length} "
-          f"allowed pairs={pairs} ({pairs / causal_pairs(case.batch, case.length):.2f}x causal) "
-          f"fwd GFLOP={flops / 1e9:.1f} fwd+bwd GFLOP={flops * (1 + BACKWARD_FLOP_FACTOR) / 1e9:.1f}")
+    print(
+      f"{case.name}: B={case.batch} H={case.heads} D={case.head_dim} L={case.length} "
+      f"allowed pairs={pairs} ({pairs / causal_pairs(case.batch, case.length):.2f}x causal) "
+      f"fwd GFLOP={flops / 1e9:.1f} fwd+bwd GFLOP={flops * (1 + BACKWARD_FLOP_FACTOR) / 1e9:.1f}"
+    )
   sep, segment_ids = glm_mask_inputs(1, 96, args.sep_fraction)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 96, 2, 64)), jnp.float32) for _ in range(3))
-  got = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", block_q=32,
-                      block_k=32, interpret=True)
+  got = ops.attention(
+    q, k, v, sep=sep, segment_ids=segment_ids, implementation="pallas_gpu", block_q=32, block_k=32, interpret=True
+  )
   want = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="reference")
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
   print("dry run ok: allowed-pair counts equal dense_mask.sum(); pallas_gpu (interpreted) matches reference")
@@ -171,8 +181,10 @@ def main():
   if jax.default_backend() != "gpu":
     raise SystemExit(f"no GPU (backend {jax.default_backend()!r}); use --dry_run, or benchmarks/attention.py on CPU")
   implementations = args.implementations.split(",")
-  print(f"device={jax.devices()[0].device_kind} dtype={args.dtype} sep={args.sep_fraction}*L "
-        f"blocks={args.block_q}x{args.block_k} repeats={args.repeats} (median)")
+  print(
+    f"device={jax.devices()[0].device_kind} dtype={args.dtype} sep={args.sep_fraction}*L "
+    f"blocks={args.block_q}x{args.block_k} repeats={args.repeats} (median)"
+  )
   header = ("case", "B", "H", "L", "impl", "pass", "ms", "TFLOP/s", "pallas speedup")
   rows = []
   for case in all_cases:
@@ -195,16 +207,19 @@ def main():
         else:
           ms, tflops = f"{result.seconds * 1e3:.2f}", f"{flops / result.seconds / 1e12:.1f}"
           speedup = "-" if ours is None or ours.seconds is None else f"{result.seconds / ours.seconds:.2f}x"
-        rows.append((case.name, str(case.batch), str(case.heads), str(case.length), impl, pass_name, ms, tflops,
-                     speedup))
+        rows.append(
+          (case.name, str(case.batch), str(case.heads), str(case.length), impl, pass_name, ms, tflops, speedup)
+        )
         print(" | ".join(rows[-1]), flush=True)
   widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
   print("\n| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
   print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
   for row in rows:
     print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-  print("\nTFLOP/s on the pairs each computes (GLM allowed pairs; causal pairs for cudnn_causal); "
-        "pallas speedup: implementation time / pallas_gpu time (higher: pallas_gpu faster)")
+  print(
+    "\nTFLOP/s on the pairs each computes (GLM allowed pairs; causal pairs for cudnn_causal); "
+    "pallas speedup: implementation time / pallas_gpu time (higher: pallas_gpu faster)"
+  )
 
 
 if __name__ == "__main__":

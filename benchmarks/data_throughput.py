@@ -20,6 +20,7 @@ The corpus is English prose: the .txt/.md/.rst documentation files installed wit
 (one file = one document), or the files under --corpus. Part (b) takes its token ids from the default
 vocabulary when it loads, else from a word-level id table (corruption does not depend on the ids).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,13 @@ def load_corpus(corpus: str | None, megabytes: float) -> list[str]:
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
   else:
     roots = sorted({pathlib.Path(sys.prefix), pathlib.Path(sys.base_prefix)})
-    paths = sorted(p for r in roots for ext in ("txt", "md", "rst") for p in r.rglob(f"*.{ext}")
-                   if p.is_file() and p.stat().st_size >= 1024)
+    paths = sorted(
+      p
+      for r in roots
+      for ext in ("txt", "md", "rst")
+      for p in r.rglob(f"*.{ext}")
+      if p.is_file() and p.stat().st_size >= 1024
+    )
   documents, size = [], 0
   for path in paths:
     try:
@@ -72,6 +78,7 @@ def default_vocabulary():
   """The default GLM vocabulary (glm_jax.data.vocab), or None when it cannot be loaded here."""
   try:
     from glm_jax.data import vocab
+
     return vocab.default_vocabulary()
   except Exception as e:
     print(f"default vocabulary unavailable ({type(e).__name__}: {e}); part (a) skipped, (b) uses word ids")
@@ -125,10 +132,14 @@ def corruption_and_conversion(ids, sentences, objective: str, max_length: int) -
   corrupt_cpu, corrupt_wall = time.process_time() - cpu, time.perf_counter() - wall
 
   ds = tf.data.Dataset.from_tensor_slices(
-      {name: tf.RaggedTensor.from_row_lengths(np.concatenate([ex[name] for ex in examples]),
-                                              [ex[name].size for ex in examples]) for name in bi.FEATURES})
-  ds = fc.GLMFeatureConverter(pack=True)(ds.with_options(_one_thread_options()),
-                                         fc.task_feature_lengths(max_length))
+    {
+      name: tf.RaggedTensor.from_row_lengths(
+        np.concatenate([ex[name] for ex in examples]), [ex[name].size for ex in examples]
+      )
+      for name in bi.FEATURES
+    }
+  )
+  ds = fc.GLMFeatureConverter(pack=True)(ds.with_options(_one_thread_options()), fc.task_feature_lengths(max_length))
   ds = ds.map(lambda row: tf.math.count_nonzero(row["segment_ids"]))
   cpu, wall = time.process_time(), time.perf_counter()
   rows, real = (int(x) for x in ds.reduce((np.int64(0), np.int64(0)), lambda acc, n: (acc[0] + 1, acc[1] + n)))
@@ -136,9 +147,14 @@ def corruption_and_conversion(ids, sentences, objective: str, max_length: int) -
 
   tokens = int(sum(doc.size for doc in ids))
   return {
-      "tokens": tokens, "examples": len(examples), "rows": rows, "fill": real / (rows * max_length),
-      "corrupt": tokens / corrupt_cpu, "convert": tokens / convert_cpu,
-      "both": tokens / (corrupt_cpu + convert_cpu), "both_wall": tokens / (corrupt_wall + convert_wall),
+    "tokens": tokens,
+    "examples": len(examples),
+    "rows": rows,
+    "fill": real / (rows * max_length),
+    "corrupt": tokens / corrupt_cpu,
+    "convert": tokens / convert_cpu,
+    "both": tokens / (corrupt_cpu + convert_cpu),
+    "both_wall": tokens / (corrupt_wall + convert_wall),
   }
 
 
@@ -158,7 +174,7 @@ def reference_style_token_corruption(ids, max_length: int) -> dict[str, float]:
   rows = 0
   for doc in ids:
     for begin in range(0, doc.size, piece):
-      tokens = doc[begin:begin + piece]
+      tokens = doc[begin : begin + piece]
       n = tokens.size
       if n < 2:
         continue
@@ -201,8 +217,12 @@ def reference_style_token_corruption(ids, max_length: int) -> dict[str, float]:
       np.array(row + [pad_id] * pad), np.array(labels + [pad_id] * pad), np.array(loss_mask + [0] * pad)
       rows += 1
   tokens = int(sum(doc.size for doc in ids))
-  return {"tokens": tokens, "rows": rows, "cpu": tokens / (time.process_time() - cpu),
-          "wall": tokens / (time.perf_counter() - wall)}
+  return {
+    "tokens": tokens,
+    "rows": rows,
+    "cpu": tokens / (time.process_time() - cpu),
+    "wall": tokens / (time.perf_counter() - wall),
+  }
 
 
 def end_to_end(documents: list[str], objective: str, max_length: int) -> dict[str, float]:
@@ -221,8 +241,13 @@ def end_to_end(documents: list[str], objective: str, max_length: int) -> dict[st
     os.environ["GLM_JAX_TEXT_FILES"] = str(path)
     import tasks  # noqa: F401  (registers the Tasks)
 
-    ds = seqio.get_dataset(f"glm_{objective}_text", task_feature_lengths=fc.task_feature_lengths(max_length),
-                           feature_converter=fc.GLMFeatureConverter(pack=True), shuffle=False, seed=0)
+    ds = seqio.get_dataset(
+      f"glm_{objective}_text",
+      task_feature_lengths=fc.task_feature_lengths(max_length),
+      feature_converter=fc.GLMFeatureConverter(pack=True),
+      shuffle=False,
+      seed=0,
+    )
 
     def document_tokens(row):
       real = tf.math.count_nonzero(row["segment_ids"])
@@ -245,15 +270,15 @@ def _one_thread_options():
 
 
 def _rates(tokens: int, cpu: float, wall: float) -> dict[str, float]:
-  return {"tokens": tokens, "cpu": tokens / (time.process_time() - cpu),
-          "wall": tokens / (time.perf_counter() - wall)}
+  return {"tokens": tokens, "cpu": tokens / (time.process_time() - cpu), "wall": tokens / (time.perf_counter() - wall)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--max_length", type=int, default=512)
-  parser.add_argument("--corpus", default=None, help="a text file or a directory of them (default: docs "
-                      "installed with Python)")
+  parser.add_argument(
+    "--corpus", default=None, help="a text file or a directory of them (default: docs installed with Python)"
+  )
   parser.add_argument("--corpus_mb", type=float, default=8.0)
   parser.add_argument("--core", type=int, default=0)
   parser.add_argument("--objectives", default="tokens,sentences,document")
@@ -268,35 +293,51 @@ def main() -> None:
   documents = load_corpus(args.corpus, args.corpus_mb)
   vocabulary = default_vocabulary()
   ids, sentences = token_ids(documents, vocabulary)
-  print(f"corpus: {len(documents)} documents, {sum(map(len, documents)) / 2**20:.1f} MiB of text, "
-        f"{sum(d.size for d in ids):,} tokens ({'default vocabulary' if vocabulary else 'word ids'}); "
-        f"L={args.max_length}; pinned to core {args.core}\n")
+  print(
+    f"corpus: {len(documents)} documents, {sum(map(len, documents)) / 2**20:.1f} MiB of text, "
+    f"{sum(d.size for d in ids):,} tokens ({'default vocabulary' if vocabulary else 'word ids'}); "
+    f"L={args.max_length}; pinned to core {args.core}\n"
+  )
 
-  print("| part | objective | tokens/s per core (CPU time) | wall tokens/s | vs 350k/s PyTorch | "
-        "corruption | conversion | examples | rows | row fill |")
+  print(
+    "| part | objective | tokens/s per core (CPU time) | wall tokens/s | vs 350k/s PyTorch | "
+    "corruption | conversion | examples | rows | row fill |"
+  )
   print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   baseline = reference_style_token_corruption(ids, args.max_length)
-  print(f"| baseline: PyTorch-GLM-style corruption (same process) | tokens | {baseline['cpu']:,.0f} | "
-        f"{baseline['wall']:,.0f} | {baseline['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | {baseline['rows']:,} | |",
-        flush=True)
+  print(
+    f"| baseline: PyTorch-GLM-style corruption (same process) | tokens | {baseline['cpu']:,.0f} | "
+    f"{baseline['wall']:,.0f} | {baseline['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | {baseline['rows']:,} | |",
+    flush=True,
+  )
   if vocabulary is not None:
     a = tokenization_throughput(documents, vocabulary)
-    print(f"| (a) tokenization | all | {a['cpu']:,.0f} | {a['wall']:,.0f} | "
-          f"{a['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | | |")
+    print(
+      f"| (a) tokenization | all | {a['cpu']:,.0f} | {a['wall']:,.0f} | "
+      f"{a['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | | |"
+    )
   for objective in args.objectives.split(","):
     b = corruption_and_conversion(ids, sentences, objective, args.max_length)
-    print(f"| (b) corruption + conversion | {objective} | {b['both']:,.0f} | {b['both_wall']:,.0f} | "
-          f"{b['both'] / BASELINE_TOKENS_PER_S:.2f}x | {b['corrupt']:,.0f} | {b['convert']:,.0f} | "
-          f"{b['examples']:,} | {b['rows']:,} | {b['fill']:.3f} |", flush=True)
+    print(
+      f"| (b) corruption + conversion | {objective} | {b['both']:,.0f} | {b['both_wall']:,.0f} | "
+      f"{b['both'] / BASELINE_TOKENS_PER_S:.2f}x | {b['corrupt']:,.0f} | {b['convert']:,.0f} | "
+      f"{b['examples']:,} | {b['rows']:,} | {b['fill']:.3f} |",
+      flush=True,
+    )
     if objective == "tokens":
-      print(f"  token-level corruption + conversion vs the same-process baseline: "
-            f"{b['both'] / baseline['cpu']:.2f}x", flush=True)
+      print(
+        f"  token-level corruption + conversion vs the same-process baseline: {b['both'] / baseline['cpu']:.2f}x",
+        flush=True,
+      )
   if args.end_to_end:
     task_objectives = {"tokens": "token", "sentences": "sentence", "document": "document"}
     for objective in args.objectives.split(","):
       c = end_to_end(documents, task_objectives[objective], args.max_length)
-      print(f"| (c) seqio Task end to end | {objective} | {c['cpu']:,.0f} | {c['wall']:,.0f} | "
-            f"{c['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | | |", flush=True)
+      print(
+        f"| (c) seqio Task end to end | {objective} | {c['cpu']:,.0f} | {c['wall']:,.0f} | "
+        f"{c['cpu'] / BASELINE_TOKENS_PER_S:.2f}x | | | | | |",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

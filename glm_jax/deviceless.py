@@ -20,6 +20,7 @@ jax start look for (and warn about) a TPU or a CUDA device. They go to a side fo
 and a program that uses them runs with that folder first on PYTHONPATH and JAX_PLATFORMS=cpu (`environment()`);
 `.ci/run` does this for the tests (tests/ops/test_attention_compile.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,10 @@ def compilers_dir() -> pathlib.Path:
 
 
 def install_command() -> str:
-  return (f"python -m pip install -q --no-deps --upgrade --target {compilers_dir()} "
-          f"-r {REPO / 'benchmarks' / 'deviceless_compilers.txt'}")
+  return (
+    f"python -m pip install -q --no-deps --upgrade --target {compilers_dir()} "
+    f"-r {REPO / 'benchmarks' / 'deviceless_compilers.txt'}"
+  )
 
 
 def environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,8 +77,9 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def in_environment() -> bool:
   """Whether this process runs in `environment()` (the compilers importable, CPU the only runtime platform)."""
-  return (os.environ.get("JAX_PLATFORMS") == "cpu"
-          and str(compilers_dir()) in os.environ.get("PYTHONPATH", "").split(os.pathsep))
+  return os.environ.get("JAX_PLATFORMS") == "cpu" and str(compilers_dir()) in os.environ.get("PYTHONPATH", "").split(
+    os.pathsep
+  )
 
 
 def reexec_in_environment(args: list[str] | None = None) -> None:
@@ -88,40 +92,51 @@ def reexec_in_environment(args: list[str] | None = None) -> None:
 # TPU --------------------------------------------------------------------------------------------------------------
 
 # HBM per chip (Cloud TPU system architecture pages), by jax's device_kind.
-TPU_HBM_BYTES = {kind: gib * 2 ** 30 for kind, gib in (("TPU v4", 32), ("TPU v5 lite", 16), ("TPU v5", 95),
-                                                        ("TPU v6 lite", 32))}
+TPU_HBM_BYTES = {
+  kind: gib * 2**30 for kind, gib in (("TPU v4", 32), ("TPU v5 lite", 16), ("TPU v5", 95), ("TPU v6 lite", 32))
+}
 
 
 def tpu_memory(compiled: jax.stages.Compiled, device_kind: str) -> dict:
   """HBM per chip of a program compiled for a TPU (GiB): arguments, temporaries and the peak (arguments + outputs -
   donated + temporaries, XLA's own accounting), the chip's HBM, and the program's Mosaic kernel calls."""
   memory = compiled.memory_analysis()
-  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-          + memory.temp_size_in_bytes)
-  return {"argument_gib": memory.argument_size_in_bytes / 2 ** 30, "temp_gib": memory.temp_size_in_bytes / 2 ** 30,
-          "peak_gib": peak / 2 ** 30, "hbm_gib": TPU_HBM_BYTES[device_kind] / 2 ** 30,
-          "mosaic_calls": compiled.as_text().count('custom_call_target="tpu_custom_call"')}
+  peak = (
+    memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+  )
+  return {
+    "argument_gib": memory.argument_size_in_bytes / 2**30,
+    "temp_gib": memory.temp_size_in_bytes / 2**30,
+    "peak_gib": peak / 2**30,
+    "hbm_gib": TPU_HBM_BYTES[device_kind] / 2**30,
+    "mosaic_calls": compiled.as_text().count('custom_call_target="tpu_custom_call"'),
+  }
 
 
 def tpu_devices(topology: str) -> list:
   """The compile-only devices of a TPU topology such as "v5e:2x4" or "v4:2x2x1" (generation:chips), one per chip
   (v4 and v5p as megacore, their default)."""
   from jax.experimental import topologies  # noqa: PLC0415 (loads libtpu only when asked)
+
   options = dict(chip_config_name="megacore") if topology.startswith(("v4:", "v5p:")) else {}
   try:
     return topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices
   except RuntimeError as error:
     if "not installed" in str(error):
-      raise RuntimeError(f"libtpu is not importable; install the deviceless compilers with: {install_command()} "
-                         "and run with that folder on PYTHONPATH") from error
+      raise RuntimeError(
+        f"libtpu is not importable; install the deviceless compilers with: {install_command()} "
+        "and run with that folder on PYTHONPATH"
+      ) from error
     raise
 
 
 # GPU (Triton) -----------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class TritonKernel:
   """One Pallas-Triton custom call of a lowered program: its name, Triton IR (MLIR bytecode) and launch config."""
+
   name: str
   module: bytes
   num_warps: int
@@ -132,6 +147,7 @@ class TritonKernel:
 @dataclasses.dataclass(frozen=True)
 class TritonReport:
   """A Triton kernel compiled for one compute capability."""
+
   name: str
   compute_capability: str
   target: str  # the PTX target, e.g. sm_90a
@@ -155,20 +171,27 @@ class TritonReport:
 def triton_kernels(lowered: jax.stages.Lowered) -> list[TritonKernel]:
   """The Triton kernels of a program lowered with `lowering_platforms=("cuda",)`, in program order."""
   from jax._src.lib.mlir import ir  # noqa: PLC0415
+
   kernels = []
 
   def walk(operation):
     for region in operation.regions:
       for block in region.blocks:
         for op in block.operations:
-          if (op.operation.name == "stablehlo.custom_call"
-              and ir.StringAttr(op.attributes["call_target_name"]).value == TRITON_CALL):
+          if (
+            op.operation.name == "stablehlo.custom_call"
+            and ir.StringAttr(op.attributes["call_target_name"]).value == TRITON_CALL
+          ):
             config = ir.DictAttr(op.attributes["mhlo.backend_config"])
-            kernels.append(TritonKernel(
-                name=ir.StringAttr(config["name"]).value, module=ir.StringAttr(config["ir"]).value_bytes,
+            kernels.append(
+              TritonKernel(
+                name=ir.StringAttr(config["name"]).value,
+                module=ir.StringAttr(config["ir"]).value_bytes,
                 num_warps=ir.IntegerAttr(config["num_warps"]).value,
                 num_stages=ir.IntegerAttr(config["num_stages"]).value,
-                grid=tuple(ir.IntegerAttr(config[f"grid_{axis}"]).value for axis in "xyz")))
+                grid=tuple(ir.IntegerAttr(config[f"grid_{axis}"]).value for axis in "xyz"),
+              )
+            )
           walk(op.operation)
 
   walk(lowered.compiler_ir("stablehlo").operation)
@@ -178,10 +201,13 @@ def triton_kernels(lowered: jax.stages.Lowered) -> list[TritonKernel]:
 def _triton_compile():
   """jax's Triton compilation handler for CUDA, which the CUDA plugin registers when jax discovers it."""
   from jax._src.lib import triton  # noqa: PLC0415 (the handler registry; no public API exists)
+
   jax.devices()  # plugin discovery happens at the first backend initialization
   if not triton.has_compilation_handler("cuda"):
-    raise RuntimeError("no Triton compiler: the CUDA plugin was not found; install the deviceless compilers with: "
-                       f"{install_command()} and run with that folder on PYTHONPATH")
+    raise RuntimeError(
+      "no Triton compiler: the CUDA plugin was not found; install the deviceless compilers with: "
+      f"{install_command()} and run with that folder on PYTHONPATH"
+    )
   return triton.compile
 
 
@@ -201,19 +227,30 @@ def compile_triton(kernel: TritonKernel, compute_capability: str = "9.0") -> Tri
   """Compiles one kernel with XLA's Triton pipeline to PTX, then with ptxas for `compute_capability` ("8.0")."""
   if compute_capability not in SHARED_MEMORY_LIMIT:
     raise ValueError(f"compute capability {compute_capability!r} not in {sorted(SHARED_MEMORY_LIMIT)}")
-  result = _triton_compile()("cuda", kernel.module, compute_capability, num_warps=kernel.num_warps, num_ctas=1,
-                             num_stages=kernel.num_stages)
+  result = _triton_compile()(
+    "cuda", kernel.module, compute_capability, num_warps=kernel.num_warps, num_ctas=1, num_stages=kernel.num_stages
+  )
   target = re.search(r"^\.target (\S+)", result.asm, re.MULTILINE).group(1)
   with tempfile.TemporaryDirectory() as folder:
     ptx = pathlib.Path(folder, f"{kernel.name}.ptx")
     ptx.write_text(result.asm)
-    done = subprocess.run([ptxas_path(), f"-arch={target}", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+      [ptxas_path(), f"-arch={target}", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
   if done.returncode != 0:
     raise RuntimeError(f"ptxas failed on {kernel.name} for {target}:\n{done.stderr[-3000:]}")
   log = done.stderr
   return TritonReport(
-      name=kernel.name, compute_capability=compute_capability, target=target, num_warps=kernel.num_warps,
-      num_stages=kernel.num_stages, shared_memory_bytes=int(result.smem_bytes),
-      registers=int(re.search(r"Used (\d+) registers", log).group(1)),
-      spill_bytes=int(re.search(r"(\d+) bytes spill stores", log).group(1)), ptxas_log=log)
+    name=kernel.name,
+    compute_capability=compute_capability,
+    target=target,
+    num_warps=kernel.num_warps,
+    num_stages=kernel.num_stages,
+    shared_memory_bytes=int(result.smem_bytes),
+    registers=int(re.search(r"Used (\d+) registers", log).group(1)),
+    spill_bytes=int(re.search(r"(\d+) bytes spill stores", log).group(1)),
+    ptxas_log=log,
+  )

@@ -14,6 +14,7 @@ configurable that builds the Experiment; the library under glm_jax/ never reads 
 start with gin's own error naming it. `--gin_search_paths` (default: the repo root) lets gin files `include` each other
 by repo-relative paths.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ def model_from_checkpoint(directory: str = gin.REQUIRED, overrides: dict | None 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """Everything a training run is configured by (gin builds it through `experiment`)."""
+
   model: GLMConfig
   train: loop.TrainConfig
   optimizer: optimizer.OptimizerConfig
@@ -69,10 +71,13 @@ class Experiment:
 
 
 @gin.configurable(module="glm_jax")
-def experiment(model: GLMConfig = gin.REQUIRED, train_config: loop.TrainConfig = gin.REQUIRED,
-               optimizer_config: optimizer.OptimizerConfig = gin.REQUIRED,
-               mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
-               data: inputs.DataConfig = inputs.DataConfig()) -> Experiment:
+def experiment(
+  model: GLMConfig = gin.REQUIRED,
+  train_config: loop.TrainConfig = gin.REQUIRED,
+  optimizer_config: optimizer.OptimizerConfig = gin.REQUIRED,
+  mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+  data: inputs.DataConfig = inputs.DataConfig(),
+) -> Experiment:
   return Experiment(model, train_config, optimizer_config, mesh_config, data)
 
 
@@ -81,16 +86,23 @@ def train(model_dir: str, exp: Experiment, progress: bool = True) -> dict:
   tc, data = exp.train, exp.data
   checkpoints.ensure_writable(model_dir)  # before any data is read or anything compiled
   inputs.check_fits_model(data, exp.model.vocab_size)
-  train_batches = inputs.batches(data, data.train_split, tc.batch_size, tc.length, repeat=True,
-                                 shuffle=data.shuffle, checkpointable=data.checkpoint_input)
+  train_batches = inputs.batches(
+    data,
+    data.train_split,
+    tc.batch_size,
+    tc.length,
+    repeat=True,
+    shuffle=data.shuffle,
+    checkpointable=data.checkpoint_input,
+  )
   eval_batches = None
   if data.eval_split:
     eval_batches = lambda: inputs.batches(  # noqa: E731
-        data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+      data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False
+    )
   if jax.process_index() == 0:
     (epath.Path(model_dir) / OPERATIVE_CONFIG_FILE).write_text(gin.operative_config_str())  # local or gs://
-  return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches,
-                    progress=progress)
+  return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches, progress=progress)
 
 
 def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
@@ -134,11 +146,16 @@ def compile_for_tpu(topology: str, exp: Experiment) -> dict:
   attention left to the platform default gets TPU's kernel."""
   devices = deviceless.tpu_devices(topology)
   kind = devices[0].device_kind
-  model = exp.model.replace(attention_implementation=exp.model.attention_implementation
-                            or ops.default_implementation("tpu"))
-  result = {"topology": topology, "device_kind": kind, "chips": len(devices),
-            "mesh": "x".join(str(n) for n in exp.mesh.shape(len(devices))),
-            "hbm_gib": deviceless.TPU_HBM_BYTES[kind] / 2 ** 30}
+  model = exp.model.replace(
+    attention_implementation=exp.model.attention_implementation or ops.default_implementation("tpu")
+  )
+  result = {
+    "topology": topology,
+    "device_kind": kind,
+    "chips": len(devices),
+    "mesh": "x".join(str(n) for n in exp.mesh.shape(len(devices))),
+    "hbm_gib": deviceless.TPU_HBM_BYTES[kind] / 2**30,
+  }
   try:
     compiled = loop.compile_train_step(model, exp.train, exp.optimizer, partitioning.make_mesh(exp.mesh, devices))
   except jax.errors.JaxRuntimeError as error:
@@ -155,9 +172,11 @@ def _load(checkpoint: str):
   params = jax.device_get(checkpoints.restore_params(checkpoint, abstract))
   vocabulary = checkpoint_vocabulary(checkpoint)
   if vocabulary.vocab_size > model.config.vocab_size:
-    raise ValueError(f"the vocabulary of {checkpoint!r} has {vocabulary.vocab_size} ids but the model has "
-                     f"{model.config.vocab_size} (a converted checkpoint needs its tokenizer: "
-                     f"convert with --vocab_files)")
+    raise ValueError(
+      f"the vocabulary of {checkpoint!r} has {vocabulary.vocab_size} ids but the model has "
+      f"{model.config.vocab_size} (a converted checkpoint needs its tokenizer: "
+      f"convert with --vocab_files)"
+    )
   return model, params, vocabulary
 
 
@@ -167,8 +186,9 @@ def infer(checkpoint: str, text: str, max_span_length: int) -> str:
   return infilling.infill_text(model, params, vocabulary, text, max_span_length)
 
 
-def score(checkpoint: str, text: str, candidates: list[str], eop: bool = False,
-          length_normalized: bool = False) -> list[float]:
+def score(
+  checkpoint: str, text: str, candidates: list[str], eop: bool = False, length_normalized: bool = False
+) -> list[float]:
   """The log-likelihood of each candidate as the fill of the one mask in `text` (glm_jax/infer/scoring.py)."""
   model, params, vocabulary = _load(checkpoint)
   return scoring.score_candidates(model, params, vocabulary, text, candidates, eop, length_normalized)
@@ -186,7 +206,7 @@ def _split_gin_args(argv: list[str]) -> tuple[list[str], list[str]]:
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith("--gin."):
-      binding = arg[len("--gin."):]
+      binding = arg[len("--gin.") :]
       if "=" not in binding:
         raise SystemExit(f"--gin.{binding}: expected --gin.NAME=VALUE")
       bindings.append(binding)
@@ -196,15 +216,17 @@ def _split_gin_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m glm_jax.main", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m glm_jax.main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   commands = parser.add_subparsers(dest="command", required=True)
   train_cmd = commands.add_parser("train", help="train (or resume) a model")
   train_cmd.add_argument("--model_dir", required=True, help="checkpoints, metrics, TensorBoard, loss curve")
   eval_cmd = commands.add_parser("eval", help="a checkpoint's loss and accuracy on the experiment's eval split")
   eval_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
   compile_cmd = commands.add_parser(
-      "compile", help="compile the experiment's train step for a TPU slice on this machine: does it fit?")
+    "compile", help="compile the experiment's train step for a TPU slice on this machine: does it fit?"
+  )
   compile_cmd.add_argument("--topology", required=True, help="generation:chips, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x2")
   for cmd in (train_cmd, eval_cmd, compile_cmd):
     cmd.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
@@ -212,14 +234,30 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--gin_search_paths", default=REPO_ROOT, help="comma-separated include roots")
   for cmd in (train_cmd, eval_cmd):
     # Multi-host (glm_jax/train/distributed.py): none of these on a TPU VM pod / SLURM (jax detects them).
-    cmd.add_argument("--coordinator_address", default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
-                     help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)")
-    cmd.add_argument("--num_processes", type=int, default=os.environ.get("GLM_JAX_NUM_PROCESSES"),
-                     help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)")
-    cmd.add_argument("--process_id", type=int, default=os.environ.get("GLM_JAX_PROCESS_ID"),
-                     help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)")
-  eval_cmd.add_argument("--cloze", type=int, default=None, metavar="N",
-                        help="a cloze Task: also the accuracy of scoring its verbalizers on N examples (0: all)")
+    cmd.add_argument(
+      "--coordinator_address",
+      default=os.environ.get("GLM_JAX_COORDINATOR_ADDRESS"),
+      help="HOST:PORT of process 0, the same on every process (env GLM_JAX_COORDINATOR_ADDRESS)",
+    )
+    cmd.add_argument(
+      "--num_processes",
+      type=int,
+      default=os.environ.get("GLM_JAX_NUM_PROCESSES"),
+      help="number of processes (hosts); 1 turns auto-detection off (env GLM_JAX_NUM_PROCESSES)",
+    )
+    cmd.add_argument(
+      "--process_id",
+      type=int,
+      default=os.environ.get("GLM_JAX_PROCESS_ID"),
+      help="this process, 0 .. num_processes - 1 (env GLM_JAX_PROCESS_ID)",
+    )
+  eval_cmd.add_argument(
+    "--cloze",
+    type=int,
+    default=None,
+    metavar="N",
+    help="a cloze Task: also the accuracy of scoring its verbalizers on N examples (0: all)",
+  )
   infer_cmd = commands.add_parser("infer", help="fill [MASK]/[sMASK]/[gMASK] blanks greedily")
   infer_cmd.add_argument("--checkpoint", required=True, help="a model_dir written by `train`")
   infer_cmd.add_argument("--text", required=True)
@@ -231,8 +269,10 @@ def _parser() -> argparse.ArgumentParser:
   score_cmd.add_argument("--eop", action="store_true", help="also score [eop] after each candidate")
   score_cmd.add_argument("--length_normalized", action="store_true", help="log-likelihood per scored token")
   commands.add_parser(
-      "convert", add_help=False,
-      help="import a THUDM GLM checkpoint: convert --from_pytorch PATH --output_dir DIR (see `convert --help`)")
+    "convert",
+    add_help=False,
+    help="import a THUDM GLM checkpoint: convert --from_pytorch PATH --output_dir DIR (see `convert --help`)",
+  )
   return parser
 
 
@@ -251,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict | str | int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["convert"]:  # its own flags: glm_jax/convert/__main__.py
     from glm_jax.convert import __main__ as convert_main  # torch loads only when a file is read
+
     return convert_main.main(argv[1:], prog="python -m glm_jax.main convert")
   gin_bindings, rest = _split_gin_args(argv)
   args = _parser().parse_args(rest)
@@ -276,31 +317,42 @@ def main(argv: list[str] | None = None) -> dict | str | int:
     return result
   start = time.perf_counter()
   summary = train(args.model_dir, experiment())
-  logging.info("trained to step %d in %.1f s: first loss %s, final loss %s, final eval loss %s",
-               summary["steps"], time.perf_counter() - start, summary["first_loss"], summary["final_loss"],
-               summary["final_eval_loss"])
+  logging.info(
+    "trained to step %d in %.1f s: first loss %s, final loss %s, final eval loss %s",
+    summary["steps"],
+    time.perf_counter() - start,
+    summary["first_loss"],
+    summary["final_loss"],
+    summary["final_eval_loss"],
+  )
   return summary
 
 
 def _compile_command(args, gin_bindings: list[str], from_command_line: bool, argv: list[str]) -> dict:
   if not deviceless.in_environment():
     if not from_command_line:
-      raise SystemExit("compile needs the deviceless compilers (glm_jax/deviceless.py): run it as a command, or in "
-                       "a process started with deviceless.environment()")
+      raise SystemExit(
+        "compile needs the deviceless compilers (glm_jax/deviceless.py): run it as a command, or in "
+        "a process started with deviceless.environment()"
+      )
     try:
       deviceless.reexec_in_environment(["-m", "glm_jax.main", *argv])
     except FileNotFoundError as error:  # the compilers are not installed: say how
       raise SystemExit(str(error)) from None
   parse_gin(args.gin_file, args.gin_bindings + gin_bindings, args.gin_search_paths)
   result = compile_for_tpu(args.topology, experiment())
-  print(f"{result['device_kind']} x {result['chips']} ({result['topology']}), mesh data x fsdp x tensor = "
-        f"{result['mesh']}, {result['hbm_gib']:.0f} GiB HBM per chip")
+  print(
+    f"{result['device_kind']} x {result['chips']} ({result['topology']}), mesh data x fsdp x tensor = "
+    f"{result['mesh']}, {result['hbm_gib']:.0f} GiB HBM per chip"
+  )
   if not result["fits"]:
     print(f"does not fit: {result['error']}")
     raise SystemExit(1)
-  print(f"fits: peak {result['peak_gib']:.2f} GiB per chip ({result['peak_gib'] / result['hbm_gib']:.0%} of HBM): "
-        f"arguments {result['argument_gib']:.2f} GiB (params, optimizer state, batch), temporaries "
-        f"{result['temp_gib']:.2f} GiB; {result['mosaic_calls']} Mosaic (attention) kernel calls")
+  print(
+    f"fits: peak {result['peak_gib']:.2f} GiB per chip ({result['peak_gib'] / result['hbm_gib']:.0%} of HBM): "
+    f"arguments {result['argument_gib']:.2f} GiB (params, optimizer state, batch), temporaries "
+    f"{result['temp_gib']:.2f} GiB; {result['mosaic_calls']} Mosaic (attention) kernel calls"
+  )
   return result
 
 

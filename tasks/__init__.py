@@ -1,2 +1,3 @@
 """seqio Task and Mixture registrations; `import tasks` (or `import tasks` in a gin file) registers them all."""
+
 from tasks import finetune, pretrain  # noqa: F401

@@ -8,6 +8,7 @@ converted checkpoint's model.gin; `eval` reports their loss; `cloze_accuracy` an
 `register_cloze_task(name, source, template)` adds one over any seqio DataSource whose examples hold the
 template's fields and an integer label, and records the template in glm_jax.data.cloze.TEMPLATES.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,12 @@ SST2 = cloze.ClozeTemplate("{sentence} It was really [MASK].", {0: "terrible", 1
 
 def register_cloze_task(name: str, source: seqio.DataSource, template: cloze.ClozeTemplate) -> None:
   """A Task `name` of cloze examples of `template` over `source` (the labelled examples)."""
-  seqio.TaskRegistry.add(name, source=source, output_features=pretrain.output_features(),
-                         preprocessors=[functools.partial(cloze.cloze_preprocessor, template=template)])
+  seqio.TaskRegistry.add(
+    name,
+    source=source,
+    output_features=pretrain.output_features(),
+    preprocessors=[functools.partial(cloze.cloze_preprocessor, template=template)],
+  )
   cloze.TEMPLATES[name] = template
 
 

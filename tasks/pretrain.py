@@ -19,6 +19,7 @@ Gin (bindings apply when a dataset is made, so they may follow `import tasks` in
 The sequence length L comes from `seqio.get_dataset(task_feature_lengths=task_feature_lengths(L))`; an
 objective's max_length (default None) can only lower it (glm_jax.data.preprocessors.resolve_max_length).
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,8 +60,10 @@ def _checkpoint_vocabulary(directory: str) -> seqio.Vocabulary:
 
   saved = tokenizers.load_with_checkpoint(directory)
   if saved is None:
-    raise FileNotFoundError(f"task_vocabulary.checkpoint={directory!r} holds no tokenizer (convert the checkpoint "
-                            f"with --vocab_files to keep its tokenizer)")
+    raise FileNotFoundError(
+      f"task_vocabulary.checkpoint={directory!r} holds no tokenizer (convert the checkpoint "
+      f"with --vocab_files to keep its tokenizer)"
+    )
   return saved
 
 
@@ -72,8 +75,11 @@ def output_features(vocabulary: seqio.Vocabulary = VOCABULARY) -> dict[str, seqi
   features = {}
   for name in FEATURES:
     ids = name in ("input_ids", "target_ids")
-    features[name] = seqio.Feature(vocabulary if ids else seqio.PassThroughVocabulary(1), add_eos=False,
-                                   dtype=tf.float32 if name == "loss_mask" else tf.int32)
+    features[name] = seqio.Feature(
+      vocabulary if ids else seqio.PassThroughVocabulary(1),
+      add_eos=False,
+      dtype=tf.float32 if name == "loss_mask" else tf.int32,
+    )
   return features
 
 
@@ -87,21 +93,26 @@ def glm_mixture_rates(token: float = 0.5, sentence: float = 0.3, document: float
 
 
 @gin.configurable
-def text_files_config(pattern: str | None = None, validation_pattern: str | None = None,
-                      validation_fraction: float = 0.05) -> sources.TextFilesConfig:
+def text_files_config(
+  pattern: str | None = None, validation_pattern: str | None = None, validation_fraction: float = 0.05
+) -> sources.TextFilesConfig:
   """The user's text files; patterns default to $GLM_JAX_TEXT_FILES and $GLM_JAX_TEXT_VALIDATION_FILES."""
   return sources.TextFilesConfig(
-      pattern=os.environ.get("GLM_JAX_TEXT_FILES", "") if pattern is None else pattern,
-      validation_pattern=(os.environ.get("GLM_JAX_TEXT_VALIDATION_FILES", "") if validation_pattern is None
-                          else validation_pattern),
-      validation_fraction=validation_fraction)
+    pattern=os.environ.get("GLM_JAX_TEXT_FILES", "") if pattern is None else pattern,
+    validation_pattern=(
+      os.environ.get("GLM_JAX_TEXT_VALIDATION_FILES", "") if validation_pattern is None else validation_pattern
+    ),
+    validation_fraction=validation_fraction,
+  )
 
 
-def objective_preprocessor(dataset: tf.data.Dataset, sequence_length, output_features, *,
-                           objective: str) -> tf.data.Dataset:
+def objective_preprocessor(
+  dataset: tf.data.Dataset, sequence_length, output_features, *, objective: str
+) -> tf.data.Dataset:
   """The seqio preprocessor of one objective; its gin-configured settings are read when it runs."""
-  return preprocessors.blank_infilling_preprocessor(dataset, sequence_length, output_features,
-                                                    _OBJECTIVE_FACTORIES[objective]())
+  return preprocessors.blank_infilling_preprocessor(
+    dataset, sequence_length, output_features, _OBJECTIVE_FACTORIES[objective]()
+  )
 
 
 def _rate(objective: str, task: seqio.Task) -> float:
@@ -113,17 +124,22 @@ def register_tasks(source_name: str, source: seqio.DataSource, first_preprocesso
   """Registers glm_{objective}_{source_name} for each objective and the Mixture glm_{source_name}."""
   for objective in OBJECTIVES:
     seqio.TaskRegistry.add(
-        f"glm_{objective}_{source_name}", source=source, output_features=output_features(),
-        preprocessors=[*first_preprocessors, functools.partial(objective_preprocessor, objective=objective)])
+      f"glm_{objective}_{source_name}",
+      source=source,
+      output_features=output_features(),
+      preprocessors=[*first_preprocessors, functools.partial(objective_preprocessor, objective=objective)],
+    )
   seqio.MixtureRegistry.add(
-      f"glm_{source_name}",
-      [(f"glm_{objective}_{source_name}", functools.partial(_rate, objective)) for objective in OBJECTIVES])
+    f"glm_{source_name}",
+    [(f"glm_{objective}_{source_name}", functools.partial(_rate, objective)) for objective in OBJECTIVES],
+  )
 
 
 def register_tfds_tasks(source_name: str, tfds_name: str, text_key: str = "text") -> None:
   """The GLM Tasks and Mixture over a TFDS text dataset (nothing is read before a dataset is made)."""
-  register_tasks(source_name, sources.tfds_source(tfds_name),
-                 [functools.partial(sources.rename_text, text_key=text_key)])
+  register_tasks(
+    source_name, sources.tfds_source(tfds_name), [functools.partial(sources.rename_text, text_key=text_key)]
+  )
 
 
 register_tasks("embedded", sources.EmbeddedCorpusSource())

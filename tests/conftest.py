@@ -7,6 +7,7 @@ subprocesses they start), so the session shares one persistent JAX compilation c
 pytest run (the controller creates it; xdist workers and subprocesses inherit the variable) and removed at exit.
 It only saves compile time: a cached executable is the one the compiler would have produced.
 """
+
 import atexit
 import os
 import shutil

@@ -1,4 +1,5 @@
 """launch_tpu.sh: argument checking and the gcloud commands it would run (--dry_run; no gcloud needed)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -13,9 +14,20 @@ def launch(*args):
 
 
 def test_dry_run_creates_copies_installs_and_trains_on_every_worker():
-  result = launch("--name", "glm-test", "--zone", "us-central2-b", "--accelerator", "v4-32",
-                  "--gin_file", "pyproject.toml", "--model_dir", "gs://bucket/run",
-                  "--gin.TrainConfig.num_steps=7", "--dry_run")
+  result = launch(
+    "--name",
+    "glm-test",
+    "--zone",
+    "us-central2-b",
+    "--accelerator",
+    "v4-32",
+    "--gin_file",
+    "pyproject.toml",
+    "--model_dir",
+    "gs://bucket/run",
+    "--gin.TrainConfig.num_steps=7",
+    "--dry_run",
+  )
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0].startswith("gcloud compute tpus tpu-vm create glm-test")
@@ -29,8 +41,9 @@ def test_dry_run_creates_copies_installs_and_trains_on_every_worker():
 
 
 def test_reuse_skips_creation():
-  result = launch("--name", "n", "--zone", "z", "--gin_file", "pyproject.toml", "--model_dir", "d",
-                  "--reuse", "--dry_run")
+  result = launch(
+    "--name", "n", "--zone", "z", "--gin_file", "pyproject.toml", "--model_dir", "d", "--reuse", "--dry_run"
+  )
   assert result.returncode == 0, result.stderr
   assert " create " not in result.stdout
 

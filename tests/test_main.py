@@ -18,14 +18,16 @@ def _clear_gin():
 
 def test_misspelt_binding_fails_at_start_naming_it(tmp_path):
   with pytest.raises(ValueError, match="num_stepz"):
-    main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfig.num_stepz=3",
-               f"--model_dir={tmp_path}"])
+    main.main(
+      ["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfig.num_stepz=3", f"--model_dir={tmp_path}"]
+    )
 
 
 def test_unknown_configurable_fails_naming_it(tmp_path):
   with pytest.raises(ValueError, match="TrainConfg"):
-    main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfg.num_steps=3",
-               f"--model_dir={tmp_path}"])
+    main.main(
+      ["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfg.num_steps=3", f"--model_dir={tmp_path}"]
+    )
 
 
 def test_gin_flags_become_bindings():
@@ -46,8 +48,10 @@ def _random_hf_checkpoint(directory, config):
 
   rng = np.random.default_rng(0)
   directory.mkdir()
-  torch.save({k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
-              for k, s in pt.torch_shapes(config).items()}, directory / "pytorch_model.bin")
+  torch.save(
+    {k: torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for k, s in pt.torch_shapes(config).items()},
+    directory / "pytorch_model.bin",
+  )
   (directory / "config.json").write_text(json.dumps(pt.hf_config_dict(config)))
   return directory
 
@@ -100,8 +104,13 @@ def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path)
   assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "converted")]) == 0
   (tmp_path / "finetune.gin").write_text(FINETUNE_GIN)
   run = tmp_path / "run"
-  argv = ["train", "--gin_file=gin/pretrain/quickstart.gin", f"--gin_file={tmp_path / 'finetune.gin'}",
-          f"--gin_file={tmp_path / 'converted' / 'model.gin'}", f"--model_dir={run}"]  # as the README says
+  argv = [
+    "train",
+    "--gin_file=gin/pretrain/quickstart.gin",
+    f"--gin_file={tmp_path / 'finetune.gin'}",
+    f"--gin_file={tmp_path / 'converted' / 'model.gin'}",
+    f"--model_dir={run}",
+  ]  # as the README says
   summary = main.main(argv)
   assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
 
@@ -116,8 +125,14 @@ def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path)
 
 def test_train_refuses_data_whose_vocabulary_exceeds_the_model(tmp_path):
   with pytest.raises(ValueError, match="has 4096 ids but the model's vocab_size is 100"):
-    main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.model_preset.overrides={'vocab_size': 100}",
-               f"--model_dir={tmp_path}"])
+    main.main(
+      [
+        "train",
+        "--gin_file=gin/pretrain/quickstart.gin",
+        "--gin.model_preset.overrides={'vocab_size': 100}",
+        f"--model_dir={tmp_path}",
+      ]
+    )
 
 
 def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys):
@@ -130,18 +145,21 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
   from glm_jax.model import GLM, GLMConfig
   from glm_jax.train import checkpoints, loop
 
-  config = GLMConfig(vocab_size=vocab.default_vocabulary().vocab_size, num_layers=1, hidden_size=32, num_heads=4,
-                     max_length=32)
+  config = GLMConfig(
+    vocab_size=vocab.default_vocabulary().vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=32
+  )
   ids = np.zeros((1, 8), np.int32)
   params = nn.unbox(GLM(config).init(jax.random.key(7), ids, ids, ids, sep=np.array([8]))["params"])
   manager = checkpoints.make_manager(str(tmp_path / "run"))
-  checkpoints.save(manager, loop.TrainState(step=jax.numpy.int32(1), params=params, opt_state={}), config, step=1,
-                   force=True)
+  checkpoints.save(
+    manager, loop.TrainState(step=jax.numpy.int32(1), params=params, opt_state={}), config, step=1, force=True
+  )
   manager.wait_until_finished()
   manager.close()
   text, candidates = "It works with [MASK].", ["paths", "the network"]
-  scores = main.main(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}",
-                      *(f"--candidate={c}" for c in candidates)])
+  scores = main.main(
+    ["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", *(f"--candidate={c}" for c in candidates)]
+  )
   want = scoring.score_candidates(GLM(config), params, vocab.default_vocabulary(), text, candidates)
   np.testing.assert_allclose(scores, want, rtol=1e-5)
   lines = capsys.readouterr().out.strip().splitlines()
@@ -153,19 +171,32 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
 
 
 def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
-  overrides = ["--gin.TrainConfig.num_steps=2", "--gin.TrainConfig.eval_every=2", "--gin.TrainConfig.eval_steps=2",
-               "--gin.TrainConfig.length=32", "--gin.TrainConfig.checkpoint_every=2",
-               "--gin.OptimizerConfig.warmup_steps=0", "--gin.model_preset.overrides={'max_length': 32}"]
-  summary = main.main(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={tmp_path / 'run'}",
-                       *overrides])
-  result = main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}",
-                      *overrides])
+  overrides = [
+    "--gin.TrainConfig.num_steps=2",
+    "--gin.TrainConfig.eval_every=2",
+    "--gin.TrainConfig.eval_steps=2",
+    "--gin.TrainConfig.length=32",
+    "--gin.TrainConfig.checkpoint_every=2",
+    "--gin.OptimizerConfig.warmup_steps=0",
+    "--gin.model_preset.overrides={'max_length': 32}",
+  ]
+  summary = main.main(
+    ["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={tmp_path / 'run'}", *overrides]
+  )
+  result = main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides])
   assert result["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-6)
   assert 0.0 <= result["accuracy"] <= 1.0
   assert f"loss={result['loss']:.4f}" in capsys.readouterr().out
   with pytest.raises(ValueError, match="no eval split: bind DataConfig.eval_split"):
-    main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides,
-               "--gin.DataConfig.eval_split=None"])
+    main.main(
+      [
+        "eval",
+        "--gin_file=gin/pretrain/quickstart.gin",
+        f"--checkpoint={tmp_path / 'run'}",
+        *overrides,
+        "--gin.DataConfig.eval_split=None",
+      ]
+    )
 
 
 def _compile_command(*flags):
@@ -175,9 +206,22 @@ def _compile_command(*flags):
   except FileNotFoundError as error:
     pytest.skip(str(error))
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # as on a user's command line
-  return subprocess.run([sys.executable, "-m", "glm_jax.main", "compile", "--gin_file=gin/pretrain/quickstart.gin",
-                         "--topology=v5e:2x2", *flags], cwd=deviceless.REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "glm_jax.main",
+      "compile",
+      "--gin_file=gin/pretrain/quickstart.gin",
+      "--topology=v5e:2x2",
+      *flags,
+    ],
+    cwd=deviceless.REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.mark.slow

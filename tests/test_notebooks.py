@@ -1,5 +1,6 @@
 """Every code cell of the notebooks runs, in order, in one namespace (papermill style: the cell tagged
 `parameters` is replaced by the test's values; IPython `!`/`%` lines, Colab-only, are skipped)."""
+
 import glob
 import json
 import os

@@ -9,6 +9,7 @@
 torch and tokenizers (the `[convert]` extra) are imported only inside the functions that need them; the
 tokenizers module (TensorFlow, seqio) is not imported by this package: `from glm_jax.convert import tokenizers`.
 """
+
 from glm_jax.convert.checkpoint import convert_checkpoint, load_converted, save_converted  # noqa: F401
 from glm_jax.convert.presets import PUBLISHED, published  # noqa: F401
 from glm_jax.convert.pytorch import ImportedCheckpoint, from_pytorch, to_pytorch  # noqa: F401

@@ -5,6 +5,7 @@ Layout (the same item names as glm_jax/train/checkpoints.py, step 0):
     OUTPUT_DIR/0/model_config  GLMConfig as JSON
     OUTPUT_DIR/tokenizer/      the vocabulary files and their manifest, when given (convert.tokenizers)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,11 +30,15 @@ def save_converted(output_dir: str, config: GLMConfig, params: dict) -> str:
   options = ocp.CheckpointManagerOptions(create=True)
   with ocp.CheckpointManager(output_dir, options=options) as manager:
     if manager.latest_step() is not None:
-      raise FileExistsError(f"{output_dir} already holds a checkpoint (step {manager.latest_step()}); "
-                            f"choose an empty --output_dir")
-    manager.save(STEP, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params}),
-        model_config=ocp.args.JsonSave(dataclasses.asdict(config))))
+      raise FileExistsError(
+        f"{output_dir} already holds a checkpoint (step {manager.latest_step()}); choose an empty --output_dir"
+      )
+    manager.save(
+      STEP,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params}), model_config=ocp.args.JsonSave(dataclasses.asdict(config))
+      ),
+    )
     manager.wait_until_finished()
   return output_dir
 
@@ -49,14 +54,19 @@ def write_model_gin(output_dir: str, with_tokenizer: bool = False) -> str:
   checkpoint keeps its tokenizer, and the glm_* Tasks (tasks/pretrain.py) are bound to use it."""
   output_dir = checkpoints.absolute(output_dir)
   path = os.path.join(output_dir, MODEL_GIN)
-  lines = ["# The model of the checkpoint in this directory (written by glm_jax.convert): its config, and its",
-           "# params as the starting point of a run whose model_dir holds no checkpoint yet.",
-           "experiment.model = @model_from_checkpoint()",
-           f"model_from_checkpoint.directory = {output_dir!r}",
-           f"TrainConfig.init_checkpoint = {output_dir!r}"]
+  lines = [
+    "# The model of the checkpoint in this directory (written by glm_jax.convert): its config, and its",
+    "# params as the starting point of a run whose model_dir holds no checkpoint yet.",
+    "experiment.model = @model_from_checkpoint()",
+    f"model_from_checkpoint.directory = {output_dir!r}",
+    f"TrainConfig.init_checkpoint = {output_dir!r}",
+  ]
   if with_tokenizer:
-    lines += ["# The glm_* Tasks tokenize with this checkpoint's own tokenizer (saved in tokenizer/).",
-              "import tasks", f"task_vocabulary.checkpoint = {output_dir!r}"]
+    lines += [
+      "# The glm_* Tasks tokenize with this checkpoint's own tokenizer (saved in tokenizer/).",
+      "import tasks",
+      f"task_vocabulary.checkpoint = {output_dir!r}",
+    ]
   epath.Path(path).write_text("\n".join(lines) + "\n")
   return path
 
@@ -67,15 +77,19 @@ def load_converted(output_dir: str) -> tuple[GLMConfig, dict]:
   with ocp.CheckpointManager(output_dir) as manager:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {output_dir!r} (run `python -m glm_jax.convert "
-                              f"--from_pytorch PATH --output_dir {output_dir}` first)")
+      raise FileNotFoundError(
+        f"no checkpoint under {output_dir!r} (run `python -m glm_jax.convert "
+        f"--from_pytorch PATH --output_dir {output_dir}` first)"
+      )
     import jax
 
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
-                          manager.item_metadata(step)["state"])
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), model_config=ocp.args.JsonRestore()))
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), manager.item_metadata(step)["state"]
+    )
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), model_config=ocp.args.JsonRestore())
+    )
   return GLMConfig(**restored.model_config), jax.tree.map(np.asarray, restored.state["params"])
 
 
@@ -90,9 +104,16 @@ def _to_host_jax_arrays(tree: dict) -> dict:
   return tree
 
 
-def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | None = None,
-                       allow_pickle: bool = False, scan_layers: bool = True, vocab_files: Sequence[str] = (),
-                       tokenizer: str | None = None) -> GLMConfig:
+def convert_checkpoint(
+  from_pytorch: str,
+  output_dir: str,
+  *,
+  num_heads: int | None = None,
+  allow_pickle: bool = False,
+  scan_layers: bool = True,
+  vocab_files: Sequence[str] = (),
+  tokenizer: str | None = None,
+) -> GLMConfig:
   """Imports a THUDM GLM checkpoint (HF or Megatron/DeepSpeed) and writes it to `output_dir`; returns the
   config. The entry point behind `python -m glm_jax.main convert` and `python -m glm_jax.convert`.
 
@@ -100,14 +121,15 @@ def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | N
   `output_dir`/tokenizer/ for glm_jax.convert.tokenizers.load_with_checkpoint; `tokenizer` names their family
   ("bert", "gpt2", "roberta", "chinese_sp"), by default the one of the published model of this shape.
   """
-  imported = pytorch.from_pytorch(from_pytorch, num_heads=num_heads, allow_pickle=allow_pickle,
-                                  scan_layers=scan_layers)
+  imported = pytorch.from_pytorch(from_pytorch, num_heads=num_heads, allow_pickle=allow_pickle, scan_layers=scan_layers)
   config, params = imported
   if vocab_files and tokenizer is None:
     name = presets.match_published(config.num_layers, config.hidden_size, config.vocab_size)
     if name is None:
-      raise ValueError("no published GLM has this checkpoint's shape, so its tokenizer family is unknown; pass "
-                       "tokenizer= (--tokenizer) as one of bert, gpt2, roberta, chinese_sp")
+      raise ValueError(
+        "no published GLM has this checkpoint's shape, so its tokenizer family is unknown; pass "
+        "tokenizer= (--tokenizer) as one of bert, gpt2, roberta, chinese_sp"
+      )
     tokenizer = presets.PUBLISHED[name].tokenizer
   if vocab_files:  # checked before anything is written
     from glm_jax.convert import tokenizers  # imports TensorFlow and seqio: only when a vocabulary is given
@@ -117,7 +139,15 @@ def convert_checkpoint(from_pytorch: str, output_dir: str, *, num_heads: int | N
   if vocab_files:
     tokenizers.save_with_checkpoint(output_dir, tokenizer, *vocab_files, embedding_rows=config.padded_vocab_size)
   write_model_gin(output_dir, with_tokenizer=bool(vocab_files))
-  logging.info("converted %s -> %s (%d layers, hidden %d, %d heads, %d vocabulary rows, max length %d; "
-               "%d unused tensors ignored)", from_pytorch, output_dir, config.num_layers, config.hidden_size,
-               config.num_heads, config.vocab_size, config.max_length, len(imported.unknown_keys))
+  logging.info(
+    "converted %s -> %s (%d layers, hidden %d, %d heads, %d vocabulary rows, max length %d; %d unused tensors ignored)",
+    from_pytorch,
+    output_dir,
+    config.num_layers,
+    config.hidden_size,
+    config.num_heads,
+    config.vocab_size,
+    config.max_length,
+    len(imported.unknown_keys),
+  )
   return config

@@ -8,6 +8,7 @@ the number of rows of the checkpoint's word-embedding table (the tokenizer's siz
 In gin: `model/GLMConfig = @glm_jax.convert.presets.published()` with `published.name = "glm-large"`
 (gin/models/published/*.gin do exactly this).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,27 +23,28 @@ CHINESE_VOCAB_ROWS = 50048  # cog-pretrain.model 50000 + GLM command tokens, pad
 @dataclasses.dataclass(frozen=True)
 class PublishedModel:
   """A published checkpoint: its model shape and which tokenizer family (glm_jax.convert.tokenizers) it uses."""
+
   config: GLMConfig
   tokenizer: str  # "bert", "gpt2", "roberta" or "chinese_sp"
 
 
 def _model(layers: int, hidden: int, heads: int, max_length: int, vocab_rows: int, tokenizer: str):
   return PublishedModel(
-      GLMConfig(vocab_size=vocab_rows, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                max_length=max_length),
-      tokenizer)
+    GLMConfig(vocab_size=vocab_rows, num_layers=layers, hidden_size=hidden, num_heads=heads, max_length=max_length),
+    tokenizer,
+  )
 
 
 PUBLISHED: dict[str, PublishedModel] = {
-    "glm-base": _model(12, 768, 12, 512, BERT_VOCAB_ROWS, "bert"),
-    "glm-large": _model(24, 1024, 16, 512, BERT_VOCAB_ROWS, "bert"),
-    "glm-410m": _model(30, 1024, 16, 512, BERT_VOCAB_ROWS, "bert"),
-    "glm-515m": _model(30, 1152, 18, 512, BERT_VOCAB_ROWS, "bert"),
-    "glm-roberta-large": _model(24, 1024, 16, 512, GPT2_VOCAB_ROWS, "roberta"),
-    "glm-2b": _model(36, 2048, 32, 1024, GPT2_VOCAB_ROWS, "gpt2"),
-    "glm-10b": _model(48, 4096, 64, 1024, GPT2_VOCAB_ROWS, "gpt2"),
-    "glm-large-chinese": _model(24, 1024, 16, 1024, CHINESE_VOCAB_ROWS, "chinese_sp"),
-    "glm-10b-chinese": _model(48, 4096, 64, 1024, CHINESE_VOCAB_ROWS, "chinese_sp"),
+  "glm-base": _model(12, 768, 12, 512, BERT_VOCAB_ROWS, "bert"),
+  "glm-large": _model(24, 1024, 16, 512, BERT_VOCAB_ROWS, "bert"),
+  "glm-410m": _model(30, 1024, 16, 512, BERT_VOCAB_ROWS, "bert"),
+  "glm-515m": _model(30, 1152, 18, 512, BERT_VOCAB_ROWS, "bert"),
+  "glm-roberta-large": _model(24, 1024, 16, 512, GPT2_VOCAB_ROWS, "roberta"),
+  "glm-2b": _model(36, 2048, 32, 1024, GPT2_VOCAB_ROWS, "gpt2"),
+  "glm-10b": _model(48, 4096, 64, 1024, GPT2_VOCAB_ROWS, "gpt2"),
+  "glm-large-chinese": _model(24, 1024, 16, 1024, CHINESE_VOCAB_ROWS, "chinese_sp"),
+  "glm-10b-chinese": _model(48, 4096, 64, 1024, CHINESE_VOCAB_ROWS, "chinese_sp"),
 }
 
 

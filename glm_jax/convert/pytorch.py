@@ -18,6 +18,7 @@ Reference layout (PyTorch Linear weights are [out, in]; keys optionally prefixed
 
 torch is imported lazily, only by the functions that read or write .bin/.pt files.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,22 +62,30 @@ def torch_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
   """The reference state dict (unprefixed keys) this config corresponds to: key -> shape."""
   v, e, f, p = config.padded_vocab_size, config.hidden_size, config.mlp_dim, config.max_length + 1
   shapes = {
-      "word_embeddings.weight": (v, e),
-      "transformer.position_embeddings.weight": (p, e),
-      "transformer.block_position_embeddings.weight": (p, e),
-      "transformer.final_layernorm.weight": (e,),
-      "transformer.final_layernorm.bias": (e,),
+    "word_embeddings.weight": (v, e),
+    "transformer.position_embeddings.weight": (p, e),
+    "transformer.block_position_embeddings.weight": (p, e),
+    "transformer.final_layernorm.weight": (e,),
+    "transformer.final_layernorm.bias": (e,),
   }
   for i in range(config.num_layers):
     pre = f"transformer.layers.{i}."
-    shapes.update({
-        pre + "input_layernorm.weight": (e,), pre + "input_layernorm.bias": (e,),
-        pre + "attention.query_key_value.weight": (3 * e, e), pre + "attention.query_key_value.bias": (3 * e,),
-        pre + "attention.dense.weight": (e, e), pre + "attention.dense.bias": (e,),
-        pre + "post_attention_layernorm.weight": (e,), pre + "post_attention_layernorm.bias": (e,),
-        pre + "mlp.dense_h_to_4h.weight": (f, e), pre + "mlp.dense_h_to_4h.bias": (f,),
-        pre + "mlp.dense_4h_to_h.weight": (e, f), pre + "mlp.dense_4h_to_h.bias": (e,),
-    })
+    shapes.update(
+      {
+        pre + "input_layernorm.weight": (e,),
+        pre + "input_layernorm.bias": (e,),
+        pre + "attention.query_key_value.weight": (3 * e, e),
+        pre + "attention.query_key_value.bias": (3 * e,),
+        pre + "attention.dense.weight": (e, e),
+        pre + "attention.dense.bias": (e,),
+        pre + "post_attention_layernorm.weight": (e,),
+        pre + "post_attention_layernorm.bias": (e,),
+        pre + "mlp.dense_h_to_4h.weight": (f, e),
+        pre + "mlp.dense_h_to_4h.bias": (f,),
+        pre + "mlp.dense_4h_to_h.weight": (e, f),
+        pre + "mlp.dense_4h_to_h.bias": (e,),
+      }
+    )
   return shapes
 
 
@@ -86,14 +95,15 @@ def strip_prefixes(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
   for key, value in state_dict.items():
     for prefix in _PREFIXES:
       if key.startswith(prefix):
-        key = key[len(prefix):]
+        key = key[len(prefix) :]
         break
     out[key] = value
   return out
 
 
-def infer_config(state_dict: Mapping[str, np.ndarray], *, num_heads: int | None = None,
-                 hf_config: Mapping | None = None, **overrides) -> GLMConfig:
+def infer_config(
+  state_dict: Mapping[str, np.ndarray], *, num_heads: int | None = None, hf_config: Mapping | None = None, **overrides
+) -> GLMConfig:
   """A GLMConfig for an unprefixed reference state dict.
 
   Layers, heads and hidden size come from `hf_config` (config.json) when given; otherwise layers, hidden size
@@ -102,8 +112,10 @@ def infer_config(state_dict: Mapping[str, np.ndarray], *, num_heads: int | None 
   """
   for key in ("word_embeddings.weight", "transformer.position_embeddings.weight"):
     if key not in state_dict:
-      raise KeyError(f"{key!r} not in the checkpoint (keys start with {sorted(state_dict)[:5]}); "
-                     f"this does not look like a THUDM GLM v1 state dict")
+      raise KeyError(
+        f"{key!r} not in the checkpoint (keys start with {sorted(state_dict)[:5]}); "
+        f"this does not look like a THUDM GLM v1 state dict"
+      )
   vocab_rows, hidden = state_dict["word_embeddings.weight"].shape
   max_length = state_dict["transformer.position_embeddings.weight"].shape[0] - 1
   layer_ids = {int(m.group(1)) for m in map(_LAYER_KEY.match, state_dict) if m}
@@ -112,28 +124,40 @@ def infer_config(state_dict: Mapping[str, np.ndarray], *, num_heads: int | None 
   mlp_dim = state_dict[mlp_key].shape[0] if mlp_key in state_dict else 4 * hidden
   if hf_config is not None:
     if hf_config.get("relative_encoding"):
-      raise ValueError("config.json has relative_encoding=true (Transformer-XL positions); glm-jax implements the "
-                       "learned 2D positions of the published GLM models only")
+      raise ValueError(
+        "config.json has relative_encoding=true (Transformer-XL positions); glm-jax implements the "
+        "learned 2D positions of the published GLM models only"
+      )
     num_layers, hidden = int(hf_config["num_layers"]), int(hf_config["hidden_size"])
     num_heads = int(hf_config["num_attention_heads"]) if num_heads is None else num_heads
   if num_heads is None:
     name = presets.match_published(num_layers, hidden, vocab_rows)
     if name is None:
       raise ValueError(
-          f"cannot tell the number of attention heads of a checkpoint with {num_layers} layers, hidden size "
-          f"{hidden} and {vocab_rows} vocabulary rows (no config.json, no published model of that shape); "
-          f"pass num_heads (--num_heads)")
+        f"cannot tell the number of attention heads of a checkpoint with {num_layers} layers, hidden size "
+        f"{hidden} and {vocab_rows} vocabulary rows (no config.json, no published model of that shape); "
+        f"pass num_heads (--num_heads)"
+      )
     num_heads = presets.PUBLISHED[name].config.num_heads
   if mlp_dim % hidden:
     raise ValueError(f"{mlp_key} has {mlp_dim} rows, not a multiple of hidden size {hidden}")
   return GLMConfig(
-      vocab_size=vocab_rows, num_layers=num_layers, hidden_size=hidden, num_heads=num_heads,
-      max_length=max_length, mlp_ratio=mlp_dim // hidden, vocab_multiple=128 if vocab_rows % 128 == 0 else 1,
+    vocab_size=vocab_rows,
+    num_layers=num_layers,
+    hidden_size=hidden,
+    num_heads=num_heads,
+    max_length=max_length,
+    mlp_ratio=mlp_dim // hidden,
+    vocab_multiple=128 if vocab_rows % 128 == 0 else 1,
   ).replace(**overrides)
 
 
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: GLMConfig, *, consume: bool = False,
-                           ) -> tuple[dict, list[str]]:
+def params_from_state_dict(
+  state_dict: Mapping[str, np.ndarray],
+  config: GLMConfig,
+  *,
+  consume: bool = False,
+) -> tuple[dict, list[str]]:
   """Unprefixed reference state dict -> (Flax params in float32, ignored keys).
 
   `consume=True` empties `state_dict` (a dict) as it goes, so its arrays are freed while converting.
@@ -148,16 +172,19 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: GLMConf
     state_dict[block_key] = np.zeros(expected[block_key], np.float32)
   missing = sorted(set(expected) - set(state_dict))
   if missing:
-    raise KeyError(f"the checkpoint lacks {len(missing)} tensors of a {config.num_layers}-layer GLM, e.g. "
-                   f"{missing[:4]} (wrong num_layers, or a truncated checkpoint)")
+    raise KeyError(
+      f"the checkpoint lacks {len(missing)} tensors of a {config.num_layers}-layer GLM, e.g. "
+      f"{missing[:4]} (wrong num_layers, or a truncated checkpoint)"
+    )
   for key, shape in expected.items():
     got = tuple(state_dict[key].shape)
     if got != shape:
       raise ValueError(
-          f"{key} has shape {got} in the checkpoint but {shape} is expected for hidden_size="
-          f"{config.hidden_size}, num_heads={config.num_heads}, mlp_dim={config.mlp_dim}, "
-          f"vocab rows={config.padded_vocab_size}, max_length={config.max_length} "
-          f"(fix config.json or the config passed in)")
+        f"{key} has shape {got} in the checkpoint but {shape} is expected for hidden_size="
+        f"{config.hidden_size}, num_heads={config.num_heads}, mlp_dim={config.mlp_dim}, "
+        f"vocab rows={config.padded_vocab_size}, max_length={config.max_length} "
+        f"(fix config.json or the config passed in)"
+      )
   unknown = sorted(set(state_dict) - set(expected))
   if unknown:
     logging.warning("ignoring %d checkpoint tensors that GLM does not use: %s", len(unknown), unknown)
@@ -169,32 +196,36 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: GLMConf
 
   def layer(i: int) -> dict:
     pre = f"transformer.layers.{i}."
-    return _contiguous({
+    return _contiguous(
+      {
         "input_layernorm": ln(pre + "input_layernorm"),
         "attention": {
-            "query_key_value": {
-                # [3E, E] = [(3, H, D), E] -> [E, 3, H, D]
-                "kernel": t(pre + "attention.query_key_value.weight").reshape(3, h, d, e).transpose(3, 0, 1, 2),
-                "bias": t(pre + "attention.query_key_value.bias").reshape(3, h, d)},
-            "dense": {  # [E_out, (H, D)] -> [H, D, E_out]
-                "kernel": t(pre + "attention.dense.weight").T.reshape(h, d, e),
-                "bias": t(pre + "attention.dense.bias")},
+          "query_key_value": {
+            # [3E, E] = [(3, H, D), E] -> [E, 3, H, D]
+            "kernel": t(pre + "attention.query_key_value.weight").reshape(3, h, d, e).transpose(3, 0, 1, 2),
+            "bias": t(pre + "attention.query_key_value.bias").reshape(3, h, d),
+          },
+          "dense": {  # [E_out, (H, D)] -> [H, D, E_out]
+            "kernel": t(pre + "attention.dense.weight").T.reshape(h, d, e),
+            "bias": t(pre + "attention.dense.bias"),
+          },
         },
         "post_attention_layernorm": ln(pre + "post_attention_layernorm"),
         "mlp": {
-            "dense_h_to_4h": {"kernel": t(pre + "mlp.dense_h_to_4h.weight").T,
-                              "bias": t(pre + "mlp.dense_h_to_4h.bias")},
-            "dense_4h_to_h": {"kernel": t(pre + "mlp.dense_4h_to_h.weight").T,
-                              "bias": t(pre + "mlp.dense_4h_to_h.bias")},
+          "dense_h_to_4h": {"kernel": t(pre + "mlp.dense_h_to_4h.weight").T, "bias": t(pre + "mlp.dense_h_to_4h.bias")},
+          "dense_4h_to_h": {"kernel": t(pre + "mlp.dense_4h_to_h.weight").T, "bias": t(pre + "mlp.dense_4h_to_h.bias")},
         },
-    })
+      }
+    )
 
-  params = _contiguous({
+  params = _contiguous(
+    {
       "word_embeddings": {"embedding": t("word_embeddings.weight")},
       "position_embeddings": {"embedding": t("transformer.position_embeddings.weight")},
       "block_position_embeddings": {"embedding": t(block_key)},
       "final_layernorm": ln("transformer.final_layernorm"),
-  })
+    }
+  )
   if config.scan_layers:  # written layer by layer into the stacked arrays, never holding both layouts
     first = layer(0)
     stacked = jax.tree.map(lambda x: np.empty((config.num_layers, *x.shape), x.dtype), first)
@@ -218,20 +249,22 @@ def state_dict_from_params(config: GLMConfig, params: Mapping) -> dict[str, np.n
   a = lambda x: np.array(x)  # noqa: E731  (a host copy, writable, whatever the device)
   e = config.hidden_size
   sd = {
-      "word_embeddings.weight": a(params["word_embeddings"]["embedding"]),
-      "transformer.position_embeddings.weight": a(params["position_embeddings"]["embedding"]),
-      "transformer.block_position_embeddings.weight": a(params["block_position_embeddings"]["embedding"]),
-      "transformer.final_layernorm.weight": a(params["final_layernorm"]["norm"]["scale"]),
-      "transformer.final_layernorm.bias": a(params["final_layernorm"]["norm"]["bias"]),
+    "word_embeddings.weight": a(params["word_embeddings"]["embedding"]),
+    "transformer.position_embeddings.weight": a(params["position_embeddings"]["embedding"]),
+    "transformer.block_position_embeddings.weight": a(params["block_position_embeddings"]["embedding"]),
+    "transformer.final_layernorm.weight": a(params["final_layernorm"]["norm"]["scale"]),
+    "transformer.final_layernorm.bias": a(params["final_layernorm"]["norm"]["bias"]),
   }
   for i in range(config.num_layers):
     layer, pre = params[f"layers_{i}"], f"transformer.layers.{i}."
     attn, mlp = layer["attention"], layer["mlp"]
-    sd.update({
+    sd.update(
+      {
         pre + "input_layernorm.weight": a(layer["input_layernorm"]["norm"]["scale"]),
         pre + "input_layernorm.bias": a(layer["input_layernorm"]["norm"]["bias"]),
-        pre + "attention.query_key_value.weight":
-            a(attn["query_key_value"]["kernel"]).transpose(1, 2, 3, 0).reshape(3 * e, e),
+        pre + "attention.query_key_value.weight": a(attn["query_key_value"]["kernel"])
+        .transpose(1, 2, 3, 0)
+        .reshape(3 * e, e),
         pre + "attention.query_key_value.bias": a(attn["query_key_value"]["bias"]).reshape(3 * e),
         pre + "attention.dense.weight": a(attn["dense"]["kernel"]).reshape(e, e).T,
         pre + "attention.dense.bias": a(attn["dense"]["bias"]),
@@ -241,7 +274,8 @@ def state_dict_from_params(config: GLMConfig, params: Mapping) -> dict[str, np.n
         pre + "mlp.dense_h_to_4h.bias": a(mlp["dense_h_to_4h"]["bias"]),
         pre + "mlp.dense_4h_to_h.weight": a(mlp["dense_4h_to_h"]["kernel"]).T,
         pre + "mlp.dense_4h_to_h.bias": a(mlp["dense_4h_to_h"]["bias"]),
-    })
+      }
+    )
   return {k: np.ascontiguousarray(v) for k, v in sd.items()}
 
 
@@ -268,8 +302,9 @@ def merge_model_parallel(shards: list[Mapping[str, np.ndarray]]) -> dict[str, np
     else:
       shapes = {p.shape for p in parts}
       if len(shapes) != 1:
-        raise ValueError(f"{key} should be replicated across model-parallel ranks but has shapes "
-                         f"{[p.shape for p in parts]}")
+        raise ValueError(
+          f"{key} should be replicated across model-parallel ranks but has shapes {[p.shape for p in parts]}"
+        )
       merged[key] = parts[0]
   return merged
 
@@ -292,8 +327,9 @@ def _torch_load(file: pathlib.Path, allow_pickle: bool):
     if allow_pickle:
       raise
     raise ValueError(
-        f"{file} holds Python objects besides tensors (e.g. saved args) and was not loaded with "
-        f"weights_only=True; if you trust the file, pass allow_pickle=True (--allow_pickle): {err}") from err
+      f"{file} holds Python objects besides tensors (e.g. saved args) and was not loaded with "
+      f"weights_only=True; if you trust the file, pass allow_pickle=True (--allow_pickle): {err}"
+    ) from err
 
 
 def _to_numpy(state_dict) -> dict[str, np.ndarray]:
@@ -317,8 +353,11 @@ def _megatron_rank_files(directory: pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def read_state_dict(path: str | pathlib.Path, *, allow_pickle: bool = False,
-                    ) -> tuple[dict[str, np.ndarray], dict | None]:
+def read_state_dict(
+  path: str | pathlib.Path,
+  *,
+  allow_pickle: bool = False,
+) -> tuple[dict[str, np.ndarray], dict | None]:
   """Reads a checkpoint in either format -> (unprefixed, merged state dict of numpy arrays in the stored dtype
   (bfloat16 widened to float32), config.json or None).
 
@@ -337,8 +376,9 @@ def read_state_dict(path: str | pathlib.Path, *, allow_pickle: bool = False,
     files = _megatron_rank_files(path)
     if not files:
       raise FileNotFoundError(
-          f"{path} holds neither pytorch_model.bin (HF format) nor latest_checkpointed_iteration.txt / latest "
-          f"with <iteration>/mp_rank_XX_model_states.pt (Megatron/DeepSpeed format)")
+        f"{path} holds neither pytorch_model.bin (HF format) nor latest_checkpointed_iteration.txt / latest "
+        f"with <iteration>/mp_rank_XX_model_states.pt (Megatron/DeepSpeed format)"
+      )
   elif path.is_file():
     files = [path]
   else:
@@ -354,8 +394,14 @@ def read_state_dict(path: str | pathlib.Path, *, allow_pickle: bool = False,
   return merge(shards), hf_config
 
 
-def from_pytorch(path: str | pathlib.Path, *, num_heads: int | None = None, allow_pickle: bool = False,
-                 fix_chinese_10b_gmask: bool | None = None, **config_overrides) -> ImportedCheckpoint:
+def from_pytorch(
+  path: str | pathlib.Path,
+  *,
+  num_heads: int | None = None,
+  allow_pickle: bool = False,
+  fix_chinese_10b_gmask: bool | None = None,
+  **config_overrides,
+) -> ImportedCheckpoint:
   """Loads a THUDM GLM checkpoint (HF or Megatron/DeepSpeed, any model-parallel size) -> `(config, params)`.
 
   params are float32 numpy arrays in the layout of `GLM(config)` (scanned `layers` unless
@@ -368,8 +414,11 @@ def from_pytorch(path: str | pathlib.Path, *, num_heads: int | None = None, allo
   params, unknown = params_from_state_dict(state_dict, config, consume=True)
   if fix_chinese_10b_gmask is None:
     chinese_10b = presets.PUBLISHED["glm-10b-chinese"].config
-    fix_chinese_10b_gmask = ((config.num_layers, config.hidden_size, config.vocab_size)
-                             == (chinese_10b.num_layers, chinese_10b.hidden_size, chinese_10b.vocab_size))
+    fix_chinese_10b_gmask = (config.num_layers, config.hidden_size, config.vocab_size) == (
+      chinese_10b.num_layers,
+      chinese_10b.hidden_size,
+      chinese_10b.vocab_size,
+    )
   if fix_chinese_10b_gmask:
     table = params["word_embeddings"]["embedding"]
     table[_CHINESE_10B_GMASK] = table[_CHINESE_10B_GMASK_TRAINED]
@@ -379,30 +428,31 @@ def from_pytorch(path: str | pathlib.Path, *, num_heads: int | None = None, allo
 def hf_config_dict(config: GLMConfig) -> dict:
   """The config.json of the reference HF GLM model for `config`."""
   return {
-      "architectures": ["GLMModel"],
-      "model_type": "glm",
-      "num_layers": config.num_layers,
-      "hidden_size": config.hidden_size,
-      "num_attention_heads": config.num_heads,
-      "vocab_size": config.padded_vocab_size,
-      "max_sequence_length": config.max_length,
-      "block_position_encoding": True,
-      "embedding_dropout_prob": config.embedding_dropout,
-      "attention_dropout_prob": config.attention_dropout,
-      "output_dropout_prob": config.hidden_dropout,
-      "initializer_range": config.init_std,
-      "checkpoint_activations": False,
-      "checkpoint_num_layers": 1,
-      "parallel_output": True,
-      "relative_encoding": False,
-      "output_predict": True,
-      "attention_scale": 1.0,
-      "torch_dtype": "float32",
+    "architectures": ["GLMModel"],
+    "model_type": "glm",
+    "num_layers": config.num_layers,
+    "hidden_size": config.hidden_size,
+    "num_attention_heads": config.num_heads,
+    "vocab_size": config.padded_vocab_size,
+    "max_sequence_length": config.max_length,
+    "block_position_encoding": True,
+    "embedding_dropout_prob": config.embedding_dropout,
+    "attention_dropout_prob": config.attention_dropout,
+    "output_dropout_prob": config.hidden_dropout,
+    "initializer_range": config.init_std,
+    "checkpoint_activations": False,
+    "checkpoint_num_layers": 1,
+    "parallel_output": True,
+    "relative_encoding": False,
+    "output_predict": True,
+    "attention_scale": 1.0,
+    "torch_dtype": "float32",
   }
 
 
-def to_pytorch(config: GLMConfig, params: Mapping, path: str | pathlib.Path, *, prefix: str = "glm.",
-               dtype: str = "float32") -> pathlib.Path:
+def to_pytorch(
+  config: GLMConfig, params: Mapping, path: str | pathlib.Path, *, prefix: str = "glm.", dtype: str = "float32"
+) -> pathlib.Path:
   """Writes the HF format: `path/config.json` and `path/pytorch_model.bin` (keys prefixed `prefix`, as in
   THUDM's GLMForConditionalGeneration). Returns `path`. float32 export of float32 params is exact."""
   torch = import_torch()
@@ -410,8 +460,10 @@ def to_pytorch(config: GLMConfig, params: Mapping, path: str | pathlib.Path, *, 
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-  state_dict = {prefix + k: torch.from_numpy(np.asarray(v, np.float32)).to(torch_dtype)
-                for k, v in state_dict_from_params(config, params).items()}
+  state_dict = {
+    prefix + k: torch.from_numpy(np.asarray(v, np.float32)).to(torch_dtype)
+    for k, v in state_dict_from_params(config, params).items()
+  }
   torch.save(state_dict, path / "pytorch_model.bin")
   (path / "config.json").write_text(json.dumps({**hf_config_dict(config), "torch_dtype": dtype}, indent=2))
   return path

@@ -16,6 +16,7 @@ Speed: `encode_tf` / `decode_tf` call the Python tokenizer through `tf.numpy_fun
 under the GIL, not serializable into a SavedModel and host-only). That is fine for fine-tuning-size data; for
 pretraining-scale pipelines pre-tokenize, or use a native TF vocabulary.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ import tensorflow as tf
 @dataclasses.dataclass(frozen=True)
 class CommandToken:
   """A GLM command token: its DESIGN name, the string that stands for it in text, its id."""
+
   name: str
   text: str
   id: int
@@ -52,8 +54,7 @@ class GLMVocabulary(seqio.Vocabulary):
     for c in self._commands:  # several names may share an id (pad = eos); the first is the one decoded
       self._by_id.setdefault(c.id, c)
     self._by_text = {c.text: c for c in reversed(self._commands)}
-    self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._by_text, key=len, reverse=True))
-                             + ")")
+    self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._by_text, key=len, reverse=True)) + ")")
     self.name = name
     self.embedding_rows = embedding_rows
     if self._base_vocab_size > embedding_rows:
@@ -118,25 +119,33 @@ class GLMVocabulary(seqio.Vocabulary):
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     """Scalar string -> int32 [L], through tf.numpy_function (see the module docstring for the cost)."""
+
     def encode(x):
       return np.asarray(self._encode(x.decode("utf-8")), np.int32)
+
     out = tf.numpy_function(encode, [s], tf.int32, stateful=False)
     out.set_shape([None])
     return out
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     """int [L] -> scalar string, or [B, L] -> [B] strings."""
+
     def decode(x):
       if x.ndim == 1:
         return np.asarray(self._decode(x.tolist()).encode("utf-8"), object)
       return np.asarray([self._decode(row.tolist()).encode("utf-8") for row in x], object)
+
     out = tf.numpy_function(decode, [ids], tf.string, stateful=False)
     out.set_shape(ids.shape[:-1])
     return out
 
   def __eq__(self, other):
-    return (isinstance(other, GLMVocabulary) and self.name == other.name
-            and self._commands == other._commands and self._text.source == other._text.source)
+    return (
+      isinstance(other, GLMVocabulary)
+      and self.name == other.name
+      and self._commands == other._commands
+      and self._text.source == other._text.source
+    )
 
   def __hash__(self):
     return hash((self.name, self._commands))
@@ -146,8 +155,9 @@ def _import_tokenizers():
   try:
     import tokenizers
   except ImportError as err:
-    raise ImportError('the BERT / GPT-2 / RoBERTa vocabularies need tokenizers: pip install "glm-jax[convert]"'
-                      ) from err
+    raise ImportError(
+      'the BERT / GPT-2 / RoBERTa vocabularies need tokenizers: pip install "glm-jax[convert]"'
+    ) from err
   return tokenizers
 
 
@@ -206,14 +216,14 @@ def bert_wordpiece(vocab_file: str, *, embedding_rows: int = 30592) -> GLMVocabu
   text = _HFText(BertWordPieceTokenizer(vocab_file, lowercase=True), (vocab_file,))
   n = text.vocab_size
   commands = [
-      CommandToken("[pad]", "[PAD]", text.token_to_id("[PAD]")),
-      CommandToken("[eos]", "[PAD]", text.token_to_id("[PAD]")),
-      CommandToken("[CLS]", "[CLS]", text.token_to_id("[CLS]")),
-      CommandToken("[MASK]", "[MASK]", text.token_to_id("[MASK]")),
-      CommandToken("[UNK]", "[UNK]", text.token_to_id("[UNK]")),
-      CommandToken("[SEP]", "[SEP]", text.token_to_id("[SEP]")),
-      *_block_commands(n),
-      CommandToken("[dBLOCK]", "[dBLOCK]", n + 4),
+    CommandToken("[pad]", "[PAD]", text.token_to_id("[PAD]")),
+    CommandToken("[eos]", "[PAD]", text.token_to_id("[PAD]")),
+    CommandToken("[CLS]", "[CLS]", text.token_to_id("[CLS]")),
+    CommandToken("[MASK]", "[MASK]", text.token_to_id("[MASK]")),
+    CommandToken("[UNK]", "[UNK]", text.token_to_id("[UNK]")),
+    CommandToken("[SEP]", "[SEP]", text.token_to_id("[SEP]")),
+    *_block_commands(n),
+    CommandToken("[dBLOCK]", "[dBLOCK]", n + 4),
   ]
   return GLMVocabulary(text, commands, embedding_rows=embedding_rows, name="bert")
 
@@ -226,17 +236,17 @@ def gpt2_bpe(vocab_json: str, merges_txt: str, *, embedding_rows: int = 50304) -
   text = _HFText(ByteLevelBPETokenizer(vocab_json, merges_txt), (vocab_json, merges_txt))
   n, eot = text.vocab_size, text.token_to_id("<|endoftext|>")
   commands = [
-      CommandToken("[pad]", "<|endoftext|>", eot),
-      CommandToken("[eos]", "<|endoftext|>", eot),
-      CommandToken("[sop]", "<|startofpiece|>", n),
-      CommandToken("[eop]", "<|endofpiece|>", n + 1),
-      CommandToken("[CLS]", "[CLS]", n + 2),
-      CommandToken("[MASK]", "[MASK]", n + 3, lstrip=True),
-      CommandToken("[SEP]", "[SEP]", n + 4),
-      CommandToken("[UNK]", "[UNK]", n + 5),
-      CommandToken("[gMASK]", "[gMASK]", n + 6, lstrip=True),
-      CommandToken("[sMASK]", "[sMASK]", n + 7, lstrip=True),
-      CommandToken("[dBLOCK]", "[dBLOCK]", n + 8),
+    CommandToken("[pad]", "<|endoftext|>", eot),
+    CommandToken("[eos]", "<|endoftext|>", eot),
+    CommandToken("[sop]", "<|startofpiece|>", n),
+    CommandToken("[eop]", "<|endofpiece|>", n + 1),
+    CommandToken("[CLS]", "[CLS]", n + 2),
+    CommandToken("[MASK]", "[MASK]", n + 3, lstrip=True),
+    CommandToken("[SEP]", "[SEP]", n + 4),
+    CommandToken("[UNK]", "[UNK]", n + 5),
+    CommandToken("[gMASK]", "[gMASK]", n + 6, lstrip=True),
+    CommandToken("[sMASK]", "[sMASK]", n + 7, lstrip=True),
+    CommandToken("[dBLOCK]", "[dBLOCK]", n + 8),
   ]
   return GLMVocabulary(text, commands, embedding_rows=embedding_rows, name="gpt2")
 
@@ -249,13 +259,13 @@ def roberta_bpe(vocab_json: str, merges_txt: str, *, embedding_rows: int = 50304
   text = _HFText(ByteLevelBPETokenizer(vocab_json, merges_txt), (vocab_json, merges_txt))
   eos = text.token_to_id("</s>")
   commands = [
-      CommandToken("[pad]", "<|endoftext|>", eos),
-      CommandToken("[eos]", "<|endoftext|>", eos),
-      CommandToken("[SEP]", "[SEP]", eos),
-      CommandToken("[CLS]", "[CLS]", text.token_to_id("<s>")),
-      CommandToken("[MASK]", "[MASK]", text.token_to_id("<mask>"), lstrip=True),
-      CommandToken("[UNK]", "[UNK]", text.token_to_id("<unk>")),
-      *_block_commands(text.vocab_size, lstrip=True),
+    CommandToken("[pad]", "<|endoftext|>", eos),
+    CommandToken("[eos]", "<|endoftext|>", eos),
+    CommandToken("[SEP]", "[SEP]", eos),
+    CommandToken("[CLS]", "[CLS]", text.token_to_id("<s>")),
+    CommandToken("[MASK]", "[MASK]", text.token_to_id("<mask>"), lstrip=True),
+    CommandToken("[UNK]", "[UNK]", text.token_to_id("<unk>")),
+    *_block_commands(text.vocab_size, lstrip=True),
   ]
   return GLMVocabulary(text, commands, embedding_rows=embedding_rows, name="roberta")
 
@@ -267,13 +277,13 @@ def chinese_sentencepiece(model_file: str, *, embedding_rows: int = 50048) -> GL
   text = _SentencePieceText(model_file)
   n = text.vocab_size
   commands = [
-      CommandToken("[pad]", "<|endoftext|>", n),
-      CommandToken("[eos]", "<|endoftext|>", n),
-      CommandToken("[SEP]", "[SEP]", n + 1),
-      CommandToken("[CLS]", "[CLS]", n + 2),
-      CommandToken("[MASK]", "[MASK]", n + 3, lstrip=True),
-      CommandToken("[UNK]", "[UNK]", n + 4),
-      *_block_commands(n + 5, task_mask_order=("[sMASK]", "[gMASK]"), gap=1, lstrip=True),
+    CommandToken("[pad]", "<|endoftext|>", n),
+    CommandToken("[eos]", "<|endoftext|>", n),
+    CommandToken("[SEP]", "[SEP]", n + 1),
+    CommandToken("[CLS]", "[CLS]", n + 2),
+    CommandToken("[MASK]", "[MASK]", n + 3, lstrip=True),
+    CommandToken("[UNK]", "[UNK]", n + 4),
+    *_block_commands(n + 5, task_mask_order=("[sMASK]", "[gMASK]"), gap=1, lstrip=True),
   ]
   return GLMVocabulary(text, commands, embedding_rows=embedding_rows, name="chinese_sp")
 

@@ -22,6 +22,7 @@ and counted, never raised; the names are listed in glm_jax/data/counters.py.
 Cache: trained vocabularies and the built embedded TFDS dataset live under `cache_dir()`:
 $GLM_JAX_CACHE, or ~/.cache/glm_jax.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -24,6 +24,7 @@ All randomness comes from the `np.random.Generator` passed in: same generator st
 The work is vectorized per piece (index arithmetic with repeat / cumsum); Python loops run per piece,
 never per token.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,7 @@ _SENTENCE_BLOCK = 32  # candidate pieces evaluated together by _sentence_piece
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
   """Ids of the special tokens the corruption writes; built from a vocabulary by name, never hard-coded."""
+
   pad: int
   eos: int
   cls: int
@@ -57,14 +59,23 @@ class SpecialIds:
   def from_vocabulary(cls, vocabulary) -> SpecialIds:
     from glm_jax.data import vocab
 
-    names = {"pad": "[pad]", "eos": "[eos]", "cls": "[CLS]", "mask": "[MASK]", "smask": "[sMASK]",
-             "gmask": "[gMASK]", "sop": "[sop]", "eop": "[eop]"}
+    names = {
+      "pad": "[pad]",
+      "eos": "[eos]",
+      "cls": "[CLS]",
+      "mask": "[MASK]",
+      "smask": "[sMASK]",
+      "gmask": "[gMASK]",
+      "sop": "[sop]",
+      "eop": "[eop]",
+    }
     return cls(**{field: int(vocab.special_id(vocabulary, name)) for field, name in names.items()})
 
 
 @dataclasses.dataclass
 class CorruptionStats:
   """Counters a caller may pass in to see what happened to its documents (nothing is dropped silently)."""
+
   documents: int = 0
   empty_documents: int = 0
   pieces: int = 0
@@ -89,8 +100,10 @@ def _check_args(tokens: np.ndarray, max_length: int) -> np.ndarray:
   if tokens.ndim != 1 or not (tokens.size == 0 or np.issubdtype(tokens.dtype, np.integer)):
     raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")
   if max_length < _MIN_MAX_LENGTH:
-    raise ValueError(f"max_length={max_length} is too small: a corrupted example needs at least "
-                     f"{_MIN_MAX_LENGTH} tokens ([CLS], a mask, [sop], one token); raise max_length")
+    raise ValueError(
+      f"max_length={max_length} is too small: a corrupted example needs at least "
+      f"{_MIN_MAX_LENGTH} tokens ([CLS], a mask, [sop], one token); raise max_length"
+    )
   return tokens.astype(np.int32, copy=False)
 
 
@@ -125,8 +138,14 @@ def _arange(n: int) -> np.ndarray:
 _ARANGE = np.arange(0)
 
 
-def assemble(piece: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask_id: int, special: SpecialIds,
-             rng: np.random.Generator) -> dict[str, np.ndarray]:
+def assemble(
+  piece: np.ndarray,
+  starts: np.ndarray,
+  lengths: np.ndarray,
+  mask_id: int,
+  special: SpecialIds,
+  rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
   """Builds one example from a piece [n] and its spans (sorted, non-overlapping `starts`/`lengths` [k], k >= 1).
 
   Returns the six features, each of length n + 1 + 2k. Part B lists the spans in a random order.
@@ -161,7 +180,7 @@ def assemble(piece: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask_id
   input_ids[1:a_len] = body
   target_ids[:a_len] = input_ids[:a_len]
   target_ids[a_len:] = target_b
-  input_ids[a_len + 1:] = target_b[:-1]
+  input_ids[a_len + 1 :] = target_b[:-1]
   input_ids[a_len + seg_start] = special.sop
   position_ids[:a_len] = _arange(a_len)
   position_ids[a_len:] = np.repeat(mask_pos[order], seg)
@@ -169,9 +188,14 @@ def assemble(piece: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask_id
   block_position_ids[a_len:] = b_index + 1 - np.repeat(seg_start, seg)
   loss_mask = np.zeros(total, np.float32)
   loss_mask[a_len:] = 1.0
-  return {"input_ids": input_ids, "target_ids": target_ids, "loss_mask": loss_mask,
-          "position_ids": position_ids, "block_position_ids": block_position_ids,
-          "sep": np.full(total, a_len, np.int32)}
+  return {
+    "input_ids": input_ids,
+    "target_ids": target_ids,
+    "loss_mask": loss_mask,
+    "position_ids": position_ids,
+    "block_position_ids": block_position_ids,
+    "sep": np.full(total, a_len, np.int32),
+  }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,8 +212,9 @@ def _truncated_poisson_cdf(poisson_lambda: float, max_span_length: int) -> np.nd
   return cdf / cdf[-1]
 
 
-def sample_span_lengths(rng: np.random.Generator, count: int, poisson_lambda: float = 3.0,
-                        max_span_length: int = 39) -> np.ndarray:
+def sample_span_lengths(
+  rng: np.random.Generator, count: int, poisson_lambda: float = 3.0, max_span_length: int = 39
+) -> np.ndarray:
   """`count` span lengths from Poisson(λ) truncated to 1..max_span_length (inverse CDF); int64 [count]."""
   cdf = _truncated_poisson_cdf(float(poisson_lambda), int(max_span_length))
   return np.minimum(np.searchsorted(cdf, rng.random(count), side="right"), max_span_length - 1) + 1
@@ -236,9 +261,17 @@ def place_spans(rng: np.random.Generator, lengths: np.ndarray, n: int) -> np.nda
   return slots + lengths.cumsum() - lengths
 
 
-def corrupt_tokens(tokens: np.ndarray, rng: np.random.Generator, *, max_length: int, special: SpecialIds,
-                   mask_ratio: float = 0.15, poisson_lambda: float = 3.0, max_span_length: int = 39,
-                   stats: CorruptionStats | None = None) -> list[dict[str, np.ndarray]]:
+def corrupt_tokens(
+  tokens: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  max_length: int,
+  special: SpecialIds,
+  mask_ratio: float = 0.15,
+  poisson_lambda: float = 3.0,
+  max_span_length: int = 39,
+  stats: CorruptionStats | None = None,
+) -> list[dict[str, np.ndarray]]:
   """Token-level blank infilling: Poisson(λ) spans (truncated to 1..max_span_length) until >= mask_ratio of
   each piece is covered, placed uniformly with >= 1 unmasked token between them, each replaced by `[MASK]`.
   The coverage is guaranteed for mask_ratio <= 0.5; above that the gaps can make it unreachable in a piece
@@ -256,8 +289,10 @@ def corrupt_tokens(tokens: np.ndarray, rng: np.random.Generator, *, max_length: 
   tokens = _check_args(tokens, max_length)
   _check_ratio("mask_ratio", mask_ratio)
   if max_span_length < 1 or not poisson_lambda > 0:
-    raise ValueError(f"need max_span_length >= 1 and poisson_lambda > 0; got max_span_length={max_span_length} "
-                     f"poisson_lambda={poisson_lambda}")
+    raise ValueError(
+      f"need max_span_length >= 1 and poisson_lambda > 0; got max_span_length={max_span_length} "
+      f"poisson_lambda={poisson_lambda}"
+    )
   examples = []
   cursor = 0
   while cursor < tokens.size:
@@ -268,7 +303,7 @@ def corrupt_tokens(tokens: np.ndarray, rng: np.random.Generator, *, max_length: 
     n, k = _token_piece(span_lengths, remaining, max_length, mask_ratio)
     lengths = _fit_spans(span_lengths[:k], n)
     starts = place_spans(rng, lengths, n)
-    examples.append(assemble(tokens[cursor:cursor + n], starts, lengths, special.mask, special, rng))
+    examples.append(assemble(tokens[cursor : cursor + n], starts, lengths, special.mask, special, rng))
     cursor += n
   if stats is not None:
     stats.add(tokens.size, examples)
@@ -290,8 +325,9 @@ def _split_long_sentences(sentence_lengths: np.ndarray, cap: int) -> np.ndarray:
   return out
 
 
-def _sentence_piece(lengths: np.ndarray, priority: np.ndarray, max_length: int,
-                    mask_ratio: float) -> tuple[int, np.ndarray]:
+def _sentence_piece(
+  lengths: np.ndarray, priority: np.ndarray, max_length: int, mask_ratio: float
+) -> tuple[int, np.ndarray]:
   """Largest number j of leading sentences that fit once masked, and which of them are masked (bool [j]).
 
   For a candidate piece of the first j sentences, sentences are masked in increasing `priority` (a random
@@ -307,7 +343,7 @@ def _sentence_piece(lengths: np.ndarray, priority: np.ndarray, max_length: int,
   ranked_lengths = lengths[order]
   needs = _needs(mask_ratio, sizes)
   for high in range(m, 0, -_SENTENCE_BLOCK):
-    candidates = _arange(high)[max(0, high - _SENTENCE_BLOCK):] + 1
+    candidates = _arange(high)[max(0, high - _SENTENCE_BLOCK) :] + 1
     included = order[None, :] < candidates[:, None]  # [candidate j, rank]
     coverage = np.where(included, ranked_lengths, 0).cumsum(axis=1)
     last_rank = np.argmax(coverage >= needs[candidates - 1, None], axis=1)
@@ -317,15 +353,22 @@ def _sentence_piece(lengths: np.ndarray, priority: np.ndarray, max_length: int,
       best = fits[-1]
       break
   j = int(candidates[best])
-  chosen = order[:last_rank[best] + 1]
+  chosen = order[: last_rank[best] + 1]
   masked = np.zeros(j, bool)
   masked[chosen[chosen < j]] = True
   return j, masked
 
 
-def corrupt_sentences(tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.random.Generator, *,
-                      max_length: int, special: SpecialIds, mask_ratio: float = 0.15,
-                      stats: CorruptionStats | None = None) -> list[dict[str, np.ndarray]]:
+def corrupt_sentences(
+  tokens: np.ndarray,
+  sentence_lengths: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  max_length: int,
+  special: SpecialIds,
+  mask_ratio: float = 0.15,
+  stats: CorruptionStats | None = None,
+) -> list[dict[str, np.ndarray]]:
   """Sentence-level blank infilling: whole sentences, in random order, until >= mask_ratio of each piece is
   covered, each replaced by `[sMASK]`.
 
@@ -342,8 +385,10 @@ def corrupt_sentences(tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.
   _check_ratio("mask_ratio", mask_ratio)
   sentence_lengths = np.asarray(sentence_lengths, np.int64).reshape(-1)
   if np.any(sentence_lengths < 0) or int(sentence_lengths.sum()) != tokens.size:
-    raise ValueError(f"sentence_lengths must be non-negative and sum to len(tokens)={tokens.size}; got sum "
-                     f"{int(sentence_lengths.sum())} (min {sentence_lengths.min(initial=0)})")
+    raise ValueError(
+      f"sentence_lengths must be non-negative and sum to len(tokens)={tokens.size}; got sum "
+      f"{int(sentence_lengths.sum())} (min {sentence_lengths.min(initial=0)})"
+    )
   lengths = _split_long_sentences(sentence_lengths, max_length - _CLS_COST - _SPAN_COST)
   priority = rng.random(lengths.size)
   offsets = np.cumsum(lengths) - lengths
@@ -351,10 +396,10 @@ def corrupt_sentences(tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.
   first = 0
   while first < lengths.size:
     j, masked = _sentence_piece(lengths[first:], priority[first:], max_length, mask_ratio)
-    piece_lengths = lengths[first:first + j]
+    piece_lengths = lengths[first : first + j]
     start = int(offsets[first])
-    piece = tokens[start:start + int(piece_lengths.sum())]
-    starts = (offsets[first:first + j] - start)[masked]
+    piece = tokens[start : start + int(piece_lengths.sum())]
+    starts = (offsets[first : first + j] - start)[masked]
     examples.append(assemble(piece, starts, piece_lengths[masked], special.smask, special, rng))
     first += j
   if stats is not None:
@@ -366,9 +411,17 @@ def corrupt_sentences(tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.
 # Document level: one long span, [gMASK].
 
 
-def corrupt_document(tokens: np.ndarray, rng: np.random.Generator, *, max_length: int, special: SpecialIds,
-                     min_ratio: float = 0.5, max_ratio: float = 1.0, suffix_prob: float = 1.0,
-                     stats: CorruptionStats | None = None) -> list[dict[str, np.ndarray]]:
+def corrupt_document(
+  tokens: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  max_length: int,
+  special: SpecialIds,
+  min_ratio: float = 0.5,
+  max_ratio: float = 1.0,
+  suffix_prob: float = 1.0,
+  stats: CorruptionStats | None = None,
+) -> list[dict[str, np.ndarray]]:
   """Document-level blank infilling: per piece, one span of a uniform length in [min_ratio, max_ratio] of the
   piece, replaced by `[gMASK]`.
 
@@ -389,7 +442,7 @@ def corrupt_document(tokens: np.ndarray, rng: np.random.Generator, *, max_length
   piece_size = max_length - _CLS_COST - _SPAN_COST
   examples = []
   for cursor in range(0, tokens.size, piece_size):
-    piece = tokens[cursor:cursor + piece_size]
+    piece = tokens[cursor : cursor + piece_size]
     n = piece.size
     low = max(1, math.ceil(min_ratio * n - _EPS))
     high = max(low, math.floor(max_ratio * n + _EPS))
@@ -415,7 +468,7 @@ def split_example(example: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tupl
   starts = sep + np.flatnonzero(np.asarray(example["block_position_ids"])[sep:] == 1)
   ends = np.append(starts[1:], input_ids.size)
   position_ids = np.asarray(example["position_ids"])
-  spans = [(int(position_ids[s]), input_ids[s + 1:e]) for s, e in zip(starts, ends)]
+  spans = [(int(position_ids[s]), input_ids[s + 1 : e]) for s, e in zip(starts, ends)]
   return input_ids[:sep], spans
 
 

@@ -11,6 +11,7 @@ Evaluation: glm_jax.infer.scoring scores every verbalizer as the blank's fill an
 A text too long for the row loses tokens from the start of the text before the blank (the pattern's words next
 to the blank and everything after it are kept); an example whose label has no verbalizer fails the pipeline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ TEMPLATES: dict[str, "ClozeTemplate"] = {}  # Task name -> its template (tasks/f
 class ClozeTemplate:
   """pattern: text with `{field}` references to the example's string features and one "[MASK]";
   verbalizers: label value -> the words that fill the blank for it; label_key: the example's label feature."""
+
   pattern: str
   verbalizers: Mapping[int, str]
   label_key: str = "label"
@@ -79,26 +81,34 @@ def _example_fn(max_length: int, special: blank_infilling.SpecialIds):
     counters.increment("cloze/examples")
     budget = max_length - 3 - answer.size - after.size  # [CLS], [sop] and [eop]; the verbalizer fills the blank
     if budget < 0:
-      raise ValueError(f"the verbalizer and the pattern after the blank need {max_length - budget} tokens; the "
-                       f"row has {max_length}")
+      raise ValueError(
+        f"the verbalizer and the pattern after the blank need {max_length - budget} tokens; the row has {max_length}"
+      )
     if before.size > budget:
       counters.increment("cloze/truncated")
-      before = before[before.size - budget:]
+      before = before[before.size - budget :]
     piece = np.concatenate([before, answer, after]).astype(np.int32)
-    example = blank_infilling.assemble(piece, np.array([before.size]), np.array([answer.size]), special.mask,
-                                       special, rng)
+    example = blank_infilling.assemble(
+      piece, np.array([before.size]), np.array([answer.size]), special.mask, special, rng
+    )
     return tuple(example[name].astype(np.float32 if name == "loss_mask" else np.int32) for name in FEATURES)
 
   return make
 
 
-def cloze_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
-                       output_features: Mapping[str, seqio.Feature], template: ClozeTemplate) -> tf.data.Dataset:
+def cloze_preprocessor(
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int] | None,
+  output_features: Mapping[str, seqio.Feature],
+  template: ClozeTemplate,
+) -> tf.data.Dataset:
   """Labelled examples -> GLM examples whose blank is the label's verbalizer (a seqio preprocessor once
   `template` is bound)."""
   if not sequence_length or "input_ids" not in sequence_length:
-    raise ValueError("the cloze preprocessor needs a sequence length: pass task_feature_lengths="
-                     "glm_jax.data.feature_converter.task_feature_lengths(L) to seqio.get_dataset")
+    raise ValueError(
+      "the cloze preprocessor needs a sequence length: pass task_feature_lengths="
+      "glm_jax.data.feature_converter.task_feature_lengths(L) to seqio.get_dataset"
+    )
   vocabulary = output_features["input_ids"].vocabulary
   make = _example_fn(int(sequence_length["input_ids"]), blank_infilling.SpecialIds.from_vocabulary(vocabulary))
   table = _verbalizer_table(template)
@@ -118,15 +128,22 @@ def cloze_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[str, i
   return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def part_a(template: ClozeTemplate, example: Mapping[str, str], vocabulary, special: blank_infilling.SpecialIds,
-           max_length: int, answer_length: int) -> tuple[list[int], int]:
+def part_a(
+  template: ClozeTemplate,
+  example: Mapping[str, str],
+  vocabulary,
+  special: blank_infilling.SpecialIds,
+  max_length: int,
+  answer_length: int,
+) -> tuple[list[int], int]:
   """(Part A token ids, the blank's position in them) of a Python example, tokenized and truncated as the
   pipeline does for a fill of `answer_length` tokens: [CLS], the text before the blank, [MASK], the text after."""
   before, after = (t.strip() for t in template.text(example).split(MASK, 1))
   before_ids, after_ids = list(vocabulary.encode(before)), list(vocabulary.encode(after))
   budget = max_length - 3 - answer_length - len(after_ids)
   if budget < 0:
-    raise ValueError(f"the fill and the pattern after the blank need {max_length - budget} tokens; the row has "
-                     f"{max_length}")
-  before_ids = before_ids[max(0, len(before_ids) - budget):]
+    raise ValueError(
+      f"the fill and the pattern after the blank need {max_length - budget} tokens; the row has {max_length}"
+    )
+  before_ids = before_ids[max(0, len(before_ids) - budget) :]
   return [special.cls, *before_ids, special.mask, *after_ids], 1 + len(before_ids)

@@ -12,6 +12,7 @@ Names in use:
                                                            (glm_jax.data.preprocessors; objective is
                                                             token, sentence or document)
 """
+
 from __future__ import annotations
 
 import collections

@@ -14,6 +14,7 @@ the four lanes (input_ids, target_ids, position_ids * (L + 1) + block_position_i
 interleaved into a vector of length 4T, every value shifted by +1 (all task values are non-negative and
 loss_mask is 0 or 1), packed to length 4L and split back. This needs L <= 46340 (L * (L + 1) < 2**31).
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -37,9 +38,11 @@ def task_feature_lengths(max_length: int) -> dict[str, int]:
 def _assert_fits(num_tokens: tf.Tensor, length: int) -> None:
   """Fails the pipeline on an example longer than the rows (padding and packing would cut it silently)."""
   tf.debugging.assert_less_equal(
-      num_tokens, length,
-      message=f"a GLM example is longer than the feature converter length {length}; corrupt with "
-              f"max_length <= {length} or raise the task feature lengths")
+    num_tokens,
+    length,
+    message=f"a GLM example is longer than the feature converter length {length}; corrupt with "
+    f"max_length <= {length} or raise the task feature lengths",
+  )
 
 
 class GLMFeatureConverter(seqio.FeatureConverter):
@@ -64,12 +67,16 @@ class GLMFeatureConverter(seqio.FeatureConverter):
   def _length(self, task_feature_lengths: Mapping[str, int]) -> int:
     lengths = {task_feature_lengths[name] for name in FEATURES}
     if len(lengths) != 1:
-      raise ValueError(f"GLM task features share one length; got {dict(task_feature_lengths)} "
-                       "(use glm_jax.data.feature_converter.task_feature_lengths(max_length))")
+      raise ValueError(
+        f"GLM task features share one length; got {dict(task_feature_lengths)} "
+        "(use glm_jax.data.feature_converter.task_feature_lengths(max_length))"
+      )
     length = lengths.pop()
     if self.pack and length > MAX_PACKED_LENGTH:
-      raise ValueError(f"packed length {length} exceeds {MAX_PACKED_LENGTH}, the most the packed int32 lanes "
-                       "hold; use GLMFeatureConverter(pack=False) or a shorter length")
+      raise ValueError(
+        f"packed length {length} exceeds {MAX_PACKED_LENGTH}, the most the packed int32 lanes "
+        "hold; use GLMFeatureConverter(pack=False) or a shorter length"
+      )
     return length
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -81,8 +88,11 @@ class GLMFeatureConverter(seqio.FeatureConverter):
   def _pad_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
     def add_segment_ids(ex):
       sizes = tf.stack([tf.size(ex[name]) for name in FEATURES])
-      tf.debugging.assert_equal(tf.reduce_min(sizes), tf.reduce_max(sizes),
-                                message=f"the features {FEATURES} of a GLM example must have one length")
+      tf.debugging.assert_equal(
+        tf.reduce_min(sizes),
+        tf.reduce_max(sizes),
+        message=f"the features {FEATURES} of a GLM example must have one length",
+      )
       _assert_fits(sizes[0], length)
       ex = {name: ex[name] for name in FEATURES}
       ex["segment_ids"] = tf.ones_like(ex["input_ids"])
@@ -96,10 +106,18 @@ class GLMFeatureConverter(seqio.FeatureConverter):
 
     def interleave(ex):
       loss = tf.cast(ex["loss_mask"], tf.int32)
-      tf.debugging.assert_equal(tf.cast(loss, tf.float32), ex["loss_mask"],
-                                message="packing needs loss_mask values of 0.0 or 1.0")
-      lanes = tf.stack([ex["input_ids"], ex["target_ids"], ex["position_ids"] * scale + ex["block_position_ids"],
-                        ex["sep"] * 2 + loss], axis=1)  # [T, 4]; fails on features of different lengths
+      tf.debugging.assert_equal(
+        tf.cast(loss, tf.float32), ex["loss_mask"], message="packing needs loss_mask values of 0.0 or 1.0"
+      )
+      lanes = tf.stack(
+        [
+          ex["input_ids"],
+          ex["target_ids"],
+          ex["position_ids"] * scale + ex["block_position_ids"],
+          ex["sep"] * 2 + loss,
+        ],
+        axis=1,
+      )  # [T, 4]; fails on features of different lengths
       _assert_fits(tf.shape(lanes)[0], length)
       return {_PACKED: tf.reshape(lanes + 1, [-1])}
 
@@ -108,11 +126,13 @@ class GLMFeatureConverter(seqio.FeatureConverter):
       lanes = tf.maximum(tf.reshape(ex[_PACKED], [length, _LANES]) - 1, 0)
       input_ids, target_ids, positions, sep_loss = tf.unstack(lanes, axis=1)
       return {
-          "input_ids": input_ids, "target_ids": target_ids,
-          "loss_mask": tf.cast(sep_loss % 2, tf.float32),
-          "position_ids": positions // scale, "block_position_ids": positions % scale,
-          "sep": sep_loss // 2,
-          "segment_ids": ex[_PACKED + "_segment_ids"][::_LANES],
+        "input_ids": input_ids,
+        "target_ids": target_ids,
+        "loss_mask": tf.cast(sep_loss % 2, tf.float32),
+        "position_ids": positions // scale,
+        "block_position_ids": positions % scale,
+        "sep": sep_loss // 2,
+        "segment_ids": ex[_PACKED + "_segment_ids"][::_LANES],
       }
 
     ds = ds.map(interleave, num_parallel_calls=tf.data.AUTOTUNE)

@@ -8,6 +8,7 @@ Each example prints Part A (its mask tokens visible) and each Part B span with t
 `--pack`, N packed rows). Ends with the pipeline's skip counters. Tasks are registered by `import tasks`
 before the gin files are parsed, so their configurables (TokenObjective, glm_mixture_rates, ...) bind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ def _split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith("--gin."):
-      binding = arg[len("--gin."):]
+      binding = arg[len("--gin.") :]
       if "=" not in binding:
         raise SystemExit(f"{arg}: expected --gin.NAME=VALUE")
       bindings.append(binding)
@@ -36,8 +37,9 @@ def _split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m glm_jax.data.inspect", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m glm_jax.data.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--mixture", required=True, help="a registered seqio Mixture or Task, e.g. glm_embedded")
   parser.add_argument("--num_examples", type=int, default=4)
   parser.add_argument("--length", type=int, default=128, help="the sequence length L")
@@ -53,11 +55,11 @@ def describe(example: dict[str, np.ndarray], vocabulary) -> str:
   """Part A and the B spans of one task-feature example, decoded."""
   part_a, spans = blank_infilling.split_example(example)
   special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
-  lines = [f"  length {example['input_ids'].size}, Part A ({part_a.size} tokens): "
-           f"{vocabulary.decode(part_a.tolist())!r}"]
+  lines = [
+    f"  length {example['input_ids'].size}, Part A ({part_a.size} tokens): {vocabulary.decode(part_a.tolist())!r}"
+  ]
   for position, tokens in spans:
-    mask = {special.mask: "[MASK]", special.smask: "[sMASK]", special.gmask: "[gMASK]"}.get(int(part_a[position]),
-                                                                                         "?")
+    mask = {special.mask: "[MASK]", special.smask: "[sMASK]", special.gmask: "[gMASK]"}.get(int(part_a[position]), "?")
     lines.append(f"  span at A[{position}] {mask} ({tokens.size} tokens): {vocabulary.decode(tokens.tolist())!r}")
   return "\n".join(lines)
 

@@ -20,6 +20,7 @@ Shutdown: the corruption runs Python inside tf.data threads, so an iterator stil
 finalizes (e.g. a module-level `it = ds.as_numpy_iterator()` over a repeated dataset) can hang the exit; drop
 iterators (`del it`, or keep them local to a function) before the process ends.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ _BREAK = "\x1f"
 @dataclasses.dataclass(frozen=True)
 class TokenObjective:
   """Token-level blank infilling (GLM's BERT-like objective): Poisson(λ) spans covering mask_ratio."""
+
   mask_ratio: float = 0.15
   poisson_lambda: float = 3.0
   max_span_length: int = 39
@@ -55,13 +57,21 @@ class TokenObjective:
   def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
     del sentence_lengths
     return blank_infilling.corrupt_tokens(
-        tokens, rng, max_length=max_length, special=special, mask_ratio=self.mask_ratio,
-        poisson_lambda=self.poisson_lambda, max_span_length=self.max_span_length, stats=stats)
+      tokens,
+      rng,
+      max_length=max_length,
+      special=special,
+      mask_ratio=self.mask_ratio,
+      poisson_lambda=self.poisson_lambda,
+      max_span_length=self.max_span_length,
+      stats=stats,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class SentenceObjective:
   """Sentence-level blank infilling: whole sentences covering mask_ratio, each replaced by [sMASK]."""
+
   mask_ratio: float = 0.15
   max_length: int | None = None
 
@@ -69,14 +79,15 @@ class SentenceObjective:
 
   def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
     return blank_infilling.corrupt_sentences(
-        tokens, sentence_lengths, rng, max_length=max_length, special=special, mask_ratio=self.mask_ratio,
-        stats=stats)
+      tokens, sentence_lengths, rng, max_length=max_length, special=special, mask_ratio=self.mask_ratio, stats=stats
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class DocumentObjective:
   """Document-level blank infilling: one [gMASK] span of min_ratio..max_ratio of each piece (a suffix with
   probability suffix_prob)."""
+
   min_ratio: float = 0.5
   max_ratio: float = 1.0
   suffix_prob: float = 1.0
@@ -87,8 +98,15 @@ class DocumentObjective:
   def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
     del sentence_lengths
     return blank_infilling.corrupt_document(
-        tokens, rng, max_length=max_length, special=special, min_ratio=self.min_ratio,
-        max_ratio=self.max_ratio, suffix_prob=self.suffix_prob, stats=stats)
+      tokens,
+      rng,
+      max_length=max_length,
+      special=special,
+      min_ratio=self.min_ratio,
+      max_ratio=self.max_ratio,
+      suffix_prob=self.suffix_prob,
+      stats=stats,
+    )
 
 
 Objective = TokenObjective | SentenceObjective | DocumentObjective
@@ -99,13 +117,17 @@ def resolve_max_length(objective: Objective, sequence_length: Mapping[str, int] 
   task_length = (sequence_length or {}).get("input_ids")
   if objective.max_length is None:
     if task_length is None:
-      raise ValueError(f"the {objective.name} objective needs a sequence length: pass "
-                       "task_feature_lengths=glm_jax.data.feature_converter.task_feature_lengths(L) to "
-                       f"seqio.get_dataset, or set {type(objective).__name__}.max_length")
+      raise ValueError(
+        f"the {objective.name} objective needs a sequence length: pass "
+        "task_feature_lengths=glm_jax.data.feature_converter.task_feature_lengths(L) to "
+        f"seqio.get_dataset, or set {type(objective).__name__}.max_length"
+      )
     return int(task_length)
   if task_length is not None and objective.max_length > task_length:
-    raise ValueError(f"{type(objective).__name__}.max_length={objective.max_length} exceeds the task sequence "
-                     f"length {task_length}; lower it or raise task_feature_lengths")
+    raise ValueError(
+      f"{type(objective).__name__}.max_length={objective.max_length} exceeds the task sequence "
+      f"length {task_length}; lower it or raise task_feature_lengths"
+    )
   return int(objective.max_length)
 
 
@@ -138,15 +160,17 @@ def _corrupt_fn(objective: Objective, max_length: int, special: blank_infilling.
       counters.increment(prefix + "examples", len(examples))
     lengths = np.array([ex["input_ids"].size for ex in examples], np.int32)
     flat = [np.concatenate([ex[name] for ex in examples]) if examples else np.zeros([0]) for name in FEATURES]
-    return (lengths, *(f.astype(np.float32 if name == "loss_mask" else np.int32) for name, f in
-                       zip(FEATURES, flat)))
+    return (lengths, *(f.astype(np.float32 if name == "loss_mask" else np.int32) for name, f in zip(FEATURES, flat)))
 
   return corrupt
 
 
-def blank_infilling_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
-                                 output_features: Mapping[str, seqio.Feature],
-                                 objective: Objective) -> tf.data.Dataset:
+def blank_infilling_preprocessor(
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int] | None,
+  output_features: Mapping[str, seqio.Feature],
+  objective: Objective,
+) -> tf.data.Dataset:
   """Documents {"text"} -> corrupted examples of `objective` (a seqio preprocessor once `objective` is bound)."""
   vocabulary = output_features["input_ids"].vocabulary
   special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
@@ -166,7 +190,8 @@ def blank_infilling_preprocessor(dataset: tf.data.Dataset, sequence_length: Mapp
       tokens = vocabulary.encode_tf(text)
       sentence_lengths = tf.size(tokens, out_type=tf.int64)[None]
     lengths, *flat = tf.numpy_function(
-        corrupt, [tf.cast(tokens, tf.int32), sentence_lengths, valid_utf8, seed], out_types, stateful=False)
+      corrupt, [tf.cast(tokens, tf.int32), sentence_lengths, valid_utf8, seed], out_types, stateful=False
+    )
     lengths.set_shape([None])
     pieces = {}
     for name, values in zip(FEATURES, flat):

@@ -12,6 +12,7 @@
 
 Malformed input is skipped and counted in glm_jax.data.counters, never raised.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ def embedded_documents(split: str) -> list[tuple[str, str]]:
 
   _check_split(split)
   documents = [(name, text) for name in sorted(topics.topics) for text in _paragraph_runs(topics.topics[name])]
-  return [doc for i, doc in enumerate(documents)
-          if (i % VALIDATION_EVERY == VALIDATION_EVERY - 1) == (split == "validation")]
+  return [
+    doc for i, doc in enumerate(documents) if (i % VALIDATION_EVERY == VALIDATION_EVERY - 1) == (split == "validation")
+  ]
 
 
 def _paragraph_runs(text: str) -> list[str]:
@@ -86,9 +88,9 @@ class GlmEmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="English prose from the Python documentation shipped with the interpreter.",
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "topic": tfds.features.Text()}),
+      builder=self,
+      description="English prose from the Python documentation shipped with the interpreter.",
+      features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "topic": tfds.features.Text()}),
     )
 
   def _split_generators(self, dl_manager):
@@ -123,9 +125,17 @@ class _DocumentSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached: bool = False,
-                  num_epochs: int | None = 1) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
     del sequence_length, use_cached
     _check_split(split)
     ds = self._documents(split, shuffle, seed)
@@ -141,8 +151,9 @@ class EmbeddedCorpusSource(_DocumentSource):
   """seqio source over the embedded corpus TFDS dataset (built lazily, on the first `get_dataset`)."""
 
   def _documents(self, split, shuffle, seed):
-    ds = embedded_builder().as_dataset(split=split, shuffle_files=shuffle,
-                                       read_config=tfds.ReadConfig(shuffle_seed=seed))
+    ds = embedded_builder().as_dataset(
+      split=split, shuffle_files=shuffle, read_config=tfds.ReadConfig(shuffle_seed=seed)
+    )
     return ds.map(lambda ex: {"text": ex["text"]}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -157,6 +168,7 @@ class TextFilesConfig:
   validation_pattern: globs of validation files; empty: `validation_fraction` of the documents matched by
     `pattern` (chosen by a hash of their text) form the validation split and the rest the train split.
   """
+
   pattern: str = ""
   validation_pattern: str = ""
   validation_fraction: float = 0.05
@@ -231,9 +243,11 @@ def split_files(config: TextFilesConfig, split: str) -> list[str]:
   patterns = config.validation_pattern if config.validation_pattern and split == "validation" else config.pattern
   files = expand_patterns(patterns)
   if not files:
-    raise ValueError(f"no files match {patterns!r} for the {split} split of the user's text "
-                     "(set $GLM_JAX_TEXT_FILES or the gin binding text_files_config.pattern to a glob of "
-                     ".txt / .jsonl files)")
+    raise ValueError(
+      f"no files match {patterns!r} for the {split} split of the user's text "
+      "(set $GLM_JAX_TEXT_FILES or the gin binding text_files_config.pattern to a glob of "
+      ".txt / .jsonl files)"
+    )
   return files
 
 
@@ -267,7 +281,8 @@ class TextFilesSource(_DocumentSource):
     # A file at a time through a pure numpy_function (not a Python generator), so the pipeline's position is
     # tf.data state that iterator checkpoints (exact resume) can save.
     documents = tf.data.Dataset.from_tensor_slices(files).map(
-        lambda path: tf.ensure_shape(tf.numpy_function(file_documents, [path], tf.string, stateful=False), [None]))
+      lambda path: tf.ensure_shape(tf.numpy_function(file_documents, [path], tf.string, stateful=False), [None])
+    )
     return documents.flat_map(tf.data.Dataset.from_tensor_slices).map(lambda text: {"text": text})
 
 

@@ -14,6 +14,7 @@ Command:
   python -m glm_jax.data.vocab --corpus embedded --vocab_size 4096 --output default.model
 Tokenizing in tf.data: `vocab.encode_tf(text)` (tensorflow_text SentencePiece ops, no Python per example).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,11 @@ def special_id(vocabulary, name: str) -> int:
   """The id of the GLM special token `name` (e.g. "[MASK]") in `vocabulary`."""
   ids = getattr(vocabulary, "special_ids", None)
   if ids is None:
-    raise TypeError(f"{type(vocabulary).__name__} has no `special_ids`; GLM needs a vocabulary that names its "
-                    "special tokens (glm_jax.data.vocab.GLMSentencePieceVocabulary or "
-                    "glm_jax.convert.tokenizers.GLMVocabulary)")
+    raise TypeError(
+      f"{type(vocabulary).__name__} has no `special_ids`; GLM needs a vocabulary that names its "
+      "special tokens (glm_jax.data.vocab.GLMSentencePieceVocabulary or "
+      "glm_jax.convert.tokenizers.GLMVocabulary)"
+    )
   if name not in ids:
     raise KeyError(f"special token {name!r} is not in {type(vocabulary).__name__}; it has {sorted(ids)}")
   return int(ids[name])
@@ -63,8 +66,10 @@ class GLMSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     for name in SPECIAL_TOKENS:
       i = model.piece_to_id(name)
       if model.id_to_piece(i) != name:
-        raise ValueError(f"{self._sentencepiece_model_file} has no piece {name!r}; train the vocabulary with "
-                         "python -m glm_jax.data.vocab")
+        raise ValueError(
+          f"{self._sentencepiece_model_file} has no piece {name!r}; train the vocabulary with "
+          "python -m glm_jax.data.vocab"
+        )
       ids[name] = i
     ids.update({alias: ids[name] for alias, name in ALIASES.items()})
     return ids
@@ -73,6 +78,7 @@ class GLMSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
   """SentencePiece settings; part of the cache key."""
+
   vocab_size: int = DEFAULT_VOCAB_SIZE
   model_type: str = "unigram"
   character_coverage: float = 1.0
@@ -80,12 +86,25 @@ class TrainSettings:
 
   def trainer_kwargs(self) -> dict:
     return dict(
-        vocab_size=self.vocab_size, model_type=self.model_type, character_coverage=self.character_coverage,
-        max_sentence_length=self.max_sentence_length,
-        pad_id=0, pad_piece=PAD, eos_id=1, eos_piece=EOS, unk_id=2, unk_piece=UNK, bos_id=-1,
-        user_defined_symbols=list(USER_DEFINED_SPECIALS), byte_fallback=True,
-        # Reproducibility: one thread, all lines in input order.
-        num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
+      vocab_size=self.vocab_size,
+      model_type=self.model_type,
+      character_coverage=self.character_coverage,
+      max_sentence_length=self.max_sentence_length,
+      pad_id=0,
+      pad_piece=PAD,
+      eos_id=1,
+      eos_piece=EOS,
+      unk_id=2,
+      unk_piece=UNK,
+      bos_id=-1,
+      user_defined_symbols=list(USER_DEFINED_SPECIALS),
+      byte_fallback=True,
+      # Reproducibility: one thread, all lines in input order.
+      num_threads=1,
+      input_sentence_size=0,
+      shuffle_input_sentence=False,
+      minloglevel=2,
+    )
 
 
 def _lines(documents: Iterable[str], max_bytes: int) -> list[str]:
@@ -228,8 +247,9 @@ def read_corpus(pattern: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(prog="python -m glm_jax.data.vocab", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m glm_jax.data.vocab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--corpus", required=True, help="comma-separated globs of .txt/.jsonl files, or 'embedded'")
   parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
   parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])

@@ -6,6 +6,7 @@ positions 2, 3, ...) until [eop] or `max_span_length` tokens. Later spans see th
 as in training. Every decoding step re-runs the full forward at one fixed padded length (one compilation);
 Part B is causal, so the padding after the current token does not change its logits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from glm_jax.train import step as step_lib
 @dataclasses.dataclass(frozen=True)
 class InfillIds:
   """The special ids decoding needs."""
+
   pad: int
   cls: int
   sop: int
@@ -32,14 +34,21 @@ class InfillIds:
   @classmethod
   def from_vocabulary(cls, vocabulary) -> "InfillIds":
     from glm_jax.data import vocab
+
     sid = lambda name: int(vocab.special_id(vocabulary, name))  # noqa: E731
-    return cls(pad=sid("[pad]"), cls=sid("[CLS]"), sop=sid("[sop]"), eop=sid("[eop]"),
-               masks=(sid("[MASK]"), sid("[sMASK]"), sid("[gMASK]")))
+    return cls(
+      pad=sid("[pad]"),
+      cls=sid("[CLS]"),
+      sop=sid("[sop]"),
+      eop=sid("[eop]"),
+      masks=(sid("[MASK]"), sid("[sMASK]"), sid("[gMASK]")),
+    )
 
 
 @dataclasses.dataclass
 class DecodeInputs:
   """One row of decoder inputs [L] and the index of the last real token (whose logits are read)."""
+
   input_ids: np.ndarray
   position_ids: np.ndarray
   block_position_ids: np.ndarray
@@ -47,8 +56,9 @@ class DecodeInputs:
   last: int
 
 
-def decode_inputs(part_a: Sequence[int], spans: Sequence[tuple[int, Sequence[int]]], sop: int, pad: int,
-                  length: int) -> DecodeInputs:
+def decode_inputs(
+  part_a: Sequence[int], spans: Sequence[tuple[int, Sequence[int]]], sop: int, pad: int, length: int
+) -> DecodeInputs:
   """Model inputs for Part A followed by [sop] + tokens for each (mask position, generated tokens) span.
 
   The last span is the one being decoded; its next token is predicted from the row's last real position.
@@ -59,8 +69,10 @@ def decode_inputs(part_a: Sequence[int], spans: Sequence[tuple[int, Sequence[int
     pos += [mask_position] * (len(tokens) + 1)
     blk += list(range(1, len(tokens) + 2))
   if len(ids) > length:
-    raise ValueError(f"infilling needs {len(ids)} tokens but the decode length is {length} "
-                     f"(shorten the text, lower max_span_length, or raise the model's max_length)")
+    raise ValueError(
+      f"infilling needs {len(ids)} tokens but the decode length is {length} "
+      f"(shorten the text, lower max_span_length, or raise the model's max_length)"
+    )
   pad_n = length - len(ids)
   as_row = lambda xs, fill: np.asarray(list(xs) + [fill] * pad_n, np.int32)  # noqa: E731
   return DecodeInputs(as_row(ids, pad), as_row(pos, 0), as_row(blk, 0), len(part_a), len(ids) - 1)
@@ -72,19 +84,37 @@ def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
 
   @jax.jit
   def logits_at(params, input_ids, position_ids, block_position_ids, sep, last):  # params: an argument, not constants
-    logits = model.apply({"params": params}, input_ids[None], position_ids[None], block_position_ids[None],
-                         sep=sep[None], deterministic=True)
+    logits = model.apply(
+      {"params": params},
+      input_ids[None],
+      position_ids[None],
+      block_position_ids[None],
+      sep=sep[None],
+      deterministic=True,
+    )
     return step_lib.mask_padded_vocab(logits[0, last], vocab_size)
 
   def next_token(inputs: DecodeInputs) -> int:
-    logits = logits_at(params, inputs.input_ids, inputs.position_ids, inputs.block_position_ids,
-                       jnp.int32(inputs.sep), jnp.int32(inputs.last))
+    logits = logits_at(
+      params,
+      inputs.input_ids,
+      inputs.position_ids,
+      inputs.block_position_ids,
+      jnp.int32(inputs.sep),
+      jnp.int32(inputs.last),
+    )
     return int(jnp.argmax(logits))
+
   return next_token
 
 
-def fill_blanks(next_token: Callable[[DecodeInputs], int], token_ids: Sequence[int], ids: InfillIds,
-                length: int, max_span_length: int = 32) -> tuple[list[int], list[list[int]]]:
+def fill_blanks(
+  next_token: Callable[[DecodeInputs], int],
+  token_ids: Sequence[int],
+  ids: InfillIds,
+  length: int,
+  max_span_length: int = 32,
+) -> tuple[list[int], list[list[int]]]:
   """Fills every mask in `token_ids` (the text's tokens, no [CLS]).
 
   Returns (the tokens with each mask replaced by its span, the list of generated spans in mask order).
@@ -107,16 +137,16 @@ def fill_blanks(next_token: Callable[[DecodeInputs], int], token_ids: Sequence[i
   return filled, [span for _, span in spans]
 
 
-def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int = 32,
-                length: int | None = None) -> str:
+def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int = 32, length: int | None = None) -> str:
   """The text with every [MASK] / [sMASK] / [gMASK] filled greedily (see the module docstring)."""
   ids = InfillIds.from_vocabulary(vocabulary)
   token_ids = list(vocabulary.encode(text))
   num_masks = sum(t in ids.masks for t in token_ids)
   length = length or min(model.config.max_length, 1 + len(token_ids) + num_masks * (max_span_length + 1))
   filled, spans = fill_blanks(make_next_token_fn(model, params), token_ids, ids, length, max_span_length)
-  return splice_spans(text, vocabulary, ids, [vocabulary.decode(span).strip() for span in spans]) or \
-      vocabulary.decode(filled)
+  return splice_spans(text, vocabulary, ids, [vocabulary.decode(span).strip() for span in spans]) or vocabulary.decode(
+    filled
+  )
 
 
 def splice_spans(text: str, vocabulary, ids: InfillIds, spans: Sequence[str]) -> str | None:

@@ -11,6 +11,7 @@ targets are c (then [eop]). All candidates run as one batch at one padded length
 cloze candidates the same way (finetune_glm.py, its `cloze_eval` mode); `length_normalized` divides by the
 number of scored tokens, for candidates of different lengths.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ from glm_jax.train import step as step_lib
 @dataclasses.dataclass
 class CandidateRows:
   """One row per candidate, int32 [n, L] each (float32 for loss_mask); `sep` [n] is the Part A length."""
+
   input_ids: np.ndarray
   position_ids: np.ndarray
   block_position_ids: np.ndarray
@@ -37,8 +39,14 @@ class CandidateRows:
   sep: np.ndarray
 
 
-def candidate_rows(part_a: Sequence[int], mask_position: int, candidates: Sequence[Sequence[int]], ids: InfillIds,
-                   length: int, eop: bool = False) -> CandidateRows:
+def candidate_rows(
+  part_a: Sequence[int],
+  mask_position: int,
+  candidates: Sequence[Sequence[int]],
+  ids: InfillIds,
+  length: int,
+  eop: bool = False,
+) -> CandidateRows:
   """The rows scoring each candidate (token ids) as the fill of the mask at `mask_position` of `part_a`."""
   if not candidates or any(len(c) == 0 for c in candidates):
     raise ValueError("every candidate needs at least one token")
@@ -46,19 +54,27 @@ def candidate_rows(part_a: Sequence[int], mask_position: int, candidates: Sequen
   for candidate in candidates:
     fill = [*candidate, ids.eop] if eop else list(candidate)  # Part B's targets
     if len(part_a) + len(fill) > length:
-      raise ValueError(f"scoring needs {len(part_a) + len(fill)} positions but the length is {length} (shorten "
-                       f"the text or the candidates, or raise the model's max_length)")
+      raise ValueError(
+        f"scoring needs {len(part_a) + len(fill)} positions but the length is {length} (shorten "
+        f"the text or the candidates, or raise the model's max_length)"
+      )
     row = dict(
-        input_ids=[*part_a, ids.sop, *candidate][:len(part_a) + len(fill)],  # Part B's inputs: [sop] + candidate
-        position_ids=list(range(len(part_a))) + [mask_position] * len(fill),
-        block_position_ids=[0] * len(part_a) + list(range(1, len(fill) + 1)),
-        target_ids=[*part_a, *fill],  # Part A copies its input (not scored)
-        loss_mask=[0.0] * len(part_a) + [1.0] * len(fill))
+      input_ids=[*part_a, ids.sop, *candidate][: len(part_a) + len(fill)],  # Part B's inputs: [sop] + candidate
+      position_ids=list(range(len(part_a))) + [mask_position] * len(fill),
+      block_position_ids=[0] * len(part_a) + list(range(1, len(fill) + 1)),
+      target_ids=[*part_a, *fill],  # Part A copies its input (not scored)
+      loss_mask=[0.0] * len(part_a) + [1.0] * len(fill),
+    )
     rows.append({k: v + [ids.pad if k == "input_ids" else 0] * (length - len(v)) for k, v in row.items()})
   stack = lambda key, dtype: np.asarray([r[key] for r in rows], dtype)  # noqa: E731
-  return CandidateRows(stack("input_ids", np.int32), stack("position_ids", np.int32),
-                       stack("block_position_ids", np.int32), stack("target_ids", np.int32),
-                       stack("loss_mask", np.float32), np.full(len(rows), len(part_a), np.int32))
+  return CandidateRows(
+    stack("input_ids", np.int32),
+    stack("position_ids", np.int32),
+    stack("block_position_ids", np.int32),
+    stack("target_ids", np.int32),
+    stack("loss_mask", np.float32),
+    np.full(len(rows), len(part_a), np.int32),
+  )
 
 
 def make_score_fn(model: GLM, params):
@@ -68,20 +84,30 @@ def make_score_fn(model: GLM, params):
 
   @jax.jit
   def scores(params, input_ids, position_ids, block_position_ids, target_ids, loss_mask, sep):
-    logits = model.apply({"params": params}, input_ids, position_ids, block_position_ids, sep=sep,
-                         deterministic=True)
+    logits = model.apply({"params": params}, input_ids, position_ids, block_position_ids, sep=sep, deterministic=True)
     log_probs = jax.nn.log_softmax(step_lib.mask_padded_vocab(logits, vocab_size), axis=-1)
     picked = jnp.take_along_axis(log_probs, target_ids[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * loss_mask, axis=-1)
 
   def score(rows: CandidateRows) -> np.ndarray:
-    return np.asarray(scores(params, rows.input_ids, rows.position_ids, rows.block_position_ids, rows.target_ids,
-                             rows.loss_mask, rows.sep))
+    return np.asarray(
+      scores(
+        params, rows.input_ids, rows.position_ids, rows.block_position_ids, rows.target_ids, rows.loss_mask, rows.sep
+      )
+    )
+
   return score
 
 
-def score_candidates(model: GLM, params, vocabulary, text: str, candidates: Sequence[str], eop: bool = False,
-                     length_normalized: bool = False) -> list[float]:
+def score_candidates(
+  model: GLM,
+  params,
+  vocabulary,
+  text: str,
+  candidates: Sequence[str],
+  eop: bool = False,
+  length_normalized: bool = False,
+) -> list[float]:
   """Log-likelihood of each candidate string as the fill of the one mask token ([MASK], [sMASK] or [gMASK])
   in `text`, per token when `length_normalized`. Raises ValueError unless `text` has exactly one mask."""
   ids = InfillIds.from_vocabulary(vocabulary)
@@ -107,9 +133,16 @@ def _normalized(scores: np.ndarray, rows: CandidateRows, length_normalized: bool
   return scores / rows.loss_mask.sum(axis=-1) if length_normalized else scores
 
 
-def cloze_accuracy(model: GLM, params, vocabulary, template: cloze.ClozeTemplate,
-                   examples: Iterable[Mapping[str, Any]], eop: bool = False, length_normalized: bool = False,
-                   examples_per_call: int = 16) -> dict[str, float]:
+def cloze_accuracy(
+  model: GLM,
+  params,
+  vocabulary,
+  template: cloze.ClozeTemplate,
+  examples: Iterable[Mapping[str, Any]],
+  eop: bool = False,
+  length_normalized: bool = False,
+  examples_per_call: int = 16,
+) -> dict[str, float]:
   """Accuracy of predicting each example's label as the verbalizer that fills the template's blank most likely.
 
   `examples`: dicts with the template's fields (str) and its label_key (int). Part A is tokenized and truncated
@@ -125,16 +158,18 @@ def cloze_accuracy(model: GLM, params, vocabulary, template: cloze.ClozeTemplate
 
   def flush(batch: list[CandidateRows], gold: list[int]) -> int:
     padded = batch + [batch[-1]] * (examples_per_call - len(batch))
-    rows = CandidateRows(*(np.concatenate([getattr(r, f.name) for r in padded])
-                           for f in dataclasses.fields(CandidateRows)))
+    rows = CandidateRows(
+      *(np.concatenate([getattr(r, f.name) for r in padded]) for f in dataclasses.fields(CandidateRows))
+    )
     scores = _normalized(score(rows), rows, length_normalized).reshape(examples_per_call, len(labels))
-    predicted = [labels[i] for i in np.argmax(scores[:len(batch)], axis=-1)]
+    predicted = [labels[i] for i in np.argmax(scores[: len(batch)], axis=-1)]
     return sum(int(p == g) for p, g in zip(predicted, gold))
 
   batch, gold = [], []
   for example in examples:
-    part_a, mask_position = cloze.part_a(template, example, vocabulary, special, model.config.max_length,
-                                         max(map(len, candidates)))
+    part_a, mask_position = cloze.part_a(
+      template, example, vocabulary, special, model.config.max_length, max(map(len, candidates))
+    )
     batch.append(candidate_rows(part_a, mask_position, candidates, ids, model.config.max_length, eop=eop))
     gold.append(int(example[template.label_key]))
     if len(batch) == examples_per_call:

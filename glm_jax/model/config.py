@@ -1,4 +1,5 @@
 """GLM model configuration: one dataclass and the published presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ class GLMConfig:
   `vocab_size` is the tokenizer's size; the embedding table has `padded_vocab_size` rows (a multiple of
   128, as the reference pads it), and logits cover the padded size.
   """
+
   vocab_size: int = 30592
   num_layers: int = 24
   hidden_size: int = 1024  # E
@@ -68,13 +70,13 @@ class GLMConfig:
 # Published GLM v1 shapes (layers / hidden / heads). BERT-vocabulary models pad 30522 + 2 to 30592;
 # GPT-2-vocabulary models pad 50257 + specials to 50304.
 PRESETS: dict[str, GLMConfig] = {
-    "tiny": GLMConfig(vocab_size=4096, num_layers=2, hidden_size=128, num_heads=4, max_length=256),
-    "base": GLMConfig(vocab_size=30592, num_layers=12, hidden_size=768, num_heads=12, max_length=512),
-    "large": GLMConfig(vocab_size=30592, num_layers=24, hidden_size=1024, num_heads=16, max_length=512),
-    "410m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1024, num_heads=16, max_length=512),
-    "515m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1152, num_heads=18, max_length=512),
-    "2b": GLMConfig(vocab_size=50304, num_layers=36, hidden_size=2048, num_heads=32, max_length=1024),
-    "10b": GLMConfig(vocab_size=50304, num_layers=48, hidden_size=4096, num_heads=64, max_length=1024),
+  "tiny": GLMConfig(vocab_size=4096, num_layers=2, hidden_size=128, num_heads=4, max_length=256),
+  "base": GLMConfig(vocab_size=30592, num_layers=12, hidden_size=768, num_heads=12, max_length=512),
+  "large": GLMConfig(vocab_size=30592, num_layers=24, hidden_size=1024, num_heads=16, max_length=512),
+  "410m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1024, num_heads=16, max_length=512),
+  "515m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1152, num_heads=18, max_length=512),
+  "2b": GLMConfig(vocab_size=50304, num_layers=36, hidden_size=2048, num_heads=32, max_length=1024),
+  "10b": GLMConfig(vocab_size=50304, num_layers=48, hidden_size=4096, num_heads=64, max_length=1024),
 }
 
 
@@ -90,11 +92,15 @@ def num_params(config: GLMConfig) -> int:
   e, f, n = config.hidden_size, config.mlp_dim, config.num_layers
   embeddings = config.padded_vocab_size * e + 2 * (config.max_length + 1) * e
   per_layer = (
-      2 * e  # input LayerNorm
-      + 3 * e * e + 3 * e  # fused QKV
-      + e * e + e  # attention output projection
-      + 2 * e  # post-attention LayerNorm
-      + e * f + f  # MLP in
-      + f * e + e  # MLP out
+    2 * e  # input LayerNorm
+    + 3 * e * e
+    + 3 * e  # fused QKV
+    + e * e
+    + e  # attention output projection
+    + 2 * e  # post-attention LayerNorm
+    + e * f
+    + f  # MLP in
+    + f * e
+    + e  # MLP out
   )
   return embeddings + n * per_layer + 2 * e  # + final LayerNorm

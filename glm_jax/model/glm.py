@@ -7,6 +7,7 @@
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`); the rules table
 in glm_jax/train/partitioning.py maps them to mesh axes. Model code never names a mesh.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,8 @@ from glm_jax.model.config import GLMConfig
 from glm_jax.ops import mask as mask_lib
 
 _REMAT_POLICIES = {
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
+  "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
 }
 # Logical names of activations; the rules table decides how (or whether) they are sharded.
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -37,14 +38,20 @@ def _constant(value: float, names: tuple[str | None, ...]):
 
 class LayerNorm(nn.Module):
   """LayerNorm over E with eps from the config; statistics in float32."""
+
   config: GLMConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
     return nn.LayerNorm(
-        epsilon=cfg.layernorm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        scale_init=_constant(1.0, ("embed",)), bias_init=_constant(0.0, ("embed",)), name="norm")(x)
+      epsilon=cfg.layernorm_eps,
+      dtype=cfg.jnp_dtype,
+      param_dtype=cfg.jnp_param_dtype,
+      scale_init=_constant(1.0, ("embed",)),
+      bias_init=_constant(0.0, ("embed",)),
+      name="norm",
+    )(x)
 
 
 class EinsumProjection(nn.Module):
@@ -55,6 +62,7 @@ class EinsumProjection(nn.Module):
   shapes are DenseGeneral's, which glm_jax/convert and saved checkpoints rely on. Inputs and params are cast
   to `dtype` (the compute dtype), which is also the output dtype.
   """
+
   equation: str
   kernel_shape: tuple[int, ...]
   kernel_names: tuple[str | None, ...]
@@ -68,8 +76,7 @@ class EinsumProjection(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", _init(self.init_std, self.kernel_names), self.kernel_shape, self.param_dtype)
     bias = self.param("bias", _constant(0.0, self.bias_names), self.bias_shape, self.param_dtype)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype),
-                   preferred_element_type=self.dtype)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=self.dtype)
     return y + bias.astype(self.dtype)
 
 
@@ -78,6 +85,7 @@ class Attention(nn.Module):
 
   Params: `query_key_value` kernel [E, 3, H, D], bias [3, H, D]; `dense` (output) kernel [H, D, E], bias [E].
   """
+
   config: GLMConfig
   deterministic: bool = True
 
@@ -88,37 +96,70 @@ class Attention(nn.Module):
     e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     dtypes = dict(dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
     qkv = EinsumProjection(
-        "ble,ekhd->blkhd", (e, 3, h, d), ("embed", None, "heads", "kv"), (3, h, d), (None, "heads", "kv"),
-        cfg.init_std, **dtypes, name="query_key_value")(x)  # [B, L, 3, H, D]
+      "ble,ekhd->blkhd",
+      (e, 3, h, d),
+      ("embed", None, "heads", "kv"),
+      (3, h, d),
+      (None, "heads", "kv"),
+      cfg.init_std,
+      **dtypes,
+      name="query_key_value",
+    )(x)  # [B, L, 3, H, D]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     dropout_rate = 0.0 if self.deterministic else cfg.attention_dropout
     out = ops.attention(
-        q, k, v, sep=sep, segment_ids=segment_ids, implementation=cfg.attention_implementation,
-        dropout_rate=dropout_rate, dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None,
-        partition_spec=nn.logical_to_mesh_axes(("activation_batch", "activation_length", "heads", "kv")))
+      q,
+      k,
+      v,
+      sep=sep,
+      segment_ids=segment_ids,
+      implementation=cfg.attention_implementation,
+      dropout_rate=dropout_rate,
+      dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None,
+      partition_spec=nn.logical_to_mesh_axes(("activation_batch", "activation_length", "heads", "kv")),
+    )
     return EinsumProjection(
-        "blhd,hde->ble", (h, d, e), ("heads", "kv", "embed"), (e,), ("embed",),
-        cfg.init_std / math.sqrt(2.0 * cfg.num_layers), **dtypes, name="dense")(out)
+      "blhd,hde->ble",
+      (h, d, e),
+      ("heads", "kv", "embed"),
+      (e,),
+      ("embed",),
+      cfg.init_std / math.sqrt(2.0 * cfg.num_layers),
+      **dtypes,
+      name="dense",
+    )(out)
 
 
 class MLP(nn.Module):
   """E -> 4E -> E with tanh-approximated GELU (as GLM v1)."""
+
   config: GLMConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    x = nn.Dense(cfg.mlp_dim, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                 kernel_init=_init(cfg.init_std, ("embed", "mlp")), bias_init=_constant(0.0, ("mlp",)),
-                 name="dense_h_to_4h")(x)
+    x = nn.Dense(
+      cfg.mlp_dim,
+      dtype=cfg.jnp_dtype,
+      param_dtype=cfg.jnp_param_dtype,
+      kernel_init=_init(cfg.init_std, ("embed", "mlp")),
+      bias_init=_constant(0.0, ("mlp",)),
+      name="dense_h_to_4h",
+    )(x)
     x = nn.gelu(x, approximate=True)
-    return nn.Dense(cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                    kernel_init=_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers), ("mlp", "embed")),
-                    bias_init=_constant(0.0, ("embed",)), name="dense_4h_to_h")(x)
+    return nn.Dense(
+      cfg.hidden_size,
+      dtype=cfg.jnp_dtype,
+      param_dtype=cfg.jnp_param_dtype,
+      kernel_init=_init(cfg.init_std / math.sqrt(2.0 * cfg.num_layers), ("mlp", "embed")),
+      bias_init=_constant(0.0, ("embed",)),
+      name="dense_4h_to_h",
+    )(x)
 
 
 class Block(nn.Module):
   """One pre-LN transformer layer. Returns (h, None) so it can be the body of nn.scan."""
+
   config: GLMConfig
   deterministic: bool = True
 
@@ -127,7 +168,8 @@ class Block(nn.Module):
     cfg = self.config
     dropout = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
     attn = Attention(cfg, self.deterministic, name="attention")(
-        LayerNorm(cfg, name="input_layernorm")(x), sep, segment_ids)
+      LayerNorm(cfg, name="input_layernorm")(x), sep, segment_ids
+    )
     x = x + dropout(attn)
     mlp = MLP(cfg, name="mlp")(LayerNorm(cfg, name="post_attention_layernorm")(x))
     x = x + dropout(mlp)
@@ -136,11 +178,11 @@ class Block(nn.Module):
 
 class GLM(nn.Module):
   """The GLM v1 model. See docs/design.md for the features and the attention rule."""
+
   config: GLMConfig
 
   @nn.compact
-  def __call__(self, input_ids, position_ids, block_position_ids, *, sep, segment_ids=None,
-               deterministic: bool = True):
+  def __call__(self, input_ids, position_ids, block_position_ids, *, sep, segment_ids=None, deterministic: bool = True):
     """input_ids, position_ids, block_position_ids int [B, L]; sep int [B] or [B, L]; segment_ids int [B, L].
 
     Returns float32 logits [B, L, V] with V = config.padded_vocab_size.
@@ -148,8 +190,10 @@ class GLM(nn.Module):
     cfg = self.config
     length = input_ids.shape[1]
     if length > cfg.max_length:
-      raise ValueError(f"sequence length {length} exceeds max_length={cfg.max_length} of the position tables "
-                       f"(raise GLMConfig.max_length or shorten the inputs)")
+      raise ValueError(
+        f"sequence length {length} exceeds max_length={cfg.max_length} of the position tables "
+        f"(raise GLMConfig.max_length or shorten the inputs)"
+      )
     sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, length)
 
     def embed(rows: int, name: str, row_axis: str | None, ids):
@@ -158,8 +202,14 @@ class GLM(nn.Module):
       E is gathered before the lookup (FSDP's gather-before-use): left split over fsdp, the looked-up rows
       would keep E split and XLA would replicate them to re-split them by batch over data x fsdp.
       """
-      table = nn.Embed(rows, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                       embedding_init=_init(cfg.init_std, (row_axis, "embed")), name=name)
+      table = nn.Embed(
+        rows,
+        cfg.hidden_size,
+        dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        embedding_init=_init(cfg.init_std, (row_axis, "embed")),
+        name=name,
+      )
       gathered = nn.with_logical_constraint(table.embedding, (row_axis, None))
       return table, jnp.take(gathered.astype(cfg.jnp_dtype), ids, axis=0)
 
@@ -175,9 +225,13 @@ class GLM(nn.Module):
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(
-          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, _ = stack(cfg, deterministic, name="layers")(x, sep, segment_ids)
     else:
       for i in range(cfg.num_layers):

@@ -17,6 +17,7 @@ axes manual already, they split over the remaining axes only. Each shard folds i
 dropout_rng, so shards (whose kernels number their rows and heads from 0) drop independently. `xla` and
 `reference` are plain XLA and are partitioned by XLA like the rest of the model.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,10 +30,10 @@ from glm_jax.ops import mask as mask_lib
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
 _MODULES = {
-    "reference": "glm_jax.ops.attention_reference",
-    "xla": "glm_jax.ops.attention_xla",
-    "pallas_gpu": "glm_jax.ops.attention_pallas_gpu",
-    "pallas_tpu": "glm_jax.ops.attention_pallas_tpu",
+  "reference": "glm_jax.ops.attention_reference",
+  "xla": "glm_jax.ops.attention_xla",
+  "pallas_gpu": "glm_jax.ops.attention_pallas_gpu",
+  "pallas_tpu": "glm_jax.ops.attention_pallas_tpu",
 }
 PALLAS_IMPLEMENTATIONS = ("pallas_gpu", "pallas_tpu")
 _PLATFORM_DEFAULT = {"cpu": "xla", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
@@ -41,13 +42,25 @@ _PLATFORM_DEFAULT = {"cpu": "xla", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "r
 def default_implementation(platform: str | None = None) -> str:
   platform = platform or jax.default_backend()
   if platform not in _PLATFORM_DEFAULT:
-    raise ValueError(f"no GLM attention implementation for platform {platform!r}; "
-                     f"pass implementation= one of {IMPLEMENTATIONS}")
+    raise ValueError(
+      f"no GLM attention implementation for platform {platform!r}; pass implementation= one of {IMPLEMENTATIONS}"
+    )
   return _PLATFORM_DEFAULT[platform]
 
 
-def attention(q, k, v, *, sep, segment_ids=None, implementation: str | None = None,
-              dropout_rate: float = 0.0, dropout_rng=None, partition_spec: P | None = None, **backend_options):
+def attention(
+  q,
+  k,
+  v,
+  *,
+  sep,
+  segment_ids=None,
+  implementation: str | None = None,
+  dropout_rate: float = 0.0,
+  dropout_rng=None,
+  partition_spec: P | None = None,
+  **backend_options,
+):
   """GLM attention: A bidirectional, B causal, per-example `sep`, packed segments.
 
   Args:
@@ -88,9 +101,11 @@ def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
   are dropped.
   """
   if partition_spec is None:
-    raise ValueError(f"{implementation} under a {mesh.size}-device mesh needs partition_spec= (how q, k, v are "
-                     f"split over {mesh.axis_names}): XLA cannot partition a Pallas kernel and would run the whole "
-                     f"batch on every device")
+    raise ValueError(
+      f"{implementation} under a {mesh.size}-device mesh needs partition_spec= (how q, k, v are "
+      f"split over {mesh.axis_names}): XLA cannot partition a Pallas kernel and would run the whole "
+      f"batch on every device"
+    )
   if len(partition_spec) != 4 or partition_spec[1] is not None or partition_spec[3] is not None:
     raise ValueError(f"partition_spec {partition_spec} for q, k, v [B, L, H, D] may split only B and H")
   manual = set(mesh.manual_axes)
@@ -108,8 +123,15 @@ def _per_shard(call, mesh, partition_spec: P | None, implementation: str):
 
   def sharded(q, k, v, *, sep, segment_ids, dropout_rng=None):
     rng_spec = None if dropout_rng is None else P()
-    return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3 + (rows, rows, rng_spec), out_specs=spec,
-                         axis_names=free_axes, check_vma=False)(q, k, v, sep, segment_ids, dropout_rng)
+    return jax.shard_map(
+      per_shard,
+      mesh=mesh,
+      in_specs=(spec,) * 3 + (rows, rows, rng_spec),
+      out_specs=spec,
+      axis_names=free_axes,
+      check_vma=False,
+    )(q, k, v, sep, segment_ids, dropout_rng)
+
   return sharded
 
 

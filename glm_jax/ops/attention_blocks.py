@@ -13,6 +13,7 @@ Blocks without a real row get count 0. The backward dK/dV pass walks the mirror 
 The kernels still apply the exact per-row mask inside each visited tile, so the tables only decide
 which tiles are computed at all (and, on TPU, which tiles are copied into VMEM).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,8 @@ def row_intervals(sep: jax.Array, segment_ids: jax.Array, length: int) -> tuple[
   idx = jnp.arange(seq_len, dtype=jnp.int32)
   lo, hi = mask_lib.key_intervals(sep, segment_ids)
   is_end = jnp.concatenate(
-      [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones_like(segment_ids[:, :1], bool)], axis=-1)
+    [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones_like(segment_ids[:, :1], bool)], axis=-1
+  )
   segment_end = jax.lax.cummin(jnp.where(is_end, idx, seq_len), axis=1, reverse=True)
   hi = jnp.minimum(hi, segment_end)
   pad = segment_ids == 0
@@ -105,8 +107,9 @@ def dropout_seed(dropout_rng: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(jax.random.bits(dropout_rng, (1,), jnp.uint32), jnp.int32)
 
 
-def dropout_keep(seed: jax.Array, batch_index, head_index, rows: jax.Array, cols: jax.Array, num_heads: int,
-                 length: int, rate: float) -> jax.Array:
+def dropout_keep(
+  seed: jax.Array, batch_index, head_index, rows: jax.Array, cols: jax.Array, num_heads: int, length: int, rate: float
+) -> jax.Array:
   """Whether attention probability (batch_index, head_index, row, col) is kept, bool of rows' and cols' broadcast
   shape (int32 arrays, e.g. [R, 1] and [1, C]). Kept with probability 1 - rate, independently per element as far
   as a 32-bit hash allows; a function of the indices and `seed` only."""

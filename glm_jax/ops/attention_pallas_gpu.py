@@ -24,6 +24,7 @@ Limits (each raises, naming the alternative): head dim 64 or 128, power-of-two b
 masked positions of a visited tile must be finite (p = 0 times a NaN value is still NaN); values in
 skipped tiles are never read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,10 +45,10 @@ HEAD_DIMS = (64, 128)
 # registers per tile: at bfloat16's 64 x 64 the dK/dV kernel spills 8 KiB per thread on sm_80, so float32 gets
 # the largest tiles that spill nowhere (whose 16 or 32 rows make sm_90a use mma.sync rather than wgmma).
 DEFAULT_TILING = {
-    ("bfloat16", 64): (64, 64, 4),
-    ("bfloat16", 128): (64, 64, 8),
-    ("float32", 64): (32, 32, 4),
-    ("float32", 128): (16, 32, 8),
+  ("bfloat16", 64): (64, 64, 4),
+  ("bfloat16", 128): (64, 64, 8),
+  ("float32", 64): (32, 32, 4),
+  ("float32", 128): (16, 32, 8),
 }
 
 
@@ -71,13 +72,26 @@ class _Config:
   def keep(self, stream, rows, cols):
     """Dropout keep-mask of a tile [len(rows), len(cols)]; stream = (seed, batch index, head index)."""
     seed, b, h = stream
-    return attention_blocks.dropout_keep(seed, b, h, rows[:, None], cols[None, :], self.heads, self.length,
-                                         self.dropout_rate)
+    return attention_blocks.dropout_keep(
+      seed, b, h, rows[:, None], cols[None, :], self.heads, self.length, self.dropout_rate
+    )
 
 
-def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
-              block_q: int | None = None, block_k: int | None = None, interpret: bool = False,
-              num_warps: int | None = None, num_stages: int = 2):
+def attention(
+  q,
+  k,
+  v,
+  *,
+  sep,
+  segment_ids,
+  dropout_rate: float = 0.0,
+  dropout_rng=None,
+  block_q: int | None = None,
+  block_k: int | None = None,
+  interpret: bool = False,
+  num_warps: int | None = None,
+  num_stages: int = 2,
+):
   """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
 
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
@@ -90,8 +104,10 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   if head_dim not in HEAD_DIMS:
-    raise ValueError(f"head dim {head_dim} is not supported by the pallas_gpu kernel (supported: {HEAD_DIMS}); "
-                     "use implementation='xla'")
+    raise ValueError(
+      f"head dim {head_dim} is not supported by the pallas_gpu kernel (supported: {HEAD_DIMS}); "
+      "use implementation='xla'"
+    )
   if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
   default_q, default_k, default_warps = default_tiling(q.dtype, head_dim)
@@ -99,9 +115,17 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block < 16 or block & (block - 1):
       raise ValueError(f"{name}={block} must be a power of two >= 16 (Triton tile shapes)")
-  config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
-                   num_warps=num_warps or default_warps, num_stages=num_stages,
-                   dropout_rate=float(dropout_rate), heads=heads, length=length)
+  config = _Config(
+    block_q=block_q,
+    block_k=block_k,
+    scale=1.0 / math.sqrt(head_dim),
+    interpret=interpret,
+    num_warps=num_warps or default_warps,
+    num_stages=num_stages,
+    dropout_rate=float(dropout_rate),
+    heads=heads,
+    length=length,
+  )
   seed = attention_blocks.dropout_seed(dropout_rng) if dropout_rate > 0.0 else jnp.zeros((1,), jnp.int32)
 
   padded = attention_blocks.padded_length(length, block_q, block_k)
@@ -120,8 +144,9 @@ def _tile_mask(lo, hi, key_start, block_k):
   return (keys[None, :] >= lo[:, None]) & (keys[None, :] <= hi[:, None])
 
 
-def _forward_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *,
-                    config: _Config):
+def _forward_kernel(
+  seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *, config: _Config
+):
   """One (b, h, query block): q_ref [bq, D], k_ref, v_ref [Lp, D], lo_ref, hi_ref [bq]."""
   q, lo, hi = q_ref[...], lo_ref[...], hi_ref[...]
   block_q, head_dim = q.shape
@@ -146,8 +171,11 @@ def _forward_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref
     acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
     return m_new, l, acc
 
-  init = (jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32),
-          jnp.zeros((block_q, head_dim), jnp.float32))
+  init = (
+    jnp.full((block_q,), -jnp.inf, jnp.float32),
+    jnp.zeros((block_q,), jnp.float32),
+    jnp.zeros((block_q, head_dim), jnp.float32),
+  )
   first = first_ref[()]
   m, l, acc = jax.lax.fori_loop(first, first + count_ref[()], key_block, init)
   empty = l == 0.0  # padding rows
@@ -164,8 +192,22 @@ def _dropped(config: _Config, stream, x, rows, cols):
   return jnp.where(config.keep(stream, rows, cols), x * (1.0 / (1.0 - config.dropout_rate)), 0.0)
 
 
-def _dq_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-               dq_ref, *, config: _Config):
+def _dq_kernel(
+  seed_ref,
+  first_ref,
+  count_ref,
+  lo_ref,
+  hi_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  *,
+  config: _Config,
+):
   """One (b, h, query block): dQ over its visible key blocks. q_ref, do_ref [bq, D], k_ref, v_ref [Lp, D]."""
   q, do, lo, hi = q_ref[...], do_ref[...], lo_ref[...], hi_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
@@ -179,8 +221,9 @@ def _dq_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_r
     mask = _tile_mask(lo, hi, j * block_k, block_k)
     s = plgpu.dot(q, k, trans_b=True) * scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
-    dp = _dropped(config, stream, plgpu.dot(do, v, trans_b=True), rows,
-                  j * block_k + jnp.arange(block_k, dtype=jnp.int32))
+    dp = _dropped(
+      config, stream, plgpu.dot(do, v, trans_b=True), rows, j * block_k + jnp.arange(block_k, dtype=jnp.int32)
+    )
     ds = p * (dp - delta[:, None]) * scale
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
@@ -189,8 +232,23 @@ def _dq_kernel(seed_ref, first_ref, count_ref, lo_ref, hi_ref, q_ref, k_ref, v_r
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _dkv_kernel(seed_ref, q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, dk_ref, dv_ref, *, config: _Config):
+def _dkv_kernel(
+  seed_ref,
+  q_first_ref,
+  q_count_ref,
+  lo_ref,
+  hi_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  config: _Config,
+):
   """One (b, h, key block): dK, dV over the query blocks that see it. k_ref, v_ref [bk, D], q_ref [Lp, D]."""
   k, v = k_ref[...], v_ref[...]
   block_k = k.shape[0]
@@ -225,35 +283,52 @@ def _dkv_kernel(seed_ref, q_first_ref, q_count_ref, lo_ref, hi_ref, q_ref, k_ref
 def _specs(block_q: int, block_k: int, length: int, head_dim: int):
   """BlockSpecs on a grid (b, h, block): a block of rows, the whole row range, per-row scalars, a table entry."""
   return dict(
-      rows_q=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-      rows_k=pl.BlockSpec((None, block_k, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-      all_rows=pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0)),
-      row_scalars_q=pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
-      all_row_scalars=pl.BlockSpec((None, length), lambda b, h, i: (b, 0)),
-      head_rows_q=pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
-      all_head_rows=pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0)),
-      table=pl.BlockSpec((None, None), lambda b, h, i: (b, i)),
-      seed=pl.BlockSpec((1,), lambda b, h, i: (0,)),
+    rows_q=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+    rows_k=pl.BlockSpec((None, block_k, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+    all_rows=pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0)),
+    row_scalars_q=pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
+    all_row_scalars=pl.BlockSpec((None, length), lambda b, h, i: (b, 0)),
+    head_rows_q=pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
+    all_head_rows=pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0)),
+    table=pl.BlockSpec((None, None), lambda b, h, i: (b, i)),
+    seed=pl.BlockSpec((1,), lambda b, h, i: (0,)),
   )
 
 
 def _call(config: _Config, kernel, grid, in_specs, out_specs, out_shape, name):
   return pl.pallas_call(
-      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
-      interpret=config.interpret, name=name)
+    kernel,
+    grid=grid,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
+    interpret=config.interpret,
+    name=name,
+  )
 
 
 def _forward(config: _Config, q, k, v, lo, hi, first, count, q_first, q_count, seed):
   batch, length, heads, head_dim = q.shape
   s = _specs(config.block_q, config.block_k, length, head_dim)
   out, lse = _call(
-      config, functools.partial(_forward_kernel, config=config), (batch, heads, length // config.block_q),
-      [s["seed"], s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
-       s["all_rows"]],
-      [s["rows_q"], s["head_rows_q"]],
-      [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
-      "glm_flash_forward")(seed, first, count, lo, hi, q, k, v)
+    config,
+    functools.partial(_forward_kernel, config=config),
+    (batch, heads, length // config.block_q),
+    [
+      s["seed"],
+      s["table"],
+      s["table"],
+      s["row_scalars_q"],
+      s["row_scalars_q"],
+      s["rows_q"],
+      s["all_rows"],
+      s["all_rows"],
+    ],
+    [s["rows_q"], s["head_rows_q"]],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
+    "glm_flash_forward",
+  )(seed, first, count, lo, hi, q, k, v)
   return out, (q, k, v, lo, hi, first, count, q_first, q_count, seed, out, lse)
 
 
@@ -265,18 +340,47 @@ def _backward(config: _Config, residuals, dout):
   dout = dout.astype(q.dtype)
   s = _specs(config.block_q, config.block_k, length, head_dim)
   dq = _call(
-      config, functools.partial(_dq_kernel, config=config), (batch, heads, length // config.block_q),
-      [s["seed"], s["table"], s["table"], s["row_scalars_q"], s["row_scalars_q"], s["rows_q"], s["all_rows"],
-       s["all_rows"], s["rows_q"], s["head_rows_q"], s["head_rows_q"]],
-      s["rows_q"], jax.ShapeDtypeStruct(q.shape, q.dtype),
-      "glm_flash_dq")(seed, first, count, lo, hi, q, k, v, dout, lse, delta)
+    config,
+    functools.partial(_dq_kernel, config=config),
+    (batch, heads, length // config.block_q),
+    [
+      s["seed"],
+      s["table"],
+      s["table"],
+      s["row_scalars_q"],
+      s["row_scalars_q"],
+      s["rows_q"],
+      s["all_rows"],
+      s["all_rows"],
+      s["rows_q"],
+      s["head_rows_q"],
+      s["head_rows_q"],
+    ],
+    s["rows_q"],
+    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    "glm_flash_dq",
+  )(seed, first, count, lo, hi, q, k, v, dout, lse, delta)
   dk, dv = _call(
-      config, functools.partial(_dkv_kernel, config=config), (batch, heads, length // config.block_k),
-      [s["seed"], s["table"], s["table"], s["all_row_scalars"], s["all_row_scalars"], s["all_rows"],
-       s["rows_k"], s["rows_k"], s["all_rows"], s["all_head_rows"], s["all_head_rows"]],
-      [s["rows_k"], s["rows_k"]],
-      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      "glm_flash_dkv")(seed, q_first, q_count, lo, hi, q, k, v, dout, lse, delta)
+    config,
+    functools.partial(_dkv_kernel, config=config),
+    (batch, heads, length // config.block_k),
+    [
+      s["seed"],
+      s["table"],
+      s["table"],
+      s["all_row_scalars"],
+      s["all_row_scalars"],
+      s["all_rows"],
+      s["rows_k"],
+      s["rows_k"],
+      s["all_rows"],
+      s["all_head_rows"],
+      s["all_head_rows"],
+    ],
+    [s["rows_k"], s["rows_k"]],
+    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    "glm_flash_dkv",
+  )(seed, q_first, q_count, lo, hi, q, k, v, dout, lse, delta)
   return dq, dk, dv, None, None, None, None, None, None, None
 
 

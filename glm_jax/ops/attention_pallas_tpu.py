@@ -25,6 +25,7 @@ Limits (each raises, naming the alternative): head dim 64 or 128, on a real TPU 
 block_k a multiple of 128. Values at masked positions of a visited tile must
 be finite; values in skipped tiles are never read. `interpret=True` runs Pallas's TPU interpreter on CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,14 +65,26 @@ class _Config:
     shape = x.shape
     rows = query_block * shape[0] + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
     cols = key_block * shape[1] + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-    keep = attention_blocks.dropout_keep(seed, pl.program_id(0), pl.program_id(1), rows, cols, self.heads,
-                                         self.length, self.dropout_rate)
+    keep = attention_blocks.dropout_keep(
+      seed, pl.program_id(0), pl.program_id(1), rows, cols, self.heads, self.length, self.dropout_rate
+    )
     return jnp.where(keep, x * (1.0 / (1.0 - self.dropout_rate)), 0.0)
 
 
-def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
-              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, interpret: bool = False,
-              vmem_limit_bytes: int | None = None):
+def attention(
+  q,
+  k,
+  v,
+  *,
+  sep,
+  segment_ids,
+  dropout_rate: float = 0.0,
+  dropout_rng=None,
+  block_q: int = DEFAULT_BLOCK_Q,
+  block_k: int = DEFAULT_BLOCK_K,
+  interpret: bool = False,
+  vmem_limit_bytes: int | None = None,
+):
   """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
 
   Softmax in float32, logits scaled by 1/sqrt(D). L need not be a multiple of the blocks (the tail is
@@ -85,17 +98,26 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   if head_dim not in HEAD_DIMS:
-    raise ValueError(f"head dim {head_dim} is not supported by the pallas_tpu kernel (supported: {HEAD_DIMS}); "
-                     "use implementation='xla'")
+    raise ValueError(
+      f"head dim {head_dim} is not supported by the pallas_tpu kernel (supported: {HEAD_DIMS}); "
+      "use implementation='xla'"
+    )
   block_multiples = (8, 8) if interpret else (8, LANES)
   for name, block, multiple in zip(("block_q", "block_k"), (block_q, block_k), block_multiples):
     if block < multiple or block % multiple:
       raise ValueError(f"{name}={block} must be a positive multiple of {multiple} (Mosaic tile shape)")
   if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k, v must all be float32 or bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
-  config = _Config(block_q=block_q, block_k=block_k, scale=1.0 / math.sqrt(head_dim), interpret=interpret,
-                   dropout_rate=float(dropout_rate), vmem_limit_bytes=vmem_limit_bytes, heads=heads,
-                   length=length)
+  config = _Config(
+    block_q=block_q,
+    block_k=block_k,
+    scale=1.0 / math.sqrt(head_dim),
+    interpret=interpret,
+    dropout_rate=float(dropout_rate),
+    vmem_limit_bytes=vmem_limit_bytes,
+    heads=heads,
+    length=length,
+  )
   seed = attention_blocks.dropout_seed(dropout_rng) if dropout_rate > 0.0 else jnp.zeros((1,), jnp.int32)
 
   padded = attention_blocks.padded_length(length, block_q, block_k)
@@ -119,8 +141,23 @@ def _tile_mask(lo_ref, hi_ref, key_block, block_q: int, block_k: int):
   return (keys >= lo_ref[:, :1]) & (keys <= hi_ref[:, :1])
 
 
-def _forward_kernel(first_ref, count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, out_ref, lse_ref,
-                    m_scratch, l_scratch, acc_scratch, *, config: _Config):
+def _forward_kernel(
+  first_ref,
+  count_ref,
+  seed_ref,
+  lo_ref,
+  hi_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  out_ref,
+  lse_ref,
+  m_scratch,
+  l_scratch,
+  acc_scratch,
+  *,
+  config: _Config,
+):
   """Grid point (b, h, query block i, visit j): q_ref [bq, D], k_ref, v_ref [bk, D] (key block first + j)."""
   b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   block_q, block_k = q_ref.shape[0], k_ref.shape[0]
@@ -163,13 +200,27 @@ def _probabilities_and_ds(q, k, v, do, lse, delta, mask, config: _Config, seed, 
   dS = p * (dP - delta) * scale with dP the gradient of the probabilities before dropout."""
   s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * config.scale
   p = jnp.where(mask, jnp.exp(s - lse), 0.0)
-  dp = config.dropped(seed, jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32), query_block,
-                      key_block)
+  dp = config.dropped(seed, jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32), query_block, key_block)
   return config.dropped(seed, p, query_block, key_block), p * (dp - delta) * config.scale
 
 
-def _dq_kernel(first_ref, count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-               dq_ref, dq_scratch, *, config: _Config):
+def _dq_kernel(
+  first_ref,
+  count_ref,
+  seed_ref,
+  lo_ref,
+  hi_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  dq_scratch,
+  *,
+  config: _Config,
+):
   """Grid point (b, h, query block i, visit j), as in the forward."""
   b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   block_q, block_k = q_ref.shape[0], k_ref.shape[0]
@@ -183,8 +234,9 @@ def _dq_kernel(first_ref, count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref, v_r
     k = k_ref[...]
     key_block = first_ref[b, i] + j
     mask = _tile_mask(lo_ref, hi_ref, key_block, block_q, block_k)
-    _, ds = _probabilities_and_ds(q_ref[...], k, v_ref[...], do_ref[...], lse_ref[:, :1], delta_ref[:, :1],
-                                  mask, config, seed_ref[0], i, key_block)
+    _, ds = _probabilities_and_ds(
+      q_ref[...], k, v_ref[...], do_ref[...], lse_ref[:, :1], delta_ref[:, :1], mask, config, seed_ref[0], i, key_block
+    )
     dq_scratch[...] += jax.lax.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
   @pl.when(j == pl.num_programs(3) - 1)
@@ -192,8 +244,25 @@ def _dq_kernel(first_ref, count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref, v_r
     dq_ref[...] = dq_scratch[...].astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_first_ref, q_count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, dk_ref, dv_ref, dk_scratch, dv_scratch, *, config: _Config):
+def _dkv_kernel(
+  q_first_ref,
+  q_count_ref,
+  seed_ref,
+  lo_ref,
+  hi_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  dk_scratch,
+  dv_scratch,
+  *,
+  config: _Config,
+):
   """Grid point (b, h, key block j, visit i): q-side refs hold query block q_first(j) + i."""
   b, j, i = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   block_q, block_k = q_ref.shape[0], k_ref.shape[0]
@@ -207,8 +276,19 @@ def _dkv_kernel(q_first_ref, q_count_ref, seed_ref, lo_ref, hi_ref, q_ref, k_ref
   def _visit():
     q, do = q_ref[...], do_ref[...]
     mask = _tile_mask(lo_ref, hi_ref, j, block_q, block_k)
-    p, ds = _probabilities_and_ds(q, k_ref[...], v_ref[...], do, lse_ref[:, :1], delta_ref[:, :1], mask, config,
-                                  seed_ref[0], q_first_ref[b, j] + i, j)
+    p, ds = _probabilities_and_ds(
+      q,
+      k_ref[...],
+      v_ref[...],
+      do,
+      lse_ref[:, :1],
+      delta_ref[:, :1],
+      mask,
+      config,
+      seed_ref[0],
+      q_first_ref[b, j] + i,
+      j,
+    )
     dv_scratch[...] += jax.lax.dot(p.T.astype(do.dtype), do, preferred_element_type=jnp.float32)
     dk_scratch[...] += jax.lax.dot(ds.T.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
@@ -226,24 +306,31 @@ def _visited(first_ref, count_ref, row, visit):
 
 def _pallas(config: _Config, kernel, grid, in_specs, out_specs, out_shape, scratch, name):
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=3, grid=grid, in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch)
+    num_scalar_prefetch=3, grid=grid, in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch
+  )
   return pl.pallas_call(
-      kernel, grid_spec=grid_spec, out_shape=out_shape, name=name,
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
-          vmem_limit_bytes=config.vmem_limit_bytes),
-      interpret=pltpu.InterpretParams() if config.interpret else False)
+    kernel,
+    grid_spec=grid_spec,
+    out_shape=out_shape,
+    name=name,
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"), vmem_limit_bytes=config.vmem_limit_bytes
+    ),
+    interpret=pltpu.InterpretParams() if config.interpret else False,
+  )
 
 
 def _query_major_specs(block_q: int, block_k: int, head_dim: int):
   """Specs on the grid (b, h, query block i, visit j) of the forward and dQ kernels."""
+
   def kv_block(b, h, i, j, first_ref, count_ref, *_):
     return b, h, _visited(first_ref, count_ref, (b, i), j), 0
+
   return dict(
-      row_scalars=pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j, *_: (b, i, 0)),
-      q_rows=pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j, *_: (b, h, i, 0)),
-      head_row_scalars=pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j, *_: (b, h, i, 0)),
-      kv_rows=pl.BlockSpec((None, None, block_k, head_dim), kv_block),
+    row_scalars=pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j, *_: (b, i, 0)),
+    q_rows=pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j, *_: (b, h, i, 0)),
+    head_row_scalars=pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j, *_: (b, h, i, 0)),
+    kv_rows=pl.BlockSpec((None, None, block_k, head_dim), kv_block),
   )
 
 
@@ -252,14 +339,19 @@ def _forward(config: _Config, q, k, v, lo, hi, first, count, q_first, q_count, s
   bq, bk = config.block_q, config.block_k
   s = _query_major_specs(bq, bk, head_dim)
   out, lse = _pallas(
-      config, functools.partial(_forward_kernel, config=config),
-      (batch, heads, length // bq, length // bk),
-      [s["row_scalars"], s["row_scalars"], s["q_rows"], s["kv_rows"], s["kv_rows"]],
-      [s["q_rows"], s["head_row_scalars"]],
-      [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length, LANES), jnp.float32)],
-      [pltpu.VMEM((bq, LANES), jnp.float32), pltpu.VMEM((bq, LANES), jnp.float32),
-       pltpu.VMEM((bq, head_dim), jnp.float32)],
-      "glm_flash_forward")(first, count, seed, _lanes(lo), _lanes(hi), q, k, v)
+    config,
+    functools.partial(_forward_kernel, config=config),
+    (batch, heads, length // bq, length // bk),
+    [s["row_scalars"], s["row_scalars"], s["q_rows"], s["kv_rows"], s["kv_rows"]],
+    [s["q_rows"], s["head_row_scalars"]],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, length, LANES), jnp.float32)],
+    [
+      pltpu.VMEM((bq, LANES), jnp.float32),
+      pltpu.VMEM((bq, LANES), jnp.float32),
+      pltpu.VMEM((bq, head_dim), jnp.float32),
+    ],
+    "glm_flash_forward",
+  )(first, count, seed, _lanes(lo), _lanes(hi), q, k, v)
   return out, (q, k, v, lo, hi, first, count, q_first, q_count, seed, out, lse[..., 0])
 
 
@@ -273,26 +365,43 @@ def _backward(config: _Config, residuals, dout):
 
   s = _query_major_specs(bq, bk, head_dim)
   dq = _pallas(
-      config, functools.partial(_dq_kernel, config=config), (batch, heads, length // bq, length // bk),
-      [s["row_scalars"], s["row_scalars"], s["q_rows"], s["kv_rows"], s["kv_rows"], s["q_rows"],
-       s["head_row_scalars"], s["head_row_scalars"]],
-      s["q_rows"], jax.ShapeDtypeStruct(q.shape, q.dtype), [pltpu.VMEM((bq, head_dim), jnp.float32)],
-      "glm_flash_dq")(first, count, seed, lo, hi, q, k, v, dout, lse, delta)
+    config,
+    functools.partial(_dq_kernel, config=config),
+    (batch, heads, length // bq, length // bk),
+    [
+      s["row_scalars"],
+      s["row_scalars"],
+      s["q_rows"],
+      s["kv_rows"],
+      s["kv_rows"],
+      s["q_rows"],
+      s["head_row_scalars"],
+      s["head_row_scalars"],
+    ],
+    s["q_rows"],
+    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    [pltpu.VMEM((bq, head_dim), jnp.float32)],
+    "glm_flash_dq",
+  )(first, count, seed, lo, hi, q, k, v, dout, lse, delta)
 
   # Grid (b, h, key block j, visit i): the q side follows the mirror table.
   def q_block(b, h, j, i, q_first_ref, q_count_ref, *_):
     return _visited(q_first_ref, q_count_ref, (b, j), i)
+
   row_scalars = pl.BlockSpec((None, bq, LANES), lambda b, h, j, i, *t: (b, q_block(b, h, j, i, *t), 0))
   q_rows = pl.BlockSpec((None, None, bq, head_dim), lambda b, h, j, i, *t: (b, h, q_block(b, h, j, i, *t), 0))
-  head_row_scalars = pl.BlockSpec((None, None, bq, LANES),
-                                  lambda b, h, j, i, *t: (b, h, q_block(b, h, j, i, *t), 0))
+  head_row_scalars = pl.BlockSpec((None, None, bq, LANES), lambda b, h, j, i, *t: (b, h, q_block(b, h, j, i, *t), 0))
   kv_rows = pl.BlockSpec((None, None, bk, head_dim), lambda b, h, j, i, *_: (b, h, j, 0))
   dk, dv = _pallas(
-      config, functools.partial(_dkv_kernel, config=config), (batch, heads, length // bk, length // bq),
-      [row_scalars, row_scalars, q_rows, kv_rows, kv_rows, q_rows, head_row_scalars, head_row_scalars],
-      [kv_rows, kv_rows], [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      [pltpu.VMEM((bk, head_dim), jnp.float32), pltpu.VMEM((bk, head_dim), jnp.float32)],
-      "glm_flash_dkv")(q_first, q_count, seed, lo, hi, q, k, v, dout, lse, delta)
+    config,
+    functools.partial(_dkv_kernel, config=config),
+    (batch, heads, length // bk, length // bq),
+    [row_scalars, row_scalars, q_rows, kv_rows, kv_rows, q_rows, head_row_scalars, head_row_scalars],
+    [kv_rows, kv_rows],
+    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    [pltpu.VMEM((bk, head_dim), jnp.float32), pltpu.VMEM((bk, head_dim), jnp.float32)],
+    "glm_flash_dkv",
+  )(q_first, q_count, seed, lo, hi, q, k, v, dout, lse, delta)
   return dq, dk, dv, None, None, None, None, None, None, None
 
 

@@ -2,6 +2,7 @@
 
 O(L^2) memory by design; simple enough to trust by reading.
 """
+
 from __future__ import annotations
 
 import jax

@@ -12,6 +12,7 @@ bounds, not computed and masked.
 Dropout: tile (i, j) draws its keep-mask from fold_in(dropout_rng, i * num_k_blocks + j)
 (`tile_keep_mask`), so the backward regenerates the forward's mask exactly.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,13 +43,24 @@ def clipped_key_intervals(sep: jax.Array, segment_ids: jax.Array) -> tuple[jax.A
   idx = jnp.arange(length, dtype=jnp.int32)
   lo, hi = mask_lib.key_intervals(sep, segment_ids)
   is_end = jnp.concatenate(
-      [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones_like(segment_ids[:, :1], bool)], axis=-1)
+    [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones_like(segment_ids[:, :1], bool)], axis=-1
+  )
   segment_end = jax.lax.cummin(jnp.where(is_end, idx, length), axis=1, reverse=True)
   return lo, jnp.minimum(hi, segment_end)
 
 
-def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_rng=None,
-              block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K):
+def attention(
+  q,
+  k,
+  v,
+  *,
+  sep,
+  segment_ids,
+  dropout_rate: float = 0.0,
+  dropout_rng=None,
+  block_q: int = DEFAULT_BLOCK_Q,
+  block_k: int = DEFAULT_BLOCK_K,
+):
   """q, k, v [B, L, H, D]; sep, segment_ids int32 [B, L] (canonical). Returns [B, L, H, D] in q.dtype.
 
   Softmax in float32, logits scaled by 1/sqrt(D); padding rows return zeros. Block sizes are static
@@ -77,8 +89,7 @@ def attention(q, k, v, *, sep, segment_ids, dropout_rate: float = 0.0, dropout_r
   qb = _to_blocks(jnp.where(is_token, q, 0).astype(jnp.float32) * scale, block_q, num_q)
   kb = _to_blocks(jnp.where(is_token, k, 0), block_k, num_k)
   vb = _to_blocks(jnp.where(is_token, v, 0), block_k, num_k)
-  out = _blockwise(float(dropout_rate), qb, kb, vb, lo, hi, first, end,
-                   dropout_rng if dropout_rate > 0.0 else None)
+  out = _blockwise(float(dropout_rate), qb, kb, vb, lo, hi, first, end, dropout_rng if dropout_rate > 0.0 else None)
   out = out.transpose(1, 0, 3, 2, 4).reshape(batch, num_q * block_q, heads, head_dim)[:, :length]
   return out.astype(q.dtype)
 
@@ -139,9 +150,11 @@ def _forward(dropout_rate, qb, kb, vb, lo, hi, first, end, dropout_rng):
       acc = alpha[..., None] * acc + jnp.einsum("bhqk,bhkd->bhqd", p, vb[j])
       return m_new, l, acc
 
-    init = (jnp.full((batch, heads, block_q), -jnp.inf, jnp.float32),
-            jnp.zeros((batch, heads, block_q), jnp.float32),
-            jnp.zeros((batch, heads, block_q, head_dim), jnp.float32))
+    init = (
+      jnp.full((batch, heads, block_q), -jnp.inf, jnp.float32),
+      jnp.zeros((batch, heads, block_q), jnp.float32),
+      jnp.zeros((batch, heads, block_q, head_dim), jnp.float32),
+    )
     m, l, acc = jax.lax.fori_loop(first_i, end_i, key_block, init)
     empty = l == 0.0  # padding rows
     out = acc / jnp.where(empty, 1.0, l)[..., None]

@@ -9,6 +9,7 @@ whose two ends never decrease along q. Kernels compute their masks and block ran
 scalars per row; `dense_mask` materializes the rule itself, for the reference oracle and for tests.
 Padding rows (segment 0) see no key; every implementation returns zeros for them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,7 +40,8 @@ def segment_starts(segment_ids: jax.Array) -> jax.Array:
   length = segment_ids.shape[-1]
   idx = jnp.arange(length, dtype=jnp.int32)
   is_start = jnp.concatenate(
-      [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=-1)
+    [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=-1
+  )
   return jax.lax.cummax(jnp.where(is_start, idx, 0), axis=segment_ids.ndim - 1)
 
 

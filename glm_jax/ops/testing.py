@@ -3,6 +3,7 @@
 Used by the tests of every backend (tests/ops), and meant for anyone adding one: a new kernel is correct when
 `assert_matches_reference` holds for it on `packed_batch` rows, forward and all three gradients.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,14 @@ from glm_jax import ops
 from glm_jax.ops import attention_blocks, mask as mask_lib
 
 
-def packed_batch(rng: np.random.Generator, batch: int, length: int, max_segments: int, pad_max: int = 0,
-                 segments: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def packed_batch(
+  rng: np.random.Generator,
+  batch: int,
+  length: int,
+  max_segments: int,
+  pad_max: int = 0,
+  segments: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Random packed rows: (sep, segment_ids), int32 [batch, length] each.
 
   Row b holds `segments[b]` contiguous segments (default: 1..max_segments at random) numbered 1..n, then
@@ -39,8 +46,9 @@ def packed_batch(rng: np.random.Generator, batch: int, length: int, max_segments
   return sep, segment_ids
 
 
-def random_qkv(rng: np.random.Generator, batch: int, length: int, heads: int, head_dim: int,
-               dtype=jnp.float32) -> tuple[jax.Array, jax.Array, jax.Array]:
+def random_qkv(
+  rng: np.random.Generator, batch: int, length: int, heads: int, head_dim: int, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Standard-normal q, k, v [batch, length, heads, head_dim]."""
   return tuple(jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), dtype) for _ in range(3))
 
@@ -48,6 +56,7 @@ def random_qkv(rng: np.random.Generator, batch: int, length: int, heads: int, he
 @functools.partial(jax.jit, static_argnames=("implementation", "options"))
 def value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation: str, options: tuple = ()):
   """(out, dq, dk, dv) of `implementation` for the loss sum(out * cotangent); `options` as (name, value) pairs."""
+
   def loss(q, k, v):
     out = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, **dict(options))
     return jnp.sum(out.astype(jnp.float32) * cotangent), out
@@ -65,8 +74,9 @@ def against_reference(q, k, v, sep, segment_ids, implementation: str, seed: int 
   return got, want
 
 
-def assert_matches_reference(q, k, v, sep, segment_ids, implementation: str, *, f32_tol: float = 2e-5,
-                             bf16_tol: float = 2e-2, **options) -> None:
+def assert_matches_reference(
+  q, k, v, sep, segment_ids, implementation: str, *, f32_tol: float = 2e-5, bf16_tol: float = 2e-2, **options
+) -> None:
   """`implementation`'s output and three gradients equal the float32 reference's, each in q.dtype.
 
   Tolerance: `f32_tol` or `bf16_tol` (rounded probabilities and results), relative and absolute, the absolute
@@ -108,13 +118,14 @@ def assert_skipped_blocks_never_read(implementation: str, heads: int = 1, **opti
     seen = visible[b, sorted(rows)].any(axis=0)
     assert not seen.all(), "the check needs a poisoned block"
     for j in np.flatnonzero(~seen):
-      poisoned_k[b, j * block:(j + 1) * block] = np.nan
-      poisoned_v[b, j * block:(j + 1) * block] = np.nan
+      poisoned_k[b, j * block : (j + 1) * block] = np.nan
+      poisoned_v[b, j * block : (j + 1) * block] = np.nan
     only_seen_by_rows = [j for j in np.flatnonzero(seen) if set(np.flatnonzero(visible[b, :, j])) <= rows]
     checks.append((b, sorted(rows), only_seen_by_rows))
   options = dict(options, block_q=block, block_k=block)
-  got, _ = against_reference(q, jnp.asarray(poisoned_k), jnp.asarray(poisoned_v), sep, segment_ids, implementation,
-                             **options)
+  got, _ = against_reference(
+    q, jnp.asarray(poisoned_k), jnp.asarray(poisoned_v), sep, segment_ids, implementation, **options
+  )
   _, want = against_reference(q, k, v, sep, segment_ids, implementation, **options)
   out, dq, dk, dv = (np.asarray(x) for x in got)
   want = [np.asarray(x) for x in want]
@@ -122,8 +133,12 @@ def assert_skipped_blocks_never_read(implementation: str, heads: int = 1, **opti
   for b, rows, key_blocks in checks:
     rows = np.concatenate([np.arange(i * block, (i + 1) * block) for i in rows])
     keys = np.concatenate([np.arange(j * block, (j + 1) * block) for j in key_blocks] or [np.zeros(0, int)])
-    for name, g, w, index in (("out", out, want[0], rows), ("dq", dq, want[1], rows), ("dk", dk, want[2], keys),
-                              ("dv", dv, want[3], keys)):
+    for name, g, w, index in (
+      ("out", out, want[0], rows),
+      ("dq", dq, want[1], rows),
+      ("dk", dk, want[2], keys),
+      ("dv", dv, want[3], keys),
+    ):
       np.testing.assert_allclose(g[b, index], w[b, index], rtol=2e-5, atol=2e-5, err_msg=f"{name} row {b}")
 
 
@@ -163,8 +178,14 @@ def reference_with_kernel_dropout(q, k, v, sep, segment_ids, dropout_rate: float
   sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, length)
   seed = attention_blocks.dropout_seed(dropout_rng)[0]
   rows, cols = jnp.arange(length, dtype=jnp.int32)[:, None], jnp.arange(length, dtype=jnp.int32)[None, :]
-  keep = jnp.stack([jnp.stack([attention_blocks.dropout_keep(seed, b, h, rows, cols, heads, length, dropout_rate)
-                               for h in range(heads)]) for b in range(batch)])  # [B, H, L, L]
+  keep = jnp.stack(
+    [
+      jnp.stack(
+        [attention_blocks.dropout_keep(seed, b, h, rows, cols, heads, length, dropout_rate) for h in range(heads)]
+      )
+      for b in range(batch)
+    ]
+  )  # [B, H, L, L]
   mask = mask_lib.dense_mask(sep, segment_ids)[:, None]
   logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) / np.sqrt(q.shape[-1])
   probs = jnp.where(mask, jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1), 0.0)
@@ -185,14 +206,24 @@ def assert_dropout_matches_reference(implementation: str, dropout_rate: float = 
     def f(q, k, v):
       out = fn(q, k, v)
       return jnp.sum(out.astype(jnp.float32) * cotangent), out
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
   kernel = lambda q, k, v, key=key: ops.attention(  # noqa: E731
-      q, k, v, sep=sep, segment_ids=segment_ids, implementation=implementation, dropout_rate=dropout_rate,
-      dropout_rng=key, **options)
+    q,
+    k,
+    v,
+    sep=sep,
+    segment_ids=segment_ids,
+    implementation=implementation,
+    dropout_rate=dropout_rate,
+    dropout_rng=key,
+    **options,
+  )
   (_, got), got_grads = loss(kernel)(q, k, v)
-  (_, want), want_grads = loss(lambda q, k, v: reference_with_kernel_dropout(
-      q, k, v, sep, segment_ids, dropout_rate, key))(q, k, v)
+  (_, want), want_grads = loss(
+    lambda q, k, v: reference_with_kernel_dropout(q, k, v, sep, segment_ids, dropout_rate, key)
+  )(q, k, v)
   for name, g, w in zip(("out", "dq", "dk", "dv"), (got, *got_grads), (want, *want_grads)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5, err_msg=name)
   (_, other), _ = loss(functools.partial(kernel, key=jax.random.key(5)))(q, k, v)

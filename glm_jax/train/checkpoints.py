@@ -23,6 +23,7 @@ The input position: a restored iterator yields exactly the batches the saved run
 resumed run trains on the same stream as an uninterrupted one. The saved positions belong to one process
 count; restored with another count, the input stream restarts from its beginning, with a warning.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,15 +79,21 @@ class DataIteratorHandler(ocp.CheckpointHandler):
     processes, in which case the iterator is left at its start."""
     prefix = _iterator_prefix(directory, jax.process_index(), jax.process_count())
     if not epath.Path(f"{prefix}.index").exists():
-      counts = sorted({int(m.group(1)) for p in directory.glob("iterator-*.index")
-                       if (m := re.search(r"-of-(\d+)\.index$", p.name))})
+      counts = sorted(
+        {int(m.group(1)) for p in directory.glob("iterator-*.index") if (m := re.search(r"-of-(\d+)\.index$", p.name))}
+      )
       if counts and jax.process_count() not in counts:
-        logging.warning("the input position in %s was saved by %s processes and this run has %d: the saved "
-                        "positions do not apply, so the input stream restarts from its beginning",
-                        directory, " or ".join(map(str, counts)), jax.process_count())
+        logging.warning(
+          "the input position in %s was saved by %s processes and this run has %d: the saved "
+          "positions do not apply, so the input stream restarts from its beginning",
+          directory,
+          " or ".join(map(str, counts)),
+          jax.process_count(),
+        )
         return False
-      raise FileNotFoundError(f"no input position {prefix}.index for process {jax.process_index()} of "
-                              f"{jax.process_count()} in {directory}")
+      raise FileNotFoundError(
+        f"no input position {prefix}.index for process {jax.process_index()} of {jax.process_count()} in {directory}"
+      )
     args.iterator.restore_position(os.fspath(prefix))
     return True
 
@@ -114,8 +121,10 @@ def ensure_writable(directory: str) -> None:
     probe.write_text("glm_jax\n")
     probe.unlink()
   except Exception as e:  # noqa: BLE001  (OSError locally, the storage client's own errors elsewhere)
-    raise PermissionError(f"model_dir {directory!r} is not writable ({type(e).__name__}: {e}); checkpoints and "
-                          f"metrics go there, so pass a --model_dir this process can create and write") from e
+    raise PermissionError(
+      f"model_dir {directory!r} is not writable ({type(e).__name__}: {e}); checkpoints and "
+      f"metrics go there, so pass a --model_dir this process can create and write"
+    ) from e
 
 
 def absolute(directory: str) -> str:
@@ -126,23 +135,36 @@ def absolute(directory: str) -> str:
 
 def make_manager(directory: str, save_every: int = 1000, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
   """An asynchronous CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every, create=True,
-                                         enable_async_checkpointing=True)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, save_interval_steps=save_every, create=True, enable_async_checkpointing=True
+  )
   # Every item's handler is named, so a restore of some items does not warn about the others.
-  return ocp.CheckpointManager(absolute(directory), options=options, item_handlers={
-      "state": ocp.StandardCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
-      DATA_ITEM: DataIteratorHandler()})
+  return ocp.CheckpointManager(
+    absolute(directory),
+    options=options,
+    item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "model_config": ocp.JsonCheckpointHandler(),
+      DATA_ITEM: DataIteratorHandler(),
+    },
+  )
 
 
-def save(manager: ocp.CheckpointManager, state, model_config: GLMConfig, *,
-         data_iterator: CheckpointableIterator | None = None, step: int | None = None, force: bool = False) -> bool:
+def save(
+  manager: ocp.CheckpointManager,
+  state,
+  model_config: GLMConfig,
+  *,
+  data_iterator: CheckpointableIterator | None = None,
+  step: int | None = None,
+  force: bool = False,
+) -> bool:
   """Starts saving `state` (and the position of `data_iterator`, if given) as `step` (default: `state.step`,
   which waits for the state to be computed) if the interval says so, or `force`; returns whether it saved.
 
   Asynchronous: it returns before the files are written; `manager.wait_until_finished()` waits for them."""
   step = int(jax.device_get(state.step)) if step is None else step
-  items = {"state": ocp.args.StandardSave(state),
-           "model_config": ocp.args.JsonSave(dataclasses.asdict(model_config))}
+  items = {"state": ocp.args.StandardSave(state), "model_config": ocp.args.JsonSave(dataclasses.asdict(model_config))}
   if data_iterator is not None:
     items[DATA_ITEM] = DataIteratorSave(data_iterator)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -202,8 +224,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state,
-                   data_iterator: CheckpointableIterator | None = None):
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator: CheckpointableIterator | None = None):
   """The newest complete saved state, placed like `abstract_state` (a tree of jax.ShapeDtypeStruct with
   shardings), or None when the directory holds no checkpoint. Restores `data_iterator` in place to the input
   position saved with that state (when there is one for this process count; else it stays at its start).
@@ -218,8 +239,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
     has_data = (manager.directory / str(step) / DATA_ITEM).exists()
 
     def read(step=step, has_data=has_data):
-      state = _restore_item(manager, step, "state", ocp.StandardCheckpointHandler(),
-                            ocp.args.StandardRestore(abstract_state))
+      state = _restore_item(
+        manager, step, "state", ocp.StandardCheckpointHandler(), ocp.args.StandardRestore(abstract_state)
+      )
       saved_step = int(jax.device_get(state.step))
       if saved_step != step:
         raise ValueError(f"its state holds step {saved_step}")
@@ -229,30 +251,45 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
 
     state, error = _read_everywhere(read)
     if error is not None:
-      logging.warning("checkpoint step %d under %s is incomplete or unreadable, skipping it: %s",
-                      step, manager.directory, error)
+      logging.warning(
+        "checkpoint step %d under %s is incomplete or unreadable, skipping it: %s", step, manager.directory, error
+      )
       failures.append((step, error))
       continue
     if failures:
-      logging.warning("restored step %d, the newest complete checkpoint under %s (skipped %s)", step,
-                      manager.directory, ", ".join(str(s) for s, _ in failures))
+      logging.warning(
+        "restored step %d, the newest complete checkpoint under %s (skipped %s)",
+        step,
+        manager.directory,
+        ", ".join(str(s) for s, _ in failures),
+      )
       _set_aside(manager, [s for s, _ in failures])
     if data_iterator is not None and not has_data:
-      logging.warning("checkpoint step %d holds no input position (saved with input checkpointing off): the "
-                      "input stream restarts from its beginning", step)
+      logging.warning(
+        "checkpoint step %d holds no input position (saved with input checkpointing off): the "
+        "input stream restarts from its beginning",
+        step,
+      )
     return state
   if failures:
     reasons = "; ".join(f"step {s}: {e}" for s, e in failures)
-    raise RuntimeError(f"no checkpoint under {manager.directory} restores ({reasons}); fix or move the step "
-                       f"directories, or train in a new --model_dir")
+    raise RuntimeError(
+      f"no checkpoint under {manager.directory} restores ({reasons}); fix or move the step "
+      f"directories, or train in a new --model_dir"
+    )
   return None
 
 
 def _reader(directory: str) -> ocp.CheckpointManager:
   """A manager that only reads `directory`, knowing the handlers of every item (so orbax does not warn)."""
-  return ocp.CheckpointManager(absolute(directory), item_handlers={
-      "state": ocp.PyTreeCheckpointHandler(), "model_config": ocp.JsonCheckpointHandler(),
-      DATA_ITEM: DataIteratorHandler()})
+  return ocp.CheckpointManager(
+    absolute(directory),
+    item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(),
+      "model_config": ocp.JsonCheckpointHandler(),
+      DATA_ITEM: DataIteratorHandler(),
+    },
+  )
 
 
 def latest_step(directory: str) -> int | None:
@@ -265,8 +302,10 @@ def load_model_config(directory: str, step: int | None = None) -> GLMConfig:
   with _reader(directory) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {directory!r} (train first with "
-                              f"`python -m glm_jax.main train --model_dir={directory} ...`)")
+      raise FileNotFoundError(
+        f"no checkpoint under {directory!r} (train first with "
+        f"`python -m glm_jax.main train --model_dir={directory} ...`)"
+      )
     restored = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
   return GLMConfig(**restored.model_config)
 
@@ -277,8 +316,10 @@ def abstract_like(tree, shardings):
 
 
 def _flat_shapes(tree) -> dict[str, tuple[tuple[int, ...], Any]]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), x.dtype)
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): (tuple(x.shape), x.dtype)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def check_params_fit(directory: str, step: int, saved_params_metadata, abstract_params) -> None:
@@ -286,14 +327,19 @@ def check_params_fit(directory: str, step: int, saved_params_metadata, abstract_
   `directory` and the model (`abstract_params`); dtypes may differ (the restore casts)."""
   saved, wanted = _flat_shapes(saved_params_metadata), _flat_shapes(abstract_params)
   problems = [f"{k}: missing from the checkpoint (the model has {wanted[k][0]})" for k in wanted if k not in saved]
-  problems += [f"{k}: the checkpoint has {saved[k][0]}, the model {wanted[k][0]}"
-               for k in wanted if k in saved and saved[k][0] != wanted[k][0]]
+  problems += [
+    f"{k}: the checkpoint has {saved[k][0]}, the model {wanted[k][0]}"
+    for k in wanted
+    if k in saved and saved[k][0] != wanted[k][0]
+  ]
   problems += [f"{k}: in the checkpoint ({saved[k][0]}) but not in the model" for k in saved if k not in wanted]
   if problems:
     shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-    raise ValueError(f"the params of {directory} (step {step}) do not fit this model: {shown}. Build the model "
-                     f"from the checkpoint's own config (gin: experiment.model = @model_from_checkpoint(), "
-                     f"which the model.gin written by convert binds), e.g. the same scan_layers and vocabulary")
+    raise ValueError(
+      f"the params of {directory} (step {step}) do not fit this model: {shown}. Build the model "
+      f"from the checkpoint's own config (gin: experiment.model = @model_from_checkpoint(), "
+      f"which the model.gin written by convert binds), e.g. the same scan_layers and vocabulary"
+    )
 
 
 def restore_params(directory: str, abstract_params, step: int | None = None):
@@ -306,8 +352,8 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   params do not fit `abstract_params`, RuntimeError when no step restores."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
-      abstract_params)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device), abstract_params
+  )
   # Shardings from the target, never from the checkpoint's own (its devices may be another host's).
   restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
   with _reader(directory) as manager:
@@ -321,15 +367,24 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
       metadata, error = _read_everywhere(lambda: manager.item_metadata(candidate)["state"].tree["params"])
       if error is None:
         check_params_fit(directory, candidate, metadata, abstract_params)
-        restored, error = _read_everywhere(lambda: _restore_item(
-            manager, candidate, "state", ocp.PyTreeCheckpointHandler(), ocp.args.PyTreeRestore(
-                item={"params": abstract_params}, restore_args=restore_args, partial_restore=True)))
+        restored, error = _read_everywhere(
+          lambda: _restore_item(
+            manager,
+            candidate,
+            "state",
+            ocp.PyTreeCheckpointHandler(),
+            ocp.args.PyTreeRestore(item={"params": abstract_params}, restore_args=restore_args, partial_restore=True),
+          )
+        )
       if error is not None:
         failures.append((candidate, error))
         continue
       if failures:
-        logging.warning("restored the params of step %d under %s, skipping newer unreadable steps: %s", candidate,
-                        directory, "; ".join(f"step {s}: {r}" for s, r in failures))
+        logging.warning(
+          "restored the params of step %d under %s, skipping newer unreadable steps: %s",
+          candidate,
+          directory,
+          "; ".join(f"step {s}: {r}" for s, r in failures),
+        )
       return restored["params"]
-  raise RuntimeError(f"no checkpoint under {directory!r} restores: "
-                     + "; ".join(f"step {s}: {r}" for s, r in failures))
+  raise RuntimeError(f"no checkpoint under {directory!r} restores: " + "; ".join(f"step {s}: {r}" for s, r in failures))

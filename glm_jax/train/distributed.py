@@ -13,6 +13,7 @@ Three cases:
 Cross-process collectives on CPU go through gloo (jax's `jax_cpu_collectives_implementation`), which this
 module selects unless another implementation ("mpi") was chosen.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def cluster_detected() -> bool:
   return any(not env.opt_in_only_method and env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids: Sequence[int] | None = None) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: Sequence[int] | None = None,
+) -> bool:
   """Joins the distributed JAX system (see the module docstring); returns whether it did.
 
   A no-op returning False when `num_processes` is 1, or when no argument is given and no cluster is detected.
@@ -54,25 +59,41 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   explicit = (coordinator_address, num_processes, process_id) != (None, None, None)
   if explicit:
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")  # jax's own variable
-    missing = [name for name, value in (("coordinator_address", coordinator_address),
-                                        ("num_processes", num_processes), ("process_id", process_id))
-               if value is None]
+    missing = [
+      name
+      for name, value in (
+        ("coordinator_address", coordinator_address),
+        ("num_processes", num_processes),
+        ("process_id", process_id),
+      )
+      if value is None
+    ]
     if missing:
-      raise ValueError(f"multi-host start-up needs coordinator_address, num_processes and process_id together; "
-                       f"missing {', '.join(missing)} (got coordinator_address={coordinator_address!r}, "
-                       f"num_processes={num_processes}, process_id={process_id}); give all three, or none on "
-                       f"a cluster jax detects (TPU VM pod, SLURM, Open MPI)")
+      raise ValueError(
+        f"multi-host start-up needs coordinator_address, num_processes and process_id together; "
+        f"missing {', '.join(missing)} (got coordinator_address={coordinator_address!r}, "
+        f"num_processes={num_processes}, process_id={process_id}); give all three, or none on "
+        f"a cluster jax detects (TPU VM pod, SLURM, Open MPI)"
+      )
     if not 0 <= process_id < num_processes:
       raise ValueError(f"process_id={process_id} must be in 0 .. num_processes - 1 = {num_processes - 1}")
     if ":" not in coordinator_address:
-      raise ValueError(f"coordinator_address={coordinator_address!r} must be HOST:PORT (process 0's address and "
-                       "a free port, the same on every process)")
+      raise ValueError(
+        f"coordinator_address={coordinator_address!r} must be HOST:PORT (process 0's address and "
+        "a free port, the same on every process)"
+      )
   elif not cluster_detected():
     return False
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", CPU_COLLECTIVES)
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             None if local_device_ids is None else list(local_device_ids))
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address, num_processes, process_id, None if local_device_ids is None else list(local_device_ids)
+  )
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

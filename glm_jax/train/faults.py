@@ -1,4 +1,5 @@
 """What stops a run early, checked by the loop at step boundaries: a preemption notice and non-finite values."""
+
 from __future__ import annotations
 
 import signal
@@ -54,8 +55,10 @@ class FiniteGuard:
     manager.wait_until_finished()  # a save in flight is of an earlier, finite step: let it complete
     good = manager.latest_step()
     good = f"step {good} in {manager.directory}" if good is not None else "none (no checkpoint was saved)"
-    return FloatingPointError(f"{what}; last good checkpoint: {good}. The run stopped without saving this state; "
-                              "lower OptimizerConfig.learning_rate (or check the data of that step) and rerun")
+    return FloatingPointError(
+      f"{what}; last good checkpoint: {good}. The run stopped without saving this state; "
+      "lower OptimizerConfig.learning_rate (or check the data of that step) and rerun"
+    )
 
 
 class PreemptionWatch:

@@ -15,6 +15,7 @@ seeds, which seqio hands out by position in the (sharded) stream. tests/train/te
 and matches the 1-process losses. A real run (packed, shuffled, random corruption) sees a different but equally
 distributed stream for each host count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ from glm_jax.data import feature_converter
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """A registered seqio Task or Mixture (import its module first, e.g. `import tasks`) and its splits."""
+
   mixture_or_task_name: str = "glm_embedded"
   train_split: str = "train"
   eval_split: str | None = "validation"  # None: no evaluation
@@ -56,10 +58,12 @@ def check_fits_model(config: DataConfig, model_vocab_size: int) -> None:
   range would otherwise be clamped silently on accelerators)."""
   size = vocabulary_size(config)
   if size > model_vocab_size:
-    raise ValueError(f"the vocabulary of {config.mixture_or_task_name!r} has {size} ids but the model's "
-                     f"vocab_size is {model_vocab_size}: use a Task with the model's own tokenizer (for the glm_* "
-                     f"Tasks of a checkpoint converted with --vocab_files: task_vocabulary.checkpoint = DIR, which its "
-                     f"model.gin binds) or a model with a larger vocab_size")
+    raise ValueError(
+      f"the vocabulary of {config.mixture_or_task_name!r} has {size} ids but the model's "
+      f"vocab_size is {model_vocab_size}: use a Task with the model's own tokenizer (for the glm_* "
+      f"Tasks of a checkpoint converted with --vocab_files: task_vocabulary.checkpoint = DIR, which its "
+      f"model.gin binds) or a model with a larger vocab_size"
+    )
 
 
 class TFDataBatches:
@@ -83,8 +87,10 @@ class TFDataBatches:
       try:
         self.save_position(os.path.join(probe, "iterator"))
       except tf.errors.OpError as e:
-        raise ValueError(f"{name} cannot be checkpointed ({e.message.splitlines()[0]}); set "
-                         f"DataConfig.checkpoint_input=False (a resumed run then restarts its input stream)") from e
+        raise ValueError(
+          f"{name} cannot be checkpointed ({e.message.splitlines()[0]}); set "
+          f"DataConfig.checkpoint_input=False (a resumed run then restarts its input stream)"
+        ) from e
 
   def __iter__(self) -> "TFDataBatches":
     return self
@@ -99,8 +105,16 @@ class TFDataBatches:
     tf.train.Checkpoint(iterator=self._iterator).read(prefix).assert_consumed()
 
 
-def batches(config: DataConfig, split: str, batch_size: int, length: int, *, repeat: bool,
-            shuffle: bool, checkpointable: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def batches(
+  config: DataConfig,
+  split: str,
+  batch_size: int,
+  length: int,
+  *,
+  repeat: bool,
+  shuffle: bool,
+  checkpointable: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of global batches of `batch_size` rows of length `length` from `split`: a
   TFDataBatches (position saved with each checkpoint) if `checkpointable`, else a plain numpy iterator.
 
@@ -109,14 +123,14 @@ def batches(config: DataConfig, split: str, batch_size: int, length: int, *, rep
   if batch_size % jax.process_count():
     raise ValueError(f"batch_size={batch_size} does not split over {jax.process_count()} processes")
   ds = seqio.get_dataset(
-      config.mixture_or_task_name,
-      task_feature_lengths=feature_converter.task_feature_lengths(length),
-      dataset_split=split,
-      shuffle=shuffle,
-      num_epochs=None if repeat else 1,
-      feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack),
-      shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
-      seed=config.seed,
+    config.mixture_or_task_name,
+    task_feature_lengths=feature_converter.task_feature_lengths(length),
+    dataset_split=split,
+    shuffle=shuffle,
+    num_epochs=None if repeat else 1,
+    feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack),
+    shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+    seed=config.seed,
   )
   ds = ds.batch(batch_size // jax.process_count(), drop_remainder=True).prefetch(2)
   if checkpointable:

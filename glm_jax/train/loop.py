@@ -25,6 +25,7 @@ Faults:
 - Torn checkpoints are skipped on restore (checkpoints.restore_latest); saves are asynchronous and the loop
   waits for them before it returns or raises.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +63,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """One training run. batch_size is global (all processes); length is the packed row length."""
+
   num_steps: int = 1000
   batch_size: int = 8
   length: int = 256
@@ -79,8 +81,9 @@ class TrainConfig:
   init_checkpoint: str | None = None
 
 
-def init_from_checkpoint(directory: str, state: TrainState, shardings: TrainState,
-                         tx: optax.GradientTransformation) -> TrainState:
+def init_from_checkpoint(
+  directory: str, state: TrainState, shardings: TrainState, tx: optax.GradientTransformation
+) -> TrainState:
   """`state` with its params replaced by the newest params under `directory` (placed in `shardings.params`),
   a fresh optimizer state for them and step 0. Raises ValueError naming the params that do not fit."""
   params = checkpoints.restore_params(directory, checkpoints.abstract_like(state.params, shardings.params))
@@ -109,42 +112,59 @@ def restore_sharded_params(model: GLM, checkpoint: str, mesh, length: int):
   return checkpoints.restore_params(checkpoint, checkpoints.abstract_like(nn.unbox(boxed), shardings)), shardings
 
 
-def evaluate(model: GLM, params, param_shardings, mesh, eval_batches: Iterable[dict[str, np.ndarray]],
-             num_batches: int) -> dict[str, float]:
+def evaluate(
+  model: GLM, params, param_shardings, mesh, eval_batches: Iterable[dict[str, np.ndarray]], num_batches: int
+) -> dict[str, float]:
   """Loss and token accuracy (over Part B targets) of `params` on `num_batches` of `eval_batches`, with the
   training loop's eval step."""
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), param_shardings, mesh)
   return _eval(eval_step, params, eval_batches, num_batches, mesh)
 
 
-def compile_train_step(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
-                       mesh: jax.sharding.Mesh) -> jax.stages.Compiled:
+def compile_train_step(
+  model_config: GLMConfig,
+  train_config: TrainConfig,
+  optimizer_config: optimizer.OptimizerConfig,
+  mesh: jax.sharding.Mesh,
+) -> jax.stages.Compiled:
   """The train step `train` runs, compiled for `mesh` from abstract state and batch: nothing is allocated or run,
   so the mesh may be of devices this process does not have (a TPU slice: glm_jax/deviceless.py). Raises the
   compiler's error (JaxRuntimeError, RESOURCE_EXHAUSTED) when the step does not fit the devices' memory."""
   tc = train_config
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if tc.batch_size % batch_devices:
-    raise ValueError(f"TrainConfig.batch_size={tc.batch_size} does not split over data*fsdp={batch_devices} devices "
-                     f"(make it a multiple of {batch_devices})")
+    raise ValueError(
+      f"TrainConfig.batch_size={tc.batch_size} does not split over data*fsdp={batch_devices} devices "
+      f"(make it a multiple of {batch_devices})"
+    )
   model = GLM(model_config)
   tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
   schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
   state, shardings = partitioning.abstract_state(model, tx, mesh, tc.length)
   example = synthetic.synthetic_example(np.random.default_rng(0), tc.length, model_config.vocab_size)
-  batch = {name: jax.ShapeDtypeStruct((tc.batch_size, *value.shape), value.dtype,
-                                      sharding=partitioning.batch_sharding(mesh)) for name, value in example.items()}
-  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                             sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  batch = {
+    name: jax.ShapeDtypeStruct((tc.batch_size, *value.shape), value.dtype, sharding=partitioning.batch_sharding(mesh))
+    for name, value in example.items()
+  }
+  rng = jax.ShapeDtypeStruct(
+    (), jax.random.key(0).dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh)
+    step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
+  )
   return train_step.trace(state, batch, rng).lower().compile()
 
 
-def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: optimizer.OptimizerConfig,
-          mesh_config: partitioning.MeshConfig, train_batches: Iterator[dict[str, np.ndarray]],
-          model_dir: str, eval_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
-          progress: bool = True) -> dict:
+def train(
+  model_config: GLMConfig,
+  train_config: TrainConfig,
+  optimizer_config: optimizer.OptimizerConfig,
+  mesh_config: partitioning.MeshConfig,
+  train_batches: Iterator[dict[str, np.ndarray]],
+  model_dir: str,
+  eval_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+  progress: bool = True,
+) -> dict:
   """Trains to `train_config.num_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
 
   train_batches yields process-local numpy batches of model features [batch_size / processes, length]; when it
@@ -158,8 +178,10 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
   checkpoints.ensure_writable(model_dir)
   data_iterator = train_batches if isinstance(train_batches, checkpoints.CheckpointableIterator) else None
   if data_iterator is None:
-    logging.info("the input position is not checkpointed (a plain iterator, or DataConfig.checkpoint_input=False): "
-                 "a resumed run restarts its input stream")
+    logging.info(
+      "the input position is not checkpointed (a plain iterator, or DataConfig.checkpoint_input=False): "
+      "a resumed run restarts its input stream"
+    )
   model = GLM(model_config)
   tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
   schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
@@ -179,12 +201,14 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
     (epath.Path(model_dir) / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2))
 
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh)
+    step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
+  )
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
   dropout_rng = jax.random.fold_in(root_rng, 1)
 
   writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0, asynchronous=False)
+    os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0, asynchronous=False
+  )
   metrics_path = os.path.join(model_dir, METRICS_FILE)
   is_chief = jax.process_index() == 0
   flops_token = metrics_lib.flops_per_token(model_config, tc.length)
@@ -208,8 +232,13 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - window_start
         tokens_per_second = window_steps * tc.batch_size * tc.length / elapsed
-        record = {"step": step_done, "split": "train", **metrics, "tokens_per_second": tokens_per_second,
-                  mfu_name: metrics_lib.mfu(tokens_per_second, flops_token, peak, jax.device_count())}
+        record = {
+          "step": step_done,
+          "split": "train",
+          **metrics,
+          "tokens_per_second": tokens_per_second,
+          mfu_name: metrics_lib.mfu(tokens_per_second, flops_token, peak, jax.device_count()),
+        }
         if step == start:  # the first window includes compilation: log its loss, not its speed
           record.pop("tokens_per_second")
           record.pop(mfu_name)
@@ -240,8 +269,9 @@ def train(model_config: GLMConfig, train_config: TrainConfig, optimizer_config: 
       summary["steps"] = step_done
       if preempted:
         manager.wait_until_finished()
-        logging.warning("preempted at step %d: checkpoint saved in %s; rerun the same command to resume",
-                        step_done, model_dir)
+        logging.warning(
+          "preempted at step %d: checkpoint saved in %s; rerun the same command to resume", step_done, model_dir
+        )
         summary["preempted"] = True
         break
   finally:

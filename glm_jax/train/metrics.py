@@ -1,5 +1,6 @@
 """What a person watching a run reads: FLOPs per token and MFU, TensorBoard scalars, a JSONL log and the
 loss-curve PNG."""
+
 from __future__ import annotations
 
 import io
@@ -13,16 +14,16 @@ from glm_jax.model import GLMConfig
 
 # Peak dense bf16 FLOP/s per device (vendor datasheets). Unknown devices need an explicit peak.
 PEAK_FLOPS_PER_DEVICE = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
 }
 # CPU has no datasheet number: assume 2 AVX FMA units x 8 float32 lanes x 2 FLOPs at 3 GHz per core.
 CPU_FLOPS_PER_CORE_ESTIMATE = 2 * 8 * 2 * 3e9
@@ -52,8 +53,10 @@ def peak_flops_per_device(device: jax.Device | None = None, override: float | No
   for kind, peak in PEAK_FLOPS_PER_DEVICE.items():
     if device.device_kind.startswith(kind):
       return peak, False
-  raise ValueError(f"no peak FLOP/s known for device kind {device.device_kind!r}; set "
-                   f"TrainConfig.peak_flops_per_device to its datasheet value")
+  raise ValueError(
+    f"no peak FLOP/s known for device kind {device.device_kind!r}; set "
+    f"TrainConfig.peak_flops_per_device to its datasheet value"
+  )
 
 
 def mfu(tokens_per_second: float, flops_token: float, peak_per_device: float, num_devices: int) -> float:
@@ -87,6 +90,7 @@ def read_jsonl(path: str) -> list[dict]:
 def plot_loss_curve(records: list[dict], path: str) -> None:
   """Train and eval loss against step (records with "split" and "loss"), written as a PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -1,5 +1,6 @@
 """AdamW as GLM trains it: linear warmup, cosine or linear decay to a floor, global-norm clipping,
 weight decay on matrices and embeddings only (never on biases or LayerNorm parameters)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ _NO_DECAY_LEAF_NAMES = ("bias", "scale")
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """AdamW hyper-parameters; the defaults are GLM's (Adam b2=0.98, eps=1e-6, clip 1.0, wd 0.1)."""
+
   learning_rate: float = 1e-4  # peak, reached at the end of warmup
   warmup_steps: int = 1000
   decay_style: DecayStyle = "cosine"
@@ -41,8 +43,10 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
   decay_steps = config.decay_steps or total_steps
   warmup = min(config.warmup_steps, decay_steps)
   if config.warmup_steps > decay_steps:
-    raise ValueError(f"warmup_steps={config.warmup_steps} exceeds decay_steps={decay_steps} "
-                     f"(lower OptimizerConfig.warmup_steps or train longer)")
+    raise ValueError(
+      f"warmup_steps={config.warmup_steps} exceeds decay_steps={decay_steps} "
+      f"(lower OptimizerConfig.warmup_steps or train longer)"
+    )
   warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
   remaining = max(decay_steps - warmup, 1)
   floor = peak * config.min_lr_ratio
@@ -57,9 +61,11 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
 
 def weight_decay_mask(params) -> object:
   """True for leaves that get weight decay: everything except biases and LayerNorm scales (by path)."""
+
   def decays(path, _):
     name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
     return name not in _NO_DECAY_LEAF_NAMES
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -69,6 +75,9 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay, mask=weight_decay_mask))
+  chain.append(
+    optax.adamw(
+      schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=weight_decay_mask
+    )
+  )
   return optax.chain(*chain)

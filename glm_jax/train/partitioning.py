@@ -7,6 +7,7 @@ Steps are traced with the mesh and the rules table in context (`with_mesh_rules`
 constraints (`nn.with_logical_constraint(x, ACTIVATION_AXES)`, batch over data x fsdp) reach XLA; the state and
 batch shardings are stated on the jit call (glm_jax/train/step.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,21 +26,22 @@ from glm_jax.train.state import TrainState
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("kv", None),
-    ("layers", None),
-    ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("kv", None),
+  ("layers", None),
+  ("activation_batch", BATCH_AXES),
+  ("activation_length", None),
+  ("activation_embed", None),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Mesh shape over ("data", "fsdp", "tensor"); one entry may be -1 (all remaining devices)."""
+
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
@@ -54,8 +56,10 @@ class MeshConfig:
         raise ValueError(f"MeshConfig{tuple(dims)}: {num_devices} devices do not divide by {known}")
       dims[dims.index(-1)] = num_devices // known
     if math.prod(dims) != num_devices:
-      raise ValueError(f"MeshConfig{tuple(dims)} needs {math.prod(dims)} devices but {num_devices} are present "
-                       f"(set one axis to -1 or change the shape)")
+      raise ValueError(
+        f"MeshConfig{tuple(dims)} needs {math.prod(dims)} devices but {num_devices} are present "
+        f"(set one axis to -1 or change the shape)"
+      )
     return tuple(dims)
 
 
@@ -72,10 +76,12 @@ def with_mesh_rules(fn: Callable, mesh: Mesh) -> Callable:
   mesh is entered inside the traced function because `jax.set_mesh` may not be entered under jit, so the
   returned function can be jitted, lowered and compiled like any other.
   """
+
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
       return fn(*args, **kwargs)
+
   return wrapped
 
 
@@ -92,8 +98,8 @@ def state_shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh) 
   abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
   replicated = NamedSharding(mesh, P())
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
-      transform_non_params=lambda _: replicated)
+    tx, lambda _, sharding: sharding, abstract_opt_state, param_shardings, transform_non_params=lambda _: replicated
+  )
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
 
 
@@ -110,8 +116,10 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   for name, value in local_batch.items():
     global_rows = value.shape[0] * jax.process_count()
     if global_rows % batch_devices:
-      raise ValueError(f"batch of {global_rows} rows ({name}) does not split over data*fsdp={batch_devices} "
-                       f"devices (make TrainConfig.batch_size a multiple of {batch_devices})")
+      raise ValueError(
+        f"batch of {global_rows} rows ({name}) does not split over data*fsdp={batch_devices} "
+        f"devices (make TrainConfig.batch_size a multiple of {batch_devices})"
+      )
     out[name] = jax.make_array_from_process_local_data(sharding, value)
   return out
 
@@ -124,20 +132,23 @@ def abstract_boxed_params(model: nn.Module, length: int):
   return jax.eval_shape(init, jax.random.key(0), ids, sep)
 
 
-def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                   length: int) -> tuple[TrainState, TrainState]:
+def abstract_state(
+  model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, length: int
+) -> tuple[TrainState, TrainState]:
   """The TrainState's shapes and dtypes in their shardings, nothing allocated: what a train step is lowered with
   to compile it for devices this process does not have (glm_jax/deviceless.py). Returns (state, shardings)."""
   boxed = abstract_boxed_params(model, length)
   shardings = state_shardings(boxed, tx, mesh)
   shapes = jax.eval_shape(lambda params: TrainState.create(params, tx), nn.unbox(boxed))
-  state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                       shapes, shardings)
+  state = jax.tree.map(
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), shapes, shardings
+  )
   return state, shardings
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array,
-               length: int) -> tuple[TrainState, TrainState]:
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array, length: int
+) -> tuple[TrainState, TrainState]:
   """A freshly initialized TrainState created directly in its shardings; returns (state, shardings)."""
   shardings = state_shardings(abstract_boxed_params(model, length), tx, mesh)
 

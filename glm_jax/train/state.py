@@ -1,4 +1,5 @@
 """The train state: everything a step reads and writes, and everything a checkpoint holds."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +13,7 @@ from flax import struct
 @struct.dataclass
 class TrainState:
   """step: int32 scalar (optimizer steps taken); params: the GLM params tree; opt_state: optax state."""
+
   step: jax.Array
   params: Any
   opt_state: optax.OptState

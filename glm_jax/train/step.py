@@ -7,6 +7,7 @@ before the softmax, so they never receive probability.
 Gradient accumulation scans over microbatches inside the step; each microbatch's summed loss is divided by
 the token count of the whole batch, so the accumulated gradient equals the big-batch gradient.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -45,22 +46,34 @@ def forward(model: GLM, params, batch: dict, *, deterministic: bool, dropout_rng
   """Logits [B, L, V] for a batch of model features (docs/design.md)."""
   rngs = None if deterministic else {"dropout": dropout_rng}
   return model.apply(
-      {"params": params}, batch["input_ids"], batch["position_ids"], batch["block_position_ids"],
-      sep=batch["sep"], segment_ids=batch.get("segment_ids"), deterministic=deterministic, rngs=rngs)
+    {"params": params},
+    batch["input_ids"],
+    batch["position_ids"],
+    batch["block_position_ids"],
+    sep=batch["sep"],
+    segment_ids=batch.get("segment_ids"),
+    deterministic=deterministic,
+    rngs=rngs,
+  )
 
 
 def _microbatches(batch: dict, n: int) -> dict:
   """[B, ...] -> [n, B/n, ...], microbatch i = rows i, i+n, ... so each device keeps its own rows."""
+
   def split(x):
     if x.shape[0] % n:
-      raise ValueError(f"batch of {x.shape[0]} rows does not split into accumulation_steps={n} microbatches "
-                       f"(make TrainConfig.batch_size a multiple of it)")
+      raise ValueError(
+        f"batch of {x.shape[0]} rows does not split into accumulation_steps={n} microbatches "
+        f"(make TrainConfig.batch_size a multiple of it)"
+      )
     return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model: GLM, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None,
-                    accumulation_steps: int = 1) -> Callable:
+def make_train_step(
+  model: GLM, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None, accumulation_steps: int = 1
+) -> Callable:
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
   batch: dict of [B, L] model features; rng: a base key, folded with the step number (and the microbatch
@@ -74,6 +87,7 @@ def make_train_step(model: GLM, tx: optax.GradientTransformation, schedule: opta
       logits = forward(model, p, micro, deterministic=False, dropout_rng=rng)
       loss_sum, correct = loss_sums(logits, micro["target_ids"], micro["loss_mask"], vocab_size)
       return loss_sum / total_tokens, correct
+
     (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, correct, grads
 
@@ -84,23 +98,26 @@ def make_train_step(model: GLM, tx: optax.GradientTransformation, schedule: opta
     if accumulation_steps == 1:
       loss, correct, grads = microbatch_grads(state.params, batch, total_tokens, step_rng)
     else:
+
       def body(carry, xs):
         loss_acc, correct_acc, grads_acc = carry
         index, micro = xs
-        loss, correct, grads = microbatch_grads(
-            state.params, micro, total_tokens, jax.random.fold_in(step_rng, index))
+        loss, correct, grads = microbatch_grads(state.params, micro, total_tokens, jax.random.fold_in(step_rng, index))
         return (loss_acc + loss, correct_acc + correct, jax.tree.map(jnp.add, grads_acc, grads)), None
+
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (loss, correct, grads), _ = jax.lax.scan(
-          body, (jnp.zeros(()), jnp.zeros(()), zeros),
-          (jnp.arange(accumulation_steps), _microbatches(batch, accumulation_steps)))
+        body,
+        (jnp.zeros(()), jnp.zeros(()), zeros),
+        (jnp.arange(accumulation_steps), _microbatches(batch, accumulation_steps)),
+      )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "loss": loss,
-        "accuracy": correct / total_tokens,
-        "num_tokens": num_tokens,
-        "grad_norm": optax.global_norm(grads),
+      "loss": loss,
+      "accuracy": correct / total_tokens,
+      "num_tokens": num_tokens,
+      "grad_norm": optax.global_norm(grads),
     }
     if schedule is not None:
       metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -112,11 +129,13 @@ def make_train_step(model: GLM, tx: optax.GradientTransformation, schedule: opta
 def make_eval_step(model: GLM) -> Callable:
   """Returns `eval_step(params, batch) -> {loss_sum, correct, num_tokens}` (deterministic; sums, so the
   caller can average over many batches exactly)."""
+
   def eval_step(params, batch: dict):
     logits = forward(model, params, batch, deterministic=True)
     loss_sum, correct = loss_sums(logits, batch["target_ids"], batch["loss_mask"], model.config.vocab_size)
     num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
     return {"loss_sum": loss_sum, "correct": correct, "num_tokens": num_tokens}
+
   return eval_step
 
 
@@ -125,13 +144,19 @@ def jit_train_step(train_step: Callable, state_shardings, mesh: jax.sharding.Mes
   replicated; the old state is donated. The step is traced with the mesh and the rules table in context, so
   the model's activation constraints apply (partitioning.with_mesh_rules)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(partitioning.with_mesh_rules(train_step, mesh),
-                 in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return jax.jit(
+    partitioning.with_mesh_rules(train_step, mesh),
+    in_shardings=(state_shardings, partitioning.batch_sharding(mesh), replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
 
 
 def jit_eval_step(eval_step: Callable, param_shardings, mesh: jax.sharding.Mesh) -> Callable:
   """jit with params by the rules table, batch over (data, fsdp), replicated sums; traced like the train step."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(partitioning.with_mesh_rules(eval_step, mesh),
-                 in_shardings=(param_shardings, partitioning.batch_sharding(mesh)), out_shardings=replicated)
+  return jax.jit(
+    partitioning.with_mesh_rules(eval_step, mesh),
+    in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
+    out_shardings=replicated,
+  )

@@ -3,6 +3,7 @@
 Each document is an arithmetic run of token ids (start, start+1, ...) so a masked span is predictable from
 its neighbours. Rows follow the model features of docs/design.md (unpacked: one segment per row).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class SyntheticIds:
   """Special ids of the synthetic vocabulary; ordinary tokens are `first_token`..`vocab_size - 1`."""
+
   pad: int = 0
   eos: int = 1
   cls: int = 2
@@ -23,8 +25,14 @@ class SyntheticIds:
   first_token: int = 8
 
 
-def synthetic_example(rng: np.random.Generator, length: int, vocab_size: int, num_spans: int = 2,
-                      max_span: int = 4, ids: SyntheticIds = SyntheticIds()) -> dict[str, np.ndarray]:
+def synthetic_example(
+  rng: np.random.Generator,
+  length: int,
+  vocab_size: int,
+  num_spans: int = 2,
+  max_span: int = 4,
+  ids: SyntheticIds = SyntheticIds(),
+) -> dict[str, np.ndarray]:
   """One row of model features [length]: Part A = [CLS] + document with spans masked; Part B = spans."""
   budget = length - 1 - num_spans  # [CLS] + one [sop] per span
   doc_len = max(num_spans * (max_span + 1), budget // 2)
@@ -45,7 +53,7 @@ def synthetic_example(rng: np.random.Generator, length: int, vocab_size: int, nu
   part_a.extend(doc[cursor:])
   inputs, targets, positions, blocks = list(part_a), list(part_a), list(range(len(part_a))), [0] * len(part_a)
   for (begin, span_len), mask_pos in zip(spans, mask_positions):
-    span = list(doc[begin:begin + span_len])
+    span = list(doc[begin : begin + span_len])
     inputs += [ids.sop] + span
     targets += span + [ids.eop]
     positions += [mask_pos] * (span_len + 1)
@@ -55,19 +63,20 @@ def synthetic_example(rng: np.random.Generator, length: int, vocab_size: int, nu
     raise ValueError(f"synthetic example of {n} tokens exceeds length={length} (raise length or lower max_span)")
   pad = length - n
   row = {
-      "input_ids": inputs + [ids.pad] * pad,
-      "target_ids": targets + [ids.pad] * pad,
-      "loss_mask": [0.0] * len(part_a) + [1.0] * (n - len(part_a)) + [0.0] * pad,
-      "position_ids": positions + [0] * pad,
-      "block_position_ids": blocks + [0] * pad,
-      "segment_ids": [1] * n + [0] * pad,
-      "sep": [len(part_a)] * n + [0] * pad,
+    "input_ids": inputs + [ids.pad] * pad,
+    "target_ids": targets + [ids.pad] * pad,
+    "loss_mask": [0.0] * len(part_a) + [1.0] * (n - len(part_a)) + [0.0] * pad,
+    "position_ids": positions + [0] * pad,
+    "block_position_ids": blocks + [0] * pad,
+    "segment_ids": [1] * n + [0] * pad,
+    "sep": [len(part_a)] * n + [0] * pad,
   }
   return {k: np.asarray(v, np.float32 if k == "loss_mask" else np.int32) for k, v in row.items()}
 
 
-def synthetic_batches(batch_size: int, length: int, vocab_size: int, seed: int = 0,
-                      **example_kwargs) -> Iterator[dict[str, np.ndarray]]:
+def synthetic_batches(
+  batch_size: int, length: int, vocab_size: int, seed: int = 0, **example_kwargs
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches of [batch_size, length] synthetic model features."""
   rng = np.random.default_rng(seed)
   while True:

@@ -3,6 +3,7 @@
 What they measure is not checked here (benchmarks are not timed tests); that they run is, so the GPU ones, which
 only a lent device runs for real, do not rot: their --dry_run paths run the same code on CPU with tiny shapes.
 """
+
 import os
 import pathlib
 import subprocess
@@ -16,8 +17,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> str:
-  env = env or dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                    JAX_PLATFORMS="cpu")
+  env = env or dict(
+    os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), JAX_PLATFORMS="cpu"
+  )
   done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   return done.stdout
@@ -57,6 +59,10 @@ def test_scaling_tpu_dry_run_compiles_the_sharded_train_step_with_the_mosaic_ker
 @pytest.mark.slow
 def test_data_throughput_runs_every_part_on_a_small_corpus():
   out = _run("benchmarks/data_throughput.py", "--corpus_mb", "0.05", "--objectives", "tokens", "--end_to_end")
-  for part in ("baseline: PyTorch-GLM-style corruption", "(a) tokenization", "(b) corruption + conversion",
-               "(c) seqio Task end to end"):
+  for part in (
+    "baseline: PyTorch-GLM-style corruption",
+    "(a) tokenization",
+    "(b) corruption + conversion",
+    "(c) seqio Task end to end",
+  ):
     assert f"| {part}" in out, part

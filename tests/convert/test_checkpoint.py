@@ -1,4 +1,5 @@
 """The convert command: a PyTorch checkpoint in, an orbax checkpoint + config out, restoring to the same params."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,19 @@ def test_load_converted_of_an_empty_directory_says_what_to_run(tmp_path):
 @pytest.mark.slow
 def test_python_m_glm_jax_convert(tmp_path):
   source = write_random_hf(tmp_path / "hf")
-  subprocess.run([sys.executable, "-m", "glm_jax.convert", "--from_pytorch", str(source), "--output_dir",
-                  str(tmp_path / "out"), "--no_scan_layers"], check=True)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "glm_jax.convert",
+      "--from_pytorch",
+      str(source),
+      "--output_dir",
+      str(tmp_path / "out"),
+      "--no_scan_layers",
+    ],
+    check=True,
+  )
   config, params = convert.load_converted(str(tmp_path / "out"))
   assert not config.scan_layers and "layers_1" in params
 
@@ -82,18 +94,36 @@ def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
 
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("\n".join(["今天天气很好", "我们去公园散步", "hello world"] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=24,
-                                 model_type="unigram", character_coverage=1.0, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / "sp"),
+    vocab_size=24,
+    model_type="unigram",
+    character_coverage=1.0,
+    minloglevel=2,
+  )
   source = write_random_hf(tmp_path / "hf")
   with pytest.raises(ValueError, match="--tokenizer"):  # CONFIG is no published shape
-    convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "a"),
-                       "--vocab_files", str(tmp_path / "sp.model")])
-  convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out"),
-                     "--vocab_files", str(tmp_path / "sp.model"), "--tokenizer", "chinese_sp"])
+    convert_main.main(
+      ["--from_pytorch", str(source), "--output_dir", str(tmp_path / "a"), "--vocab_files", str(tmp_path / "sp.model")]
+    )
+  convert_main.main(
+    [
+      "--from_pytorch",
+      str(source),
+      "--output_dir",
+      str(tmp_path / "out"),
+      "--vocab_files",
+      str(tmp_path / "sp.model"),
+      "--tokenizer",
+      "chinese_sp",
+    ]
+  )
   vocab = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
   assert vocab.special_ids["[gMASK]"] == 24 + 9 and vocab.embedding_rows == CONFIG.padded_vocab_size
   assert vocab.encode("天气[gMASK]") == glm_tokenizers.chinese_sentencepiece(str(tmp_path / "sp.model")).encode(
-      "天气[gMASK]")
+    "天气[gMASK]"
+  )
   config, _ = convert.load_converted(str(tmp_path / "out"))  # the tokenizer folder does not upset orbax
   assert config == CONFIG
   assert glm_tokenizers.load_with_checkpoint(str(tmp_path / "a")) is None
@@ -122,11 +152,27 @@ def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_t
 
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("\n".join(["the module defines a class", "a function returns the value of the object"] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=24,
-                                 model_type="unigram", character_coverage=1.0, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / "sp"),
+    vocab_size=24,
+    model_type="unigram",
+    character_coverage=1.0,
+    minloglevel=2,
+  )
   source = write_random_hf(tmp_path / "hf")
-  convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out"),
-                     "--vocab_files", str(tmp_path / "sp.model"), "--tokenizer", "chinese_sp"])
+  convert_main.main(
+    [
+      "--from_pytorch",
+      str(source),
+      "--output_dir",
+      str(tmp_path / "out"),
+      "--vocab_files",
+      str(tmp_path / "sp.model"),
+      "--tokenizer",
+      "chinese_sp",
+    ]
+  )
   saved = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
   gin.clear_config()
   try:
@@ -135,9 +181,14 @@ def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_t
 
     assert pretrain.VOCABULARY.special_ids == saved.special_ids
     assert pretrain.VOCABULARY.vocab_size == saved.vocab_size <= CONFIG.vocab_size
-    ds = seqio.get_dataset("glm_token_embedded", task_feature_lengths=feature_converter.task_feature_lengths(32),
-                           dataset_split="validation", shuffle=False, num_epochs=1,
-                           feature_converter=feature_converter.GLMFeatureConverter(pack=True))
+    ds = seqio.get_dataset(
+      "glm_token_embedded",
+      task_feature_lengths=feature_converter.task_feature_lengths(32),
+      dataset_split="validation",
+      shuffle=False,
+      num_epochs=1,
+      feature_converter=feature_converter.GLMFeatureConverter(pack=True),
+    )
     rows = [row["input_ids"] for row, _ in zip(ds.as_numpy_iterator(), range(4))]
     ids = np.concatenate(rows)
     assert ids.max() < saved.vocab_size

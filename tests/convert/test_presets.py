@@ -1,4 +1,5 @@
 """Published checkpoint presets: every THUDM GLM v1 release, with the sizes its README advertises."""
+
 from __future__ import annotations
 
 import pathlib
@@ -10,15 +11,15 @@ from glm_jax.model.config import num_params
 
 # name -> (advertised parameters, layers, hidden, heads, max length, vocabulary rows)
 EXPECTED = {
-    "glm-base": (110e6, 12, 768, 12, 512, 30592),
-    "glm-large": (335e6, 24, 1024, 16, 512, 30592),
-    "glm-410m": (410e6, 30, 1024, 16, 512, 30592),
-    "glm-515m": (515e6, 30, 1152, 18, 512, 30592),
-    "glm-roberta-large": (355e6, 24, 1024, 16, 512, 50304),
-    "glm-2b": (2e9, 36, 2048, 32, 1024, 50304),
-    "glm-10b": (10e9, 48, 4096, 64, 1024, 50304),
-    "glm-large-chinese": (355e6, 24, 1024, 16, 1024, 50048),
-    "glm-10b-chinese": (10e9, 48, 4096, 64, 1024, 50048),
+  "glm-base": (110e6, 12, 768, 12, 512, 30592),
+  "glm-large": (335e6, 24, 1024, 16, 512, 30592),
+  "glm-410m": (410e6, 30, 1024, 16, 512, 30592),
+  "glm-515m": (515e6, 30, 1152, 18, 512, 30592),
+  "glm-roberta-large": (355e6, 24, 1024, 16, 512, 50304),
+  "glm-2b": (2e9, 36, 2048, 32, 1024, 50304),
+  "glm-10b": (10e9, 48, 4096, 64, 1024, 50304),
+  "glm-large-chinese": (355e6, 24, 1024, 16, 1024, 50048),
+  "glm-10b-chinese": (10e9, 48, 4096, 64, 1024, 50048),
 }
 
 
@@ -27,7 +28,11 @@ def test_published_shapes(name):
   size, layers, hidden, heads, max_length, rows = EXPECTED[name]
   config = presets.published(name)
   assert (config.num_layers, config.hidden_size, config.num_heads, config.max_length) == (
-      layers, hidden, heads, max_length)
+    layers,
+    hidden,
+    heads,
+    max_length,
+  )
   assert config.vocab_size == config.padded_vocab_size == rows
   assert config.head_dim == 64
   assert abs(num_params(config) - size) / size < 0.05

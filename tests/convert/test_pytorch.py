@@ -6,6 +6,7 @@ QKV with rows Q|K|V, ltor mask with Part A opened per example, scores scaled by 
 float32 minimum; every row sees at least its own position, so exp(-10000 - max) underflows to exactly 0 in
 float32 and both give the same probabilities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ D = E // H
 
 
 class ReferenceLayer(torch.nn.Module):
-
   def __init__(self):
     super().__init__()
     self.input_layernorm = torch.nn.LayerNorm(E, eps=1e-5)
@@ -75,11 +75,14 @@ class ReferenceGLM(torch.nn.Module):
     b, length = input_ids.shape
     mask = torch.ones(length, length).tril().unsqueeze(0).repeat(b, 1, 1)
     for i in range(b):
-      mask[i, :, :int(sep[i])] = 1
+      mask[i, :, : int(sep[i])] = 1
     mask = mask.unsqueeze(1)
     t = self.transformer
-    h = (self.word_embeddings(input_ids) + t.position_embeddings(position_ids[:, 0])
-         + t.block_position_embeddings(position_ids[:, 1]))
+    h = (
+      self.word_embeddings(input_ids)
+      + t.position_embeddings(position_ids[:, 0])
+      + t.block_position_embeddings(position_ids[:, 1])
+    )
     for layer in t.layers:
       h = layer(h, mask)
     return torch.nn.functional.linear(t.final_layernorm(h), self.word_embeddings.weight)
@@ -101,8 +104,15 @@ def reference_model(seed: int = 0) -> ReferenceGLM:
 
 
 def hf_config(**changes) -> dict:
-  return {"num_layers": LAYERS, "hidden_size": E, "num_attention_heads": H, "max_sequence_length": MAX_LEN,
-          "vocab_size": V, "block_position_encoding": True, **changes}
+  return {
+    "num_layers": LAYERS,
+    "hidden_size": E,
+    "num_attention_heads": H,
+    "max_sequence_length": MAX_LEN,
+    "vocab_size": V,
+    "block_position_encoding": True,
+    **changes,
+  }
 
 
 def write_hf(directory, state_dict, config=None):
@@ -114,6 +124,7 @@ def write_hf(directory, state_dict, config=None):
 
 def split_for_rank(state_dict, rank: int, ranks: int) -> dict:
   """One Megatron model-parallel rank's shard, written from the reference's partitioning rules."""
+
   def chunk(x, dim):
     size = x.shape[dim] // ranks
     return x.narrow(dim, rank * size, size).clone()
@@ -135,8 +146,10 @@ def write_megatron(directory, state_dict, ranks: int, iteration: str = "1000"):
   (directory / iteration).mkdir(parents=True)
   (directory / "latest_checkpointed_iteration.txt").write_text(iteration)
   for r in range(ranks):
-    torch.save({"module": split_for_rank(state_dict, r, ranks), "iteration": int(iteration)},
-               directory / iteration / f"mp_rank_{r:02d}_model_states.pt")
+    torch.save(
+      {"module": split_for_rank(state_dict, r, ranks), "iteration": int(iteration)},
+      directory / iteration / f"mp_rank_{r:02d}_model_states.pt",
+    )
   return directory
 
 
@@ -155,8 +168,11 @@ def torch_logits(model, input_ids, positions, sep) -> np.ndarray:
 
 @functools.cache
 def _jitted_apply(config):
-  return jax.jit(lambda params, ids, pos, block, sep: GLM(config).apply(
-      {"params": params}, ids, pos, block, sep=sep, deterministic=True))
+  return jax.jit(
+    lambda params, ids, pos, block, sep: GLM(config).apply(
+      {"params": params}, ids, pos, block, sep=sep, deterministic=True
+    )
+  )
 
 
 def jax_logits(config, params, input_ids, positions, sep) -> np.ndarray:
@@ -172,10 +188,16 @@ def assert_trees_equal(a, b):
 @pytest.mark.parametrize("implementation", ["reference", None])
 def test_logits_match_reference_model(tmp_path, implementation):
   model = reference_model()
-  config, params = convert.from_pytorch(write_hf(tmp_path / "hf", model.state_dict()),
-                                        attention_implementation=implementation)
+  config, params = convert.from_pytorch(
+    write_hf(tmp_path / "hf", model.state_dict()), attention_implementation=implementation
+  )
   assert (config.vocab_size, config.hidden_size, config.num_heads, config.num_layers, config.max_length) == (
-      V, E, H, LAYERS, MAX_LEN)
+    V,
+    E,
+    H,
+    LAYERS,
+    MAX_LEN,
+  )
   for seed in range(3):
     batch = random_batch(seed)
     expected = torch_logits(model, *batch)
@@ -304,6 +326,7 @@ def test_export_round_trip_is_exact(tmp_path, scan_layers):
 @pytest.mark.slow
 def test_export_accepts_model_init_params(tmp_path):
   from flax.core import meta
+
   config, _ = convert.from_pytorch(write_hf(tmp_path / "in", reference_model().state_dict()))
   z = jnp.zeros((1, 4), jnp.int32)
   boxed = GLM(config).init(jax.random.key(0), z, z, z, sep=jnp.ones((1,), jnp.int32))["params"]
@@ -315,9 +338,12 @@ def test_export_accepts_model_init_params(tmp_path):
 def test_chinese_10b_gmask_row_is_copied(tmp_path):
   rows = 50048
   rng = np.random.default_rng(0)
-  sd = {k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
-        for k, s in pt.torch_shapes(convert.published("glm-10b-chinese", num_layers=1, hidden_size=16,
-                                                      num_heads=2, max_length=8)).items()}
+  sd = {
+    k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+    for k, s in pt.torch_shapes(
+      convert.published("glm-10b-chinese", num_layers=1, hidden_size=16, num_heads=2, max_length=8)
+    ).items()
+  }
   directory = write_hf(tmp_path / "zh", sd, hf_config(num_layers=1, hidden_size=16, num_attention_heads=2))
   _, params = convert.from_pytorch(directory, fix_chinese_10b_gmask=True)
   table, original = params["word_embeddings"]["embedding"], sd["word_embeddings.weight"].numpy()
@@ -340,8 +366,10 @@ def test_pickled_objects_need_allow_pickle(tmp_path):
 
 
 def test_import_glm_jax_does_not_import_torch():
-  code = ("import sys, glm_jax, glm_jax.model, glm_jax.convert, glm_jax.convert.pytorch; "
-          "assert 'torch' not in sys.modules and 'tokenizers' not in sys.modules")
+  code = (
+    "import sys, glm_jax, glm_jax.model, glm_jax.convert, glm_jax.convert.pytorch; "
+    "assert 'torch' not in sys.modules and 'tokenizers' not in sys.modules"
+  )
   subprocess.run([sys.executable, "-c", code], check=True)
 
 

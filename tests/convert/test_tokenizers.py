@@ -1,5 +1,6 @@
 """GLM tokenizers as seqio vocabularies: the reference's special ids, text ids against independent tokenizers,
 command-token splitting, decode, and the TF paths inside a seqio pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ VOCAB_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "voc
 BERT_VOCAB = VOCAB_DIR / "bert-base-uncased-vocab.txt"
 GPT2_FILES = (VOCAB_DIR / "gpt2-vocab.json", VOCAB_DIR / "gpt2-merges.txt")
 needs_real_vocab = pytest.mark.skipif(
-    not (BERT_VOCAB.exists() and GPT2_FILES[0].exists()),
-    reason=f"real BERT / GPT-2 vocabulary files not found under {VOCAB_DIR}")
+  not (BERT_VOCAB.exists() and GPT2_FILES[0].exists()),
+  reason=f"real BERT / GPT-2 vocabulary files not found under {VOCAB_DIR}",
+)
 
 TEXTS = ["Hello, World! The quick brown fox.", "naïve café — 3.14 unaffable", "  spaces   and\ttabs\n"]
 
@@ -36,8 +38,19 @@ def gpt2():
 @needs_real_vocab
 def test_bert_special_ids_are_the_reference_ones(bert):
   assert bert.special_ids == {
-      "[pad]": 0, "[eos]": 0, "[CLS]": 101, "[ENC]": 101, "[MASK]": 103, "[UNK]": 100, "[SEP]": 102,
-      "[sop]": 30522, "[eop]": 30523, "[gMASK]": 30524, "[sMASK]": 30525, "[dBLOCK]": 30526}
+    "[pad]": 0,
+    "[eos]": 0,
+    "[CLS]": 101,
+    "[ENC]": 101,
+    "[MASK]": 103,
+    "[UNK]": 100,
+    "[SEP]": 102,
+    "[sop]": 30522,
+    "[eop]": 30523,
+    "[gMASK]": 30524,
+    "[sMASK]": 30525,
+    "[dBLOCK]": 30526,
+  }
   assert (bert.pad_id, bert.eos_id, bert.unk_id) == (0, 0, 100)
   assert bert.vocab_size == 30527 and bert.embedding_rows == 30592
 
@@ -62,8 +75,19 @@ def test_bert_command_tokens_in_text(bert):
 @needs_real_vocab
 def test_gpt2_special_ids_are_the_reference_ones(gpt2):
   assert gpt2.special_ids == {
-      "[pad]": 50256, "[eos]": 50256, "[sop]": 50257, "[eop]": 50258, "[CLS]": 50259, "[ENC]": 50259, "[MASK]": 50260,
-      "[SEP]": 50261, "[UNK]": 50262, "[gMASK]": 50263, "[sMASK]": 50264, "[dBLOCK]": 50265}
+    "[pad]": 50256,
+    "[eos]": 50256,
+    "[sop]": 50257,
+    "[eop]": 50258,
+    "[CLS]": 50259,
+    "[ENC]": 50259,
+    "[MASK]": 50260,
+    "[SEP]": 50261,
+    "[UNK]": 50262,
+    "[gMASK]": 50263,
+    "[sMASK]": 50264,
+    "[dBLOCK]": 50265,
+  }
   assert gpt2.vocab_size == 50266 and gpt2.embedding_rows == 50304
 
 
@@ -104,8 +128,19 @@ def _tiny_roberta_files(tmp_path):
 def test_roberta_special_ids_follow_the_vocabulary(tmp_path):
   vocab_json, merges, n = _tiny_roberta_files(tmp_path)  # n = 50265 for the real roberta vocab.json
   vocab = glm_tokenizers.roberta_bpe(vocab_json, merges)
-  assert vocab.special_ids == {"[pad]": 2, "[eos]": 2, "[SEP]": 2, "[CLS]": 0, "[ENC]": 0, "[MASK]": n - 1, "[UNK]": 3,
-                               "[sop]": n, "[eop]": n + 1, "[gMASK]": n + 2, "[sMASK]": n + 3}
+  assert vocab.special_ids == {
+    "[pad]": 2,
+    "[eos]": 2,
+    "[SEP]": 2,
+    "[CLS]": 0,
+    "[ENC]": 0,
+    "[MASK]": n - 1,
+    "[UNK]": 3,
+    "[sop]": n,
+    "[eop]": n + 1,
+    "[gMASK]": n + 2,
+    "[sMASK]": n + 3,
+  }
   ids = vocab.encode("ab [MASK]<|endofpiece|>")
   assert ids == [vocab.encode("a")[0], vocab.encode("b")[0], n - 1, n + 1]  # no merges: one id per byte
   assert vocab.decode(ids) == "ab [MASK] <|endofpiece|>"
@@ -118,8 +153,14 @@ def tiny_sentencepiece(tmp_path_factory):
   directory = tmp_path_factory.mktemp("sp")
   corpus = directory / "corpus.txt"
   corpus.write_text("\n".join(["今天天气很好", "我们去公园散步", "hello world", "天气预报说明天下雨"] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "m"), vocab_size=30,
-                                 model_type="unigram", character_coverage=1.0, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(directory / "m"),
+    vocab_size=30,
+    model_type="unigram",
+    character_coverage=1.0,
+    minloglevel=2,
+  )
   return str(directory / "m.model")
 
 
@@ -128,9 +169,19 @@ def test_chinese_sentencepiece_special_ids_and_text(tiny_sentencepiece):
 
   vocab = glm_tokenizers.chinese_sentencepiece(tiny_sentencepiece)
   n = 30  # 50000 for cog-pretrain.model
-  assert vocab.special_ids == {"[pad]": n, "[eos]": n, "[SEP]": n + 1, "[CLS]": n + 2, "[ENC]": n + 2, "[MASK]": n + 3,
-                               "[UNK]": n + 4, "[sop]": n + 6, "[eop]": n + 7, "[sMASK]": n + 8,
-                               "[gMASK]": n + 9}
+  assert vocab.special_ids == {
+    "[pad]": n,
+    "[eos]": n,
+    "[SEP]": n + 1,
+    "[CLS]": n + 2,
+    "[ENC]": n + 2,
+    "[MASK]": n + 3,
+    "[UNK]": n + 4,
+    "[sop]": n + 6,
+    "[eop]": n + 7,
+    "[sMASK]": n + 8,
+    "[gMASK]": n + 9,
+  }
   sp = spm.SentencePieceProcessor(model_file=tiny_sentencepiece)
   ids = vocab.encode("今天天气 [gMASK]公园")
   assert ids == sp.encode("今天天气") + [n + 9] + sp.encode("公园")

@@ -1,4 +1,5 @@
 """Tests for GLM blank-infilling corruption: format invariants for any document, statistics, edge cases."""
+
 from __future__ import annotations
 
 import collections
@@ -48,7 +49,7 @@ def check_example(ex: dict[str, np.ndarray], max_length: int, mask_id: int) -> t
     np.testing.assert_array_equal(block[start:end], np.arange(1, end - start + 1))
     np.testing.assert_array_equal(pos[start:end], pos[start])
     assert part_a[pos[start]] == mask_id
-    np.testing.assert_array_equal(targets[start:end - 1], ids[start + 1:end])
+    np.testing.assert_array_equal(targets[start : end - 1], ids[start + 1 : end])
     assert targets[end - 1] == SPECIAL.eop
     assert end - start >= 2  # every span holds at least one token
   # One B span per mask token of A, and no other mask kinds.
@@ -86,7 +87,7 @@ def test_token_level_invariants(doc, max_length, seed):
     lengths = span_lengths_of(ex)
     assert max(lengths) <= 39
     assert sum(lengths) >= math.ceil(0.15 * piece.size - 1e-9)
-    part_a = ex["input_ids"][:ex["sep"][0]]
+    part_a = ex["input_ids"][: ex["sep"][0]]
     is_mask = part_a == SPECIAL.mask
     assert not np.any(is_mask[1:] & is_mask[:-1]), "spans must be >= 1 unmasked token apart"
     if i < len(examples) - 1:
@@ -99,8 +100,9 @@ def test_token_level_invariants(doc, max_length, seed):
 def test_sentence_level_invariants(data, doc, max_length, seed):
   cuts = np.sort(data.draw(hnp.arrays(np.int64, st.integers(0, 40), elements=st.integers(0, doc.size))))
   sentence_lengths = np.diff(np.concatenate([[0], cuts, [doc.size]]))
-  examples = bi.corrupt_sentences(doc, sentence_lengths, np.random.default_rng(seed), max_length=max_length,
-                                  special=SPECIAL)
+  examples = bi.corrupt_sentences(
+    doc, sentence_lengths, np.random.default_rng(seed), max_length=max_length, special=SPECIAL
+  )
   pieces = check_document(doc, examples, max_length, SPECIAL.smask)
   # Sentence boundaries (long sentences cut into max_length - 3 chunks) are the only places a piece or a
   # masked span may begin or end.
@@ -128,8 +130,9 @@ def test_sentence_level_invariants(data, doc, max_length, seed):
 @hypothesis.settings(max_examples=80, deadline=None)
 @hypothesis.given(docs, max_lengths, seeds, st.sampled_from([0.0, 0.5, 1.0]))
 def test_document_level_invariants(doc, max_length, seed, suffix_prob):
-  examples = bi.corrupt_document(doc, np.random.default_rng(seed), max_length=max_length, special=SPECIAL,
-                                 suffix_prob=suffix_prob)
+  examples = bi.corrupt_document(
+    doc, np.random.default_rng(seed), max_length=max_length, special=SPECIAL, suffix_prob=suffix_prob
+  )
   pieces = check_document(doc, examples, max_length, SPECIAL.gmask)
   for i, (ex, piece) in enumerate(zip(examples, pieces)):
     (length,) = span_lengths_of(ex)
@@ -158,7 +161,7 @@ def oracle_assemble(piece, starts, lengths, mask_id, order):
       ex[name].append(value)
   for s in order:
     start, length = int(starts[s]), int(lengths[s])
-    span = piece[start:start + length].tolist()
+    span = piece[start : start + length].tolist()
     for j, (token, target) in enumerate(zip([SPECIAL.sop] + span, span + [SPECIAL.eop])):
       for name, value in zip(bi.FEATURES, (token, target, 1.0, mask_index[start], j + 1, len(part_a))):
         ex[name].append(value)
@@ -177,8 +180,9 @@ def test_assemble_matches_per_token_oracle(data, seed):
   lengths = np.array([b - a for a, b in intervals])
   piece = np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + n, dtype=np.int32)
   ex = bi.assemble(piece, starts, lengths, SPECIAL.smask, SPECIAL, np.random.default_rng(seed))
-  expected = oracle_assemble(piece, starts, lengths, SPECIAL.smask,
-                             np.random.default_rng(seed).permutation(len(intervals)))
+  expected = oracle_assemble(
+    piece, starts, lengths, SPECIAL.smask, np.random.default_rng(seed).permutation(len(intervals))
+  )
   for name in bi.FEATURES:
     np.testing.assert_array_equal(ex[name], np.array(expected[name], ex[name].dtype), err_msg=name)
 
@@ -216,8 +220,9 @@ def test_document_span_ratio_is_uniform_and_suffix_prob_is_honoured():
   examples = bi.corrupt_document(doc, rng, max_length=1004, special=SPECIAL, suffix_prob=0.3)
   ratios = np.array([span_lengths_of(ex)[0] / 1001 for ex in examples])
   assert ratios.min() >= 0.5 and ratios.max() <= 1.0
-  np.testing.assert_allclose(np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9]),
-                             [0.55, 0.625, 0.75, 0.875, 0.95], atol=0.02)
+  np.testing.assert_allclose(
+    np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9]), [0.55, 0.625, 0.75, 0.875, 0.95], atol=0.02
+  )
   suffix = np.array([ex["input_ids"][ex["sep"][0] - 1] == SPECIAL.gmask for ex in examples])
   # Non-suffix spans may still end at the end by chance (probability ~ 1 / (n - length + 1)).
   assert 0.3 <= suffix.mean() < 0.36
@@ -256,10 +261,11 @@ def test_deterministic_given_the_generator(objective):
 
 def corrupt_all(doc, rng, max_length, stats):
   return {
-      SPECIAL.mask: bi.corrupt_tokens(doc, rng, max_length=max_length, special=SPECIAL, stats=stats),
-      SPECIAL.smask: bi.corrupt_sentences(doc, np.array([doc.size]), rng, max_length=max_length,
-                                          special=SPECIAL, stats=stats),
-      SPECIAL.gmask: bi.corrupt_document(doc, rng, max_length=max_length, special=SPECIAL, stats=stats),
+    SPECIAL.mask: bi.corrupt_tokens(doc, rng, max_length=max_length, special=SPECIAL, stats=stats),
+    SPECIAL.smask: bi.corrupt_sentences(
+      doc, np.array([doc.size]), rng, max_length=max_length, special=SPECIAL, stats=stats
+    ),
+    SPECIAL.gmask: bi.corrupt_document(doc, rng, max_length=max_length, special=SPECIAL, stats=stats),
   }
 
 
@@ -310,10 +316,12 @@ def test_bad_arguments_name_the_value():
 
 def test_reconstruct_is_exact_on_a_hand_written_example():
   # Piece [10 11 12 13 14], spans (1, len 2) and (4, len 1); B order: second span first.
-  ex = {"input_ids": np.array([2, 10, 3, 13, 3, 6, 14, 6, 11, 12], np.int32),
-        "block_position_ids": np.array([0, 0, 0, 0, 0, 1, 2, 1, 2, 3], np.int32),
-        "position_ids": np.array([0, 1, 2, 3, 4, 4, 4, 2, 2, 2], np.int32),
-        "sep": np.full(10, 5, np.int32)}
+  ex = {
+    "input_ids": np.array([2, 10, 3, 13, 3, 6, 14, 6, 11, 12], np.int32),
+    "block_position_ids": np.array([0, 0, 0, 0, 0, 1, 2, 1, 2, 3], np.int32),
+    "position_ids": np.array([0, 1, 2, 3, 4, 4, 4, 2, 2, 2], np.int32),
+    "sep": np.full(10, 5, np.int32),
+  }
   np.testing.assert_array_equal(bi.reconstruct(ex, SPECIAL), [10, 11, 12, 13, 14])
   part_a, spans = bi.split_example(ex)
   np.testing.assert_array_equal(part_a, [2, 10, 3, 13, 3])
@@ -338,8 +346,12 @@ def test_special_ids_from_the_default_vocabulary_and_a_text_round_trip(monkeypat
 
 
 @hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(hnp.arrays(np.int64, st.integers(1, 300), elements=st.integers(1, 12)), st.integers(4, 300),
-                  st.sampled_from([0.15, 0.05, 0.5]), seeds)
+@hypothesis.given(
+  hnp.arrays(np.int64, st.integers(1, 300), elements=st.integers(1, 12)),
+  st.integers(4, 300),
+  st.sampled_from([0.15, 0.05, 0.5]),
+  seeds,
+)
 def test_sentence_piece_matches_brute_force(lengths, max_length, mask_ratio, seed):
   lengths = np.minimum(lengths, max_length - 3)
   priority = np.random.default_rng(seed).random(lengths.size)

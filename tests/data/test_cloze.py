@@ -1,4 +1,5 @@
 """Classification examples as GLM cloze examples: the verbalizer is the one blank's span."""
+
 import numpy as np
 import pytest
 import seqio
@@ -43,7 +44,9 @@ def test_the_verbalizer_of_the_label_is_the_span_of_the_blank():
     assert (ex["sep"] == a_len).all()
     # Evaluation tokenizes Part A the same way.
     assert cloze.part_a(TEMPLATE, {"sentence": sentence}, vocabulary, special, 64, len(answer)) == (
-        ex["input_ids"][:a_len].tolist(), 1 + len(before))
+      ex["input_ids"][:a_len].tolist(),
+      1 + len(before),
+    )
 
 
 def test_a_long_text_loses_its_first_tokens_and_keeps_the_pattern():
@@ -53,12 +56,17 @@ def test_a_long_text_loses_its_first_tokens_and_keeps_the_pattern():
   (ex,) = _examples(_task("test_cloze_long", SENTENCES[1:], [0]), 16)
   assert ex["input_ids"].size == 16 and counters.snapshot("cloze/")["cloze/truncated"] == 1
   kept = blank_infilling.reconstruct(ex, special).tolist()
-  full = list(vocabulary.encode(f"{SENTENCES[1]} It was really")) + list(vocabulary.encode("terrible")) + \
-      list(vocabulary.encode("."))
-  assert kept == full[len(full) - len(kept):]
+  full = (
+    list(vocabulary.encode(f"{SENTENCES[1]} It was really"))
+    + list(vocabulary.encode("terrible"))
+    + list(vocabulary.encode("."))
+  )
+  assert kept == full[len(full) - len(kept) :]
   answer = len(vocabulary.encode("terrible"))
-  assert cloze.part_a(TEMPLATE, {"sentence": SENTENCES[1]}, vocabulary, special, 16, answer)[0] == \
-      ex["input_ids"][:16 - answer - 1].tolist()
+  assert (
+    cloze.part_a(TEMPLATE, {"sentence": SENTENCES[1]}, vocabulary, special, 16, answer)[0]
+    == ex["input_ids"][: 16 - answer - 1].tolist()
+  )
 
 
 def test_a_label_without_a_verbalizer_fails_the_pipeline():
@@ -66,11 +74,14 @@ def test_a_label_without_a_verbalizer_fails_the_pipeline():
     _examples(_task("test_cloze_bad_label", SENTENCES[:1], [7]), 64)
 
 
-@pytest.mark.parametrize("pattern,verbalizers,message", [
+@pytest.mark.parametrize(
+  "pattern,verbalizers,message",
+  [
     ("{sentence} It was really good.", {0: "a"}, "exactly one"),
     ("[MASK] {sentence} [MASK]", {0: "a"}, "exactly one"),
     ("{sentence} [MASK]", {0: "a", 1: " "}, "non-empty verbalizer"),
-])
+  ],
+)
 def test_bad_templates_raise(pattern, verbalizers, message):
   with pytest.raises(ValueError, match=message):
     cloze.ClozeTemplate(pattern, verbalizers)

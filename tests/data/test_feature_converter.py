@@ -1,4 +1,5 @@
 """Tests for GLMFeatureConverter: fixed-length rows, padding, seqio packing that keeps segments apart."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,9 +33,13 @@ def corpus(objective: str, max_length: int, seed: int = 0) -> list[dict[str, np.
 
 def dataset(examples: list[dict[str, np.ndarray]]) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensor_slices(
-      {name: tf.RaggedTensor.from_row_lengths(np.concatenate([ex[name] for ex in examples]),
-                                              [ex[name].size for ex in examples])
-       for name in bi.FEATURES})
+    {
+      name: tf.RaggedTensor.from_row_lengths(
+        np.concatenate([ex[name] for ex in examples]), [ex[name].size for ex in examples]
+      )
+      for name in bi.FEATURES
+    }
+  )
 
 
 def convert(examples, max_length, pack, **kwargs) -> list[dict[str, np.ndarray]]:
@@ -50,7 +55,7 @@ def check_row_format(row, max_length):
   padding = row["segment_ids"] == 0
   for name in bi.FEATURES:
     assert not row[name][padding].any(), f"{name} must be 0 on padding"
-  assert not padding[:np.argmax(padding)].any() if padding.any() else True  # padding only at the end
+  assert not padding[: np.argmax(padding)].any() if padding.any() else True  # padding only at the end
 
 
 def segments(row) -> list[dict[str, np.ndarray]]:
@@ -96,8 +101,11 @@ def test_packed_attention_is_the_block_diagonal_of_the_examples():
   # segments share nothing.
   max_length = 40
   rng = np.random.default_rng(1)
-  examples = [ex for n in (4, 6, 3, 5) for ex in bi.corrupt_tokens(
-      np.arange(8, 8 + n, dtype=np.int32), rng, max_length=max_length, special=SPECIAL)]
+  examples = [
+    ex
+    for n in (4, 6, 3, 5)
+    for ex in bi.corrupt_tokens(np.arange(8, 8 + n, dtype=np.int32), rng, max_length=max_length, special=SPECIAL)
+  ]
   (row,) = convert(examples, max_length, pack=True)
   assert row["segment_ids"].max() == 4
   packed = np.asarray(mask_lib.dense_mask(row["sep"][None], row["segment_ids"][None]))[0]
@@ -106,14 +114,13 @@ def test_packed_attention_is_the_block_diagonal_of_the_examples():
   for ex in segments(row):
     n = ex["input_ids"].size
     alone = mask_lib.dense_mask(ex["sep"][None, :1], np.ones((1, n), np.int32))
-    expected[start:start + n, start:start + n] = np.asarray(alone)[0]
+    expected[start : start + n, start : start + n] = np.asarray(alone)[0]
     start += n
   np.testing.assert_array_equal(packed, expected)
 
 
 def test_unpacked_row_is_the_example_padded_with_zeros():
-  ex = bi.corrupt_tokens(np.arange(8, 28, dtype=np.int32), np.random.default_rng(0), max_length=32,
-                         special=SPECIAL)[0]
+  ex = bi.corrupt_tokens(np.arange(8, 28, dtype=np.int32), np.random.default_rng(0), max_length=32, special=SPECIAL)[0]
   (row,) = convert([ex], 32, pack=False)
   n = ex["input_ids"].size
   for name in bi.FEATURES:
@@ -124,15 +131,17 @@ def test_unpacked_row_is_the_example_padded_with_zeros():
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_example_longer_than_the_rows_fails_loudly(pack):
-  examples = bi.corrupt_document(np.arange(8, 108, dtype=np.int32), np.random.default_rng(0), max_length=64,
-                                 special=SPECIAL)
+  examples = bi.corrupt_document(
+    np.arange(8, 108, dtype=np.int32), np.random.default_rng(0), max_length=64, special=SPECIAL
+  )
   with pytest.raises(tf.errors.InvalidArgumentError, match="longer than the feature converter length 32"):
     convert(examples, 32, pack)
 
 
 def test_features_of_different_lengths_fail_loudly():
-  ex = bi.corrupt_document(np.arange(8, 20, dtype=np.int32), np.random.default_rng(0), max_length=64,
-                           special=SPECIAL)[0]
+  ex = bi.corrupt_document(np.arange(8, 20, dtype=np.int32), np.random.default_rng(0), max_length=64, special=SPECIAL)[
+    0
+  ]
   ex["sep"] = ex["sep"][:-1]
   with pytest.raises(tf.errors.InvalidArgumentError, match="must have one length"):
     convert([ex], 32, pack=False)
@@ -154,8 +163,9 @@ def test_model_feature_lengths_and_seqio_validation():
 
 
 def test_packing_rejects_a_fractional_loss_mask():
-  ex = bi.corrupt_document(np.arange(8, 20, dtype=np.int32), np.random.default_rng(0), max_length=64,
-                           special=SPECIAL)[0]
+  ex = bi.corrupt_document(np.arange(8, 20, dtype=np.int32), np.random.default_rng(0), max_length=64, special=SPECIAL)[
+    0
+  ]
   ex["loss_mask"] = ex["loss_mask"] * 0.5
   with pytest.raises(tf.errors.InvalidArgumentError, match="loss_mask values of 0.0 or 1.0"):
     convert([ex], 32, pack=True)

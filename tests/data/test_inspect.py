@@ -1,4 +1,5 @@
 """Tests for the inspect command (glm_jax.data.inspect)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,17 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
 def test_prints_examples_and_saves_design_features(tmp_path, capsys, pack):
   out = tmp_path / "features.npz"
-  argv = ["--mixture", "glm_embedded", "--num_examples", "3", "--length", "40", "--out", str(out),
-          "--gin.TokenObjective.mask_ratio=0.3"]
+  argv = [
+    "--mixture",
+    "glm_embedded",
+    "--num_examples",
+    "3",
+    "--length",
+    "40",
+    "--out",
+    str(out),
+    "--gin.TokenObjective.mask_ratio=0.3",
+  ]
   if pack:  # examples of at most 16 tokens: at least two fit in each row of 40
     argv += ["--pack"] + [f"--gin.{o}Objective.max_length=16" for o in ("Token", "Sentence", "Document")]
   inspect.main(argv)
@@ -51,12 +61,23 @@ def test_command_line(tmp_path):
   import sys
 
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  command = [sys.executable, "-m", "glm_jax.data.inspect", "--mixture", "glm_embedded", "--num_examples", "2",
-             "--length", "32"]
-  done = subprocess.run(command + ["--out", str(tmp_path / "x.npz")], cwd=repo, capture_output=True, text=True,
-                        timeout=300, check=False)
+  command = [
+    sys.executable,
+    "-m",
+    "glm_jax.data.inspect",
+    "--mixture",
+    "glm_embedded",
+    "--num_examples",
+    "2",
+    "--length",
+    "32",
+  ]
+  done = subprocess.run(
+    command + ["--out", str(tmp_path / "x.npz")], cwd=repo, capture_output=True, text=True, timeout=300, check=False
+  )
   assert done.returncode == 0, done.stderr
   assert np.load(tmp_path / "x.npz")["input_ids"].shape == (2, 32)
-  bad = subprocess.run(command + ["--gin.TokenObjective.mask_rate=0.3"], cwd=repo, capture_output=True, text=True,
-                       timeout=300, check=False)
+  bad = subprocess.run(
+    command + ["--gin.TokenObjective.mask_rate=0.3"], cwd=repo, capture_output=True, text=True, timeout=300, check=False
+  )
   assert bad.returncode != 0 and "mask_rate" in bad.stderr

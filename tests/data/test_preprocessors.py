@@ -1,4 +1,5 @@
 """Tests for glm_jax.data.preprocessors: the three objectives inside tf.data, bad input, determinism."""
+
 from __future__ import annotations
 
 import os
@@ -22,19 +23,26 @@ def default_vocab(tmp_path_factory):
 
 
 def _features(vocabulary):
-  return {name: seqio.Feature(vocabulary if name.endswith("_ids") and "position" not in name and name != "sep"
-                              else seqio.PassThroughVocabulary(1), add_eos=False) for name in FEATURES}
+  return {
+    name: seqio.Feature(
+      vocabulary
+      if name.endswith("_ids") and "position" not in name and name != "sep"
+      else seqio.PassThroughVocabulary(1),
+      add_eos=False,
+    )
+    for name in FEATURES
+  }
 
 
 LONG = " ".join(f"Sentence {i} of a very long document goes on." for i in range(400))  # > 100 x L tokens
 DOCUMENTS = [
-    "The if statement is used for conditional execution. It selects exactly one of the suites! Then? Done.",
-    "",
-    "   \n\n  ",
-    "Hi",
-    b"Invalid \xff\xfe UTF-8 here.",
-    LONG,
-    "A second paragraph.\n\nStarts here and ends here.",
+  "The if statement is used for conditional execution. It selects exactly one of the suites! Then? Done.",
+  "",
+  "   \n\n  ",
+  "Hi",
+  b"Invalid \xff\xfe UTF-8 here.",
+  LONG,
+  "A second paragraph.\n\nStarts here and ends here.",
 ]
 VALID = [d for d in DOCUMENTS if isinstance(d, str) and d.strip()]
 OBJECTIVES = [preprocessors.TokenObjective(), preprocessors.SentenceObjective(), preprocessors.DocumentObjective()]
@@ -62,7 +70,8 @@ def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective,
   special = blank_infilling.SpecialIds.from_vocabulary(default_vocab)
   for ex in examples:
     assert {k: v.dtype for k, v in ex.items()} == {
-        name: np.float32 if name == "loss_mask" else np.int32 for name in FEATURES}
+      name: np.float32 if name == "loss_mask" else np.int32 for name in FEATURES
+    }
     assert 1 <= ex["input_ids"].size <= L and all(ex[name].size == ex["input_ids"].size for name in FEATURES)
   # Documents stay in order and their pieces are consecutive, so the pieces rebuild the valid documents.
   rebuilt = np.concatenate([blank_infilling.reconstruct(ex, special) for ex in examples])
@@ -70,8 +79,12 @@ def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective,
   np.testing.assert_array_equal(rebuilt, expected)
   prefix = objective.name + "/"
   assert counters.snapshot(prefix) == {
-      prefix + "documents": len(DOCUMENTS), prefix + "empty_documents": 2, prefix + "invalid_utf8": 1,
-      prefix + "long_documents": 1, prefix + "examples": len(examples)}
+    prefix + "documents": len(DOCUMENTS),
+    prefix + "empty_documents": 2,
+    prefix + "invalid_utf8": 1,
+    prefix + "long_documents": 1,
+    prefix + "examples": len(examples),
+  }
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)

@@ -1,4 +1,5 @@
 """Tests for glm_jax.data.sources: the embedded TFDS corpus, user text files with malformed input, TFDS by name."""
+
 from __future__ import annotations
 
 import json
@@ -39,22 +40,33 @@ def test_embedded_shards_partition_the_split(embedded):
   del embedded
   source = sources.EmbeddedCorpusSource()
   whole = _texts(source.get_dataset("validation", shuffle=False))
-  shards = [_texts(source.get_dataset("validation", shuffle=False, shard_info=seqio.ShardInfo(i, 3)))
-            for i in range(3)]
+  shards = [_texts(source.get_dataset("validation", shuffle=False, shard_info=seqio.ShardInfo(i, 3))) for i in range(3)]
   assert sorted(sum(shards, [])) == sorted(whole) and all(shards)
 
 
 def test_jsonl_malformed_lines_are_skipped_and_counted(tmp_path):
-  lines = [json.dumps({"text": "First document."}).encode(), b"{not json", json.dumps({"body": "x"}).encode(),
-           json.dumps(["a list"]).encode(), json.dumps({"text": 3}).encode(), json.dumps({"text": "  "}).encode(),
-           b'{"text": "bad \xff utf8"}', b"", json.dumps({"text": "Second, with a\nnewline."}).encode()]
+  lines = [
+    json.dumps({"text": "First document."}).encode(),
+    b"{not json",
+    json.dumps({"body": "x"}).encode(),
+    json.dumps(["a list"]).encode(),
+    json.dumps({"text": 3}).encode(),
+    json.dumps({"text": "  "}).encode(),
+    b'{"text": "bad \xff utf8"}',
+    b"",
+    json.dumps({"text": "Second, with a\nnewline."}).encode(),
+  ]
   path = tmp_path / "docs.jsonl"
   path.write_bytes(b"\n".join(lines) + b"\n")
   counters.reset()
   assert list(sources.read_documents(str(path))) == ["First document.", "Second, with a\nnewline."]
   assert counters.snapshot("text_files/") == {
-      "text_files/documents": 2, "text_files/empty_documents": 1, "text_files/invalid_json": 1,
-      "text_files/invalid_utf8": 1, "text_files/missing_text": 3}
+    "text_files/documents": 2,
+    "text_files/empty_documents": 1,
+    "text_files/invalid_json": 1,
+    "text_files/invalid_utf8": 1,
+    "text_files/missing_text": 3,
+  }
 
 
 def test_txt_documents_are_separated_by_blank_lines(tmp_path):
@@ -66,14 +78,17 @@ def test_txt_documents_are_separated_by_blank_lines(tmp_path):
   assert list(sources.read_documents(str(tmp_path / "blank.txt"))) == []
   assert list(sources.read_documents(str(tmp_path / "missing.txt"))) == []
   assert counters.snapshot("text_files/") == {
-      "text_files/documents": 2, "text_files/empty_documents": 1, "text_files/invalid_utf8": 1,
-      "text_files/unreadable_files": 1}
+    "text_files/documents": 2,
+    "text_files/empty_documents": 1,
+    "text_files/invalid_utf8": 1,
+    "text_files/unreadable_files": 1,
+  }
 
 
 def _write_corpus(tmp_path, n: int) -> list[str]:
   docs = [f"Document number {i} says something about topic {i % 7}." for i in range(n)]
   (tmp_path / "a.txt").write_text("\n\n".join(docs[: n // 2]))
-  (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[n // 2:]))
+  (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[n // 2 :]))
   return docs
 
 

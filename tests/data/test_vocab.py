@@ -1,4 +1,5 @@
 """Tests for glm_jax.data.vocab: special tokens, special_id, reproducible cached training, the command."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,11 @@ def test_specials_are_distinct_single_ids(default_vocab):
 
 
 def test_round_trip_and_tf_ops_match_python(default_vocab):
-  texts = ["The [MASK] statement is used for [sMASK] conditional execution.",
-           "Unicode falls back to bytes: été, 中文, emoji \U0001F600.", "x"]
+  texts = [
+    "The [MASK] statement is used for [sMASK] conditional execution.",
+    "Unicode falls back to bytes: été, 中文, emoji \U0001f600.",
+    "x",
+  ]
   for text in texts:
     assert default_vocab.decode(default_vocab.encode(text)) == text
   ragged = default_vocab.encode_tf(tf.constant(texts))
@@ -78,8 +82,9 @@ def test_command_writes_the_trained_model(tmp_path, monkeypatch):
   (tmp_path / "a.txt").write_text("\n\n".join(" ".join(doc.split()) for doc in SMALL_CORPUS))
   (tmp_path / "b.jsonl").write_text('{"text": "A json document, also in the corpus."}\n')
   out = tmp_path / "out.model"
-  vocab.main(["--corpus", str(tmp_path / "*.txt") + "," + str(tmp_path / "*.jsonl"), "--vocab_size", "390",
-              "--output", str(out)])
+  vocab.main(
+    ["--corpus", str(tmp_path / "*.txt") + "," + str(tmp_path / "*.jsonl"), "--vocab_size", "390", "--output", str(out)]
+  )
   corpus = [" ".join(doc.split()) for doc in SMALL_CORPUS] + ["A json document, also in the corpus."]
   assert out.read_bytes() == vocab.train_model(corpus, vocab.TrainSettings(vocab_size=390))
   trained = vocab.GLMSentencePieceVocabulary(str(out))

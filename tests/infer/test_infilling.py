@@ -21,11 +21,12 @@ def test_fill_blanks_goes_left_to_right_and_conditions_on_earlier_spans():
   seen = []
 
   def next_token(row):  # span 1: 30, 31, [eop]; span 2: 40s until max_span_length
-    seen.append(row.input_ids[:row.last + 1].tolist())
+    seen.append(row.input_ids[: row.last + 1].tolist())
     span_len = int(row.block_position_ids[row.last]) - 1
     if row.position_ids[row.last] == 2:
       return [30, 31, IDS.eop][span_len]
     return 40
+
   filled, spans = infilling.fill_blanks(next_token, [10, 3, 11, 7], IDS, length=16, max_span_length=3)
   assert spans == [[30, 31], [40, 40, 40]]
   assert filled == [10, 30, 31, 11, 40, 40, 40]
@@ -44,9 +45,15 @@ def test_padded_greedy_decode_matches_unpadded_forward():
 
   def oracle(row):  # direct forward on exactly the real tokens; argmax over the real vocabulary
     n = row.last + 1
-    logits = model.apply({"params": params}, row.input_ids[None, :n], row.position_ids[None, :n],
-                         row.block_position_ids[None, :n], sep=np.array([row.sep]))
-    return int(np.argmax(np.asarray(logits[0, -1, :cfg.vocab_size])))
+    logits = model.apply(
+      {"params": params},
+      row.input_ids[None, :n],
+      row.position_ids[None, :n],
+      row.block_position_ids[None, :n],
+      sep=np.array([row.sep]),
+    )
+    return int(np.argmax(np.asarray(logits[0, -1, : cfg.vocab_size])))
+
   tokens = [12, 3, 13, 6]
   fast = infilling.fill_blanks(infilling.make_next_token_fn(model, params), tokens, IDS, 32, max_span_length=3)
   slow = infilling.fill_blanks(oracle, tokens, IDS, 32, max_span_length=3)
@@ -56,6 +63,7 @@ def test_padded_greedy_decode_matches_unpadded_forward():
 
 class _CharVocab:
   """Characters as ids 10.. and the three mask names as single ids (a stand-in with real decode behaviour)."""
+
   names = {3: "[MASK]", 6: "[sMASK]", 7: "[gMASK]"}
 
   def decode(self, ids):

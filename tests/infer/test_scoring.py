@@ -1,4 +1,5 @@
 """Cloze scoring: candidate fills of a blank scored by their log-likelihood as Part B."""
+
 import jax
 import numpy as np
 import pytest
@@ -34,11 +35,17 @@ def _teacher_forced_log_likelihood(model, params, part_a, mask_position, candida
   total = 0.0
   targets = [*candidate, IDS.eop] if eop else list(candidate)
   for t, target in enumerate(targets):
-    row = infilling.decode_inputs(part_a, [(mask_position, candidate[:t])], IDS.sop, IDS.pad,
-                                  length=len(part_a) + t + 1)
-    logits = model.apply({"params": params}, row.input_ids[None], row.position_ids[None],
-                         row.block_position_ids[None], sep=np.array([row.sep]))
-    log_probs = jax.nn.log_softmax(np.asarray(logits[0, -1, :model.config.vocab_size], np.float64))
+    row = infilling.decode_inputs(
+      part_a, [(mask_position, candidate[:t])], IDS.sop, IDS.pad, length=len(part_a) + t + 1
+    )
+    logits = model.apply(
+      {"params": params},
+      row.input_ids[None],
+      row.position_ids[None],
+      row.block_position_ids[None],
+      sep=np.array([row.sep]),
+    )
+    log_probs = jax.nn.log_softmax(np.asarray(logits[0, -1, : model.config.vocab_size], np.float64))
     total += float(log_probs[target])
   return total
 
@@ -60,8 +67,9 @@ def test_scores_equal_the_teacher_forced_log_likelihood(eop):
 def _default_vocabulary_model(seed: int, max_length: int):
   """(vocabulary, a random one-layer GLM over it, its params)."""
   vocabulary = vocab.default_vocabulary()
-  model = GLM(GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4,
-                        max_length=max_length))
+  model = GLM(
+    GLMConfig(vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=max_length)
+  )
   ids = np.zeros((1, 8), np.int32)
   return vocabulary, model, model.init(jax.random.key(seed), ids, ids, ids, sep=np.array([8]))["params"]
 
@@ -89,16 +97,34 @@ def test_cloze_accuracy_batches_examples_without_mixing_them_up():
   template = cloze.ClozeTemplate("{sentence} It was [MASK].", {0: "bad", 1: "good", 2: "a long answer"})
   sentences = ["the module is fast", "a parser", "files and paths", "the network is slow", "it works", "lists"]
   # Each example's prediction, one example per call: the label with accuracy 1.
-  predicted = [next(label for label in template.labels() if scoring.cloze_accuracy(
-      model, params, vocabulary, template, [{"sentence": s, "label": label}], examples_per_call=1,
-      length_normalized=True)["accuracy"] == 1)
-      for s in sentences]
+  predicted = [
+    next(
+      label
+      for label in template.labels()
+      if scoring.cloze_accuracy(
+        model,
+        params,
+        vocabulary,
+        template,
+        [{"sentence": s, "label": label}],
+        examples_per_call=1,
+        length_normalized=True,
+      )["accuracy"]
+      == 1
+    )
+    for s in sentences
+  ]
   assert len(set(predicted)) > 1, "a test of batching needs different predictions"
   examples = [{"sentence": s, "label": label} for s, label in zip(sentences, predicted)]
   for per_call in (4, 16):  # 6 = 4 + a padded 2; one padded batch
-    result = scoring.cloze_accuracy(model, params, vocabulary, template, examples, examples_per_call=per_call,
-                                    length_normalized=True)
+    result = scoring.cloze_accuracy(
+      model, params, vocabulary, template, examples, examples_per_call=per_call, length_normalized=True
+    )
     assert result == {"accuracy": 1.0, "num_examples": 6.0}
   flipped = [dict(ex, label=(ex["label"] + 1) % 3) for ex in examples]
-  assert scoring.cloze_accuracy(model, params, vocabulary, template, flipped, examples_per_call=4,
-                                length_normalized=True)["accuracy"] == 0
+  assert (
+    scoring.cloze_accuracy(model, params, vocabulary, template, flipped, examples_per_call=4, length_normalized=True)[
+      "accuracy"
+    ]
+    == 0
+  )

@@ -10,8 +10,7 @@ PUBLISHED_M = {"base": 110, "large": 335, "410m": 410, "515m": 515, "2b": 2000, 
 
 def _count_initialized(config: GLMConfig) -> int:
   ids = jnp.zeros((1, 8), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: GLM(config).init(jax.random.key(0), ids, ids, ids, sep=jnp.array([4])))
+  shapes = jax.eval_shape(lambda: GLM(config).init(jax.random.key(0), ids, ids, ids, sep=jnp.array([4])))
   return sum(x.size for x in jax.tree.leaves(shapes))
 
 

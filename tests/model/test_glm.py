@@ -29,8 +29,9 @@ def init(config, batch=1, length=L):
 
 
 def forward(config, params, input_ids, segment_ids=SEGMENT_IDS, sep=SEP):
-  return GLM(config).apply({"params": params}, jnp.asarray(input_ids), POSITIONS, BLOCK_POSITIONS,
-                           sep=sep, segment_ids=segment_ids)
+  return GLM(config).apply(
+    {"params": params}, jnp.asarray(input_ids), POSITIONS, BLOCK_POSITIONS, sep=sep, segment_ids=segment_ids
+  )
 
 
 def changed_positions(a, b):
@@ -70,8 +71,9 @@ def test_packed_segment_equals_the_same_example_alone(tokens):
   config = tiny(attention_implementation="reference")
   params = init(config)
   packed = forward(config, params, tokens)
-  alone = GLM(config).apply({"params": params}, tokens[:, 10:18], POSITIONS[:, 10:18],
-                            BLOCK_POSITIONS[:, 10:18], sep=jnp.array([3]))
+  alone = GLM(config).apply(
+    {"params": params}, tokens[:, 10:18], POSITIONS[:, 10:18], BLOCK_POSITIONS[:, 10:18], sep=jnp.array([3])
+  )
   np.testing.assert_allclose(packed[:, 10:18], alone, atol=1e-5)
 
 
@@ -95,8 +97,9 @@ def test_scanned_and_per_layer_models_agree(tokens):
   jax.tree.map(np.testing.assert_array_equal, roundtrip, params)
 
 
-@pytest.mark.parametrize("policy, scan_layers", [
-    ("none", True), ("minimal", True), ("full", True), ("minimal", False), ("full", False)])
+@pytest.mark.parametrize(
+  "policy, scan_layers", [("none", True), ("minimal", True), ("full", True), ("minimal", False), ("full", False)]
+)
 def test_remat_and_scan_change_neither_outputs_nor_gradients(policy, scan_layers, tokens):
   # Oracle: the per-layer loop without remat. Remat only recomputes and scan only restructures the same
   # float32 ops, so outputs and gradients agree to rounding (1e-6 on values of order 1e-2..1).
@@ -161,8 +164,16 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_initialization_scales():
-  config = preset("tiny", vocab_size=256, hidden_size=256, num_heads=4, num_layers=8, max_length=32,
-                  scan_layers=False, attention_implementation="reference")
+  config = preset(
+    "tiny",
+    vocab_size=256,
+    hidden_size=256,
+    num_heads=4,
+    num_layers=8,
+    max_length=32,
+    scan_layers=False,
+    attention_implementation="reference",
+  )
   params = init(config, length=8)
   out_std = 0.02 / np.sqrt(2 * config.num_layers)
   assert np.std(params["layers_3"]["attention"]["dense"]["kernel"]) == pytest.approx(out_std, rel=0.05)
@@ -181,8 +192,9 @@ def test_logits_are_tied_to_word_embeddings(tokens):
   scaled["word_embeddings"]["embedding"] = params["word_embeddings"]["embedding"].at[5].set(0.0)
   # Row 5 of the table is token 5's output embedding: zeroing it zeroes logit 5 everywhere.
   np.testing.assert_array_equal(
-      GLM(config).apply({"params": scaled}, tokens, POSITIONS, BLOCK_POSITIONS, sep=SEP,
-                        segment_ids=SEGMENT_IDS)[..., 5], 0.0)
+    GLM(config).apply({"params": scaled}, tokens, POSITIONS, BLOCK_POSITIONS, sep=SEP, segment_ids=SEGMENT_IDS)[..., 5],
+    0.0,
+  )
 
 
 def test_bfloat16_compute_runs_and_stays_close(tokens):

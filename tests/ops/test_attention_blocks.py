@@ -1,4 +1,5 @@
 """Block-range tables of the Pallas kernels against the rule at block granularity."""
+
 from __future__ import annotations
 
 import functools
@@ -75,7 +76,7 @@ def test_tables_cover_every_allowed_pair_and_mirror_each_other(rows, blocks):
   # The per-row intervals are the rule: key k in [lo, hi] iff allowed.
   keys = np.arange(segment_ids.shape[1])
   dense = _dense_mask(jnp.asarray(sep), jnp.asarray(segment_ids))
-  lo, hi = np.asarray(lo)[:, :segment_ids.shape[1], None], np.asarray(hi)[:, :segment_ids.shape[1], None]
+  lo, hi = np.asarray(lo)[:, : segment_ids.shape[1], None], np.asarray(hi)[:, : segment_ids.shape[1], None]
   np.testing.assert_array_equal((keys >= lo) & (keys <= hi), dense)
 
 

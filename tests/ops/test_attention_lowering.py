@@ -6,6 +6,7 @@ shape, index map, scalar-prefetch operand and op in the kernel bodies must be ac
 (the interpret-mode tests run none of it). The compilers after it (Triton to PTX and ptxas; libtpu) are
 test_attention_compile.py's; what stays unchecked without a device is running them.
 """
+
 import math
 import re
 
@@ -18,8 +19,8 @@ from glm_jax.ops import attention_pallas_gpu
 from glm_jax.ops.attention import attention as glm_attention
 
 KERNELS = {  # implementation, lowering platform, the custom call its kernels become
-    "gpu": ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"),
-    "tpu": ("pallas_tpu", "tpu", "tpu_custom_call"),
+  "gpu": ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"),
+  "tpu": ("pallas_tpu", "tpu", "tpu_custom_call"),
 }
 
 
@@ -59,15 +60,26 @@ def test_long_rows_lower(kernel):
   assert _kernel_calls(text, target) == 3
 
 
-@pytest.mark.parametrize("kernel,length,head_dim,blocks", [
+@pytest.mark.parametrize(
+  "kernel,length,head_dim,blocks",
+  [
     ("gpu", 300, 64, [(32, 64), (128, 32)]),
     ("tpu", 700, 128, [(128, 256), (256, 128)]),  # Mosaic tiles: multiples of 128
-])
+  ],
+)
 def test_kernels_lower_with_other_block_sizes(kernel, length, head_dim, blocks):
   implementation, platform, target = KERNELS[kernel]
   for block_q, block_k in blocks:
-    text = _lowered_text(implementation, platform, length=length, head_dim=head_dim, dtype=jnp.bfloat16,
-                         grad=True, block_q=block_q, block_k=block_k)
+    text = _lowered_text(
+      implementation,
+      platform,
+      length=length,
+      head_dim=head_dim,
+      dtype=jnp.bfloat16,
+      grad=True,
+      block_q=block_q,
+      block_k=block_k,
+    )
     assert _kernel_calls(text, target) == 3
 
 
@@ -79,8 +91,9 @@ def test_gpu_kernels_take_the_default_tiling_of_their_dtype_and_head_dim(dtype, 
   qkv = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.dtype(dtype))
   rows = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   loss = lambda *a: glm_attention(*a[:3], sep=a[3], segment_ids=a[4], implementation="pallas_gpu").sum()  # noqa: E731
-  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(qkv, qkv, qkv, rows, rows).lower(
-      lowering_platforms=("cuda",))
+  lowered = (
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(qkv, qkv, qkv, rows, rows).lower(lowering_platforms=("cuda",))
+  )
   kernels = {kernel.name: kernel for kernel in deviceless.triton_kernels(lowered)}
   assert sorted(kernels) == ["glm_flash_dkv", "glm_flash_dq", "glm_flash_forward"]
   assert {kernel.num_warps for kernel in kernels.values()} == {num_warps}

@@ -4,6 +4,7 @@ Off-TPU the kernels run in Pallas's TPU interpret mode (pltpu.InterpretParams: s
 scalar prefetch) on CPU, which is slow, so shapes are smaller than in the GPU kernel's tests; on a TPU
 (JAX_PLATFORMS=tpu) the same tests run the compiled Mosaic kernels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,9 @@ INTERPRET = jax.default_backend() != "tpu"
 
 
 def assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k):
-  testing.assert_matches_reference(q, k, v, sep, segment_ids, IMPLEMENTATION, block_q=block_q, block_k=block_k,
-                                   interpret=INTERPRET)
+  testing.assert_matches_reference(
+    q, k, v, sep, segment_ids, IMPLEMENTATION, block_q=block_q, block_k=block_k, interpret=INTERPRET
+  )
 
 
 @pytest.mark.slow
@@ -40,8 +42,9 @@ def test_per_example_sep_extremes_match_reference():
 def test_packed_rows_match_reference(length, block_q, block_k):
   # Eight rows of 1..8 segments, each with sep 0, the full segment or random, tail padding.
   rng = np.random.default_rng(length)
-  sep, segment_ids = testing.packed_batch(rng, batch=8, length=length, max_segments=8, pad_max=length // 3,
-                                          segments=range(1, 9))
+  sep, segment_ids = testing.packed_batch(
+    rng, batch=8, length=length, max_segments=8, pad_max=length // 3, segments=range(1, 9)
+  )
   q, k, v = testing.random_qkv(rng, 8, length, 1, 64)
   assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k)
 
@@ -91,8 +94,9 @@ def test_dropout_matches_the_reference_with_the_same_keep_mask():
 
 def test_unsupported_configurations_raise():
   q = jnp.zeros((1, 32, 1, 64), jnp.float32)
-  run = functools.partial(ops.attention, q, q, q, sep=jnp.array([4]), implementation=IMPLEMENTATION,
-                          interpret=INTERPRET)
+  run = functools.partial(
+    ops.attention, q, q, q, sep=jnp.array([4]), implementation=IMPLEMENTATION, interpret=INTERPRET
+  )
   with pytest.raises(ValueError, match="needs a dropout_rng"):
     run(dropout_rate=0.1)
   with pytest.raises(ValueError, match=r"dropout_rate=1.0 must be in \[0, 1\)"):

@@ -1,4 +1,5 @@
 """The blockwise XLA attention against the materialized-mask reference: outputs, gradients, dropout."""
+
 from __future__ import annotations
 
 import functools
@@ -19,28 +20,36 @@ def qkv(rng, batch, length, dtype=jnp.float32):
 
 
 def value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation, block_q, block_k):
-  return testing.value_and_grads(q, k, v, cotangent, sep, segment_ids, implementation,
-                                 (("block_q", block_q), ("block_k", block_k)))
+  return testing.value_and_grads(
+    q, k, v, cotangent, sep, segment_ids, implementation, (("block_q", block_q), ("block_k", block_k))
+  )
 
 
 def assert_matches_reference(q, k, v, sep, segment_ids, block_q, block_k):
   """The xla path on (q, k, v) vs the reference in float32 on the same values (bf16: one rounding)."""
-  testing.assert_matches_reference(q, k, v, sep, segment_ids, "xla", f32_tol=1e-5, bf16_tol=1e-2,
-                                   block_q=block_q, block_k=block_k)
+  testing.assert_matches_reference(
+    q, k, v, sep, segment_ids, "xla", f32_tol=1e-5, bf16_tol=1e-2, block_q=block_q, block_k=block_k
+  )
 
 
 @pytest.mark.parametrize("sep_value", ["zero", "one", "L-1", "L", "random"])
 def test_per_example_sep_matches_reference(sep_value):
   rng = np.random.default_rng(1)
   batch, length = 3, 40
-  sep = {"zero": np.zeros(batch), "one": np.ones(batch), "L-1": np.full(batch, length - 1),
-         "L": np.full(batch, length), "random": rng.integers(0, length + 1, size=batch)}[sep_value]
+  sep = {
+    "zero": np.zeros(batch),
+    "one": np.ones(batch),
+    "L-1": np.full(batch, length - 1),
+    "L": np.full(batch, length),
+    "random": rng.integers(0, length + 1, size=batch),
+  }[sep_value]
   q, k, v = qkv(rng, batch, length)
   assert_matches_reference(q, k, v, jnp.asarray(sep, jnp.int32), None, block_q=16, block_k=8)
 
 
-@pytest.mark.parametrize("length,block_q,block_k", [(64, 16, 16), (50, 16, 32), (37, 32, 8), (100, 64, 64),
-                                                    (24, 512, 512)])
+@pytest.mark.parametrize(
+  "length,block_q,block_k", [(64, 16, 16), (50, 16, 32), (37, 32, 8), (100, 64, 64), (24, 512, 512)]
+)
 def test_packed_rows_match_reference(length, block_q, block_k):
   rng = np.random.default_rng(length)
   sep, segment_ids = testing.packed_batch(rng, batch=4, length=length, max_segments=8, pad_max=length // 4)
@@ -79,8 +88,9 @@ def test_key_block_bounds_skip_blocks_no_row_sees():
   segment_ids = np.array([[1] * 16 + [2] * 16 + [0] * 8], np.int32)
   sep = np.array([[4] * 16 + [16] * 16 + [0] * 8], np.int32)
   lo, hi = attention_xla.clipped_key_intervals(jnp.asarray(sep), jnp.asarray(segment_ids))
-  first, end = attention_xla._key_block_bounds(lo.reshape(1, 5, 8).swapaxes(0, 1),
-                                               hi.reshape(1, 5, 8).swapaxes(0, 1), block_k=8)
+  first, end = attention_xla._key_block_bounds(
+    lo.reshape(1, 5, 8).swapaxes(0, 1), hi.reshape(1, 5, 8).swapaxes(0, 1), block_k=8
+  )
   # Segment 1 is causal after token 4, segment 2 fully bidirectional, padding sees nothing.
   assert first.tolist() == [0, 0, 2, 2, 0] and end.tolist() == [1, 2, 4, 4, 0]
   # The backward's view: per key block, the query blocks that visit it.
@@ -125,8 +135,7 @@ def test_nan_keys_a_row_cannot_see_never_reach_its_output():
   q, k, v = qkv(rng, 1, 24)
   poisoned = k.at[:, 9:].set(jnp.nan)  # rows 0..8 of segment 1 see keys 0..8 only
   clean = ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="xla", block_q=24, block_k=24)
-  dirty = ops.attention(q, poisoned, v, sep=sep, segment_ids=segment_ids, implementation="xla",
-                        block_q=24, block_k=24)
+  dirty = ops.attention(q, poisoned, v, sep=sep, segment_ids=segment_ids, implementation="xla", block_q=24, block_k=24)
   np.testing.assert_array_equal(np.asarray(dirty[:, :9]), np.asarray(clean[:, :9]))
 
 
@@ -134,8 +143,12 @@ def dense_keep_mask(rng, rate, shape, length, block_q, block_k):
   """The per-tile draws of attention_xla assembled into one [B, H, L, L] keep-mask."""
   block_q, block_k = min(block_q, length), min(block_k, length)
   num_q, num_k = -(-length // block_q), -(-length // block_k)
-  rows = [jnp.concatenate([attention_xla.tile_keep_mask(rng, rate, i, j, num_k, (*shape, block_q, block_k))
-                           for j in range(num_k)], axis=-1) for i in range(num_q)]
+  rows = [
+    jnp.concatenate(
+      [attention_xla.tile_keep_mask(rng, rate, i, j, num_k, (*shape, block_q, block_k)) for j in range(num_k)], axis=-1
+    )
+    for i in range(num_q)
+  ]
   return jnp.concatenate(rows, axis=-2)[..., :length, :length]
 
 
@@ -158,8 +171,21 @@ def test_dropout_matches_dense_computation_with_the_same_mask():
   keep = dense_keep_mask(key, rate, (2, H), length, block_q, block_k)
 
   def xla_loss(q, k, v):
-    return jnp.sum(cotangent * ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="xla",
-                                             dropout_rate=rate, dropout_rng=key, block_q=block_q, block_k=block_k))
+    return jnp.sum(
+      cotangent
+      * ops.attention(
+        q,
+        k,
+        v,
+        sep=sep,
+        segment_ids=segment_ids,
+        implementation="xla",
+        dropout_rate=rate,
+        dropout_rng=key,
+        block_q=block_q,
+        block_k=block_k,
+      )
+    )
 
   def dense_loss(q, k, v):
     return jnp.sum(cotangent * reference_with_keep(q, k, v, jnp.asarray(sep), jnp.asarray(segment_ids), keep, rate))
@@ -176,8 +202,20 @@ def test_dropout_is_reproducible_and_keeps_the_expected_value():
   length, rate, samples = 32, 0.5, 256
   sep, segment_ids = testing.packed_batch(rng, batch=1, length=length, max_segments=2, pad_max=4)
   q, k, v = qkv(rng, 1, length)
-  run = jax.jit(lambda key: ops.attention(q, k, v, sep=sep, segment_ids=segment_ids, implementation="xla",
-                                          dropout_rate=rate, dropout_rng=key, block_q=16, block_k=8))
+  run = jax.jit(
+    lambda key: ops.attention(
+      q,
+      k,
+      v,
+      sep=sep,
+      segment_ids=segment_ids,
+      implementation="xla",
+      dropout_rate=rate,
+      dropout_rng=key,
+      block_q=16,
+      block_k=8,
+    )
+  )
   keys = jax.random.split(jax.random.key(0), samples)
   np.testing.assert_array_equal(run(keys[0]), run(keys[0]))
   assert not np.allclose(run(keys[0]), run(keys[1]))
@@ -199,10 +237,23 @@ def test_works_under_jit_scan_and_remat():
   def stack(weights, x, remat):
     def layer(h, inputs):
       w, key = inputs
+
       def attend(h):
-        return ops.attention(h @ w, h, h, sep=sep, segment_ids=segment_ids, implementation="xla",
-                                             dropout_rate=0.1, dropout_rng=key, block_q=16, block_k=8)
+        return ops.attention(
+          h @ w,
+          h,
+          h,
+          sep=sep,
+          segment_ids=segment_ids,
+          implementation="xla",
+          dropout_rate=0.1,
+          dropout_rng=key,
+          block_q=16,
+          block_k=8,
+        )
+
       return h + (jax.checkpoint(attend) if remat else attend)(h), None
+
     return jnp.sum(jax.lax.scan(layer, x, (weights, jax.random.split(jax.random.key(1), 3)))[0] ** 2)
 
   plain = jax.jit(jax.grad(functools.partial(stack, remat=False)))(weights, x)
@@ -222,16 +273,26 @@ def test_glm_model_with_scan_remat_and_dropout():
   positions = jnp.broadcast_to(jnp.arange(24, dtype=jnp.int32), (2, 24))
 
   def grads(policy):
-    config = preset("tiny", vocab_size=256, max_length=32, attention_implementation="xla",
-                    attention_dropout=0.1, remat_policy=policy)
+    config = preset(
+      "tiny", vocab_size=256, max_length=32, attention_implementation="xla", attention_dropout=0.1, remat_policy=policy
+    )
     model = GLM(config)
-    params = jax.jit(model.init)(jax.random.key(0), ids, positions, positions, sep=sep,
-                                 segment_ids=segment_ids)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), ids, positions, positions, sep=sep, segment_ids=segment_ids)[
+      "params"
+    ]
 
     def loss(params):
-      logits = model.apply({"params": params}, ids, positions, positions, sep=sep, segment_ids=segment_ids,
-                           deterministic=False, rngs={"dropout": jax.random.key(1)})
-      return jnp.mean(logits ** 2)
+      logits = model.apply(
+        {"params": params},
+        ids,
+        positions,
+        positions,
+        sep=sep,
+        segment_ids=segment_ids,
+        deterministic=False,
+        rngs={"dropout": jax.random.key(1)},
+      )
+      return jnp.mean(logits**2)
 
     return jax.jit(jax.grad(loss))(params)
 

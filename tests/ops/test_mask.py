@@ -1,4 +1,5 @@
 """mask.py against the attention rule written as a plain Python loop."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -48,8 +49,9 @@ def packed_rows(draw, batch=3, length=16):
 @given(packed_rows())
 def test_dense_mask_is_the_rule(rows):
   sep, segment_ids = rows
-  np.testing.assert_array_equal(mask_lib.dense_mask(jnp.asarray(sep), jnp.asarray(segment_ids)),
-                                rule_by_loop(sep, segment_ids))
+  np.testing.assert_array_equal(
+    mask_lib.dense_mask(jnp.asarray(sep), jnp.asarray(segment_ids)), rule_by_loop(sep, segment_ids)
+  )
 
 
 @settings(max_examples=150, deadline=None)
@@ -82,11 +84,14 @@ def test_canonicalize_broadcasts_per_example_sep_to_one_segment_rows():
   assert sep.tolist() == [[2] * 6, [5] * 6] and segment_ids.tolist() == [[1] * 6] * 2
 
 
-@pytest.mark.parametrize("sep_shape,segment_shape,message", [
+@pytest.mark.parametrize(
+  "sep_shape,segment_shape,message",
+  [
     ((2, 5), None, "sep has shape"),
     ((2, 6, 1), None, "sep has shape"),
     ((2, 6), (2, 5), "segment_ids has shape"),
-])
+  ],
+)
 def test_canonicalize_rejects_bad_shapes(sep_shape, segment_shape, message):
   segment_ids = None if segment_shape is None else jnp.ones(segment_shape, jnp.int32)
   with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """tasks/finetune.py: cloze Tasks train with `train` and are scored with `eval --cloze`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,8 +63,11 @@ def test_sst2_is_registered_with_pets_pattern():
 @pytest.mark.slow
 def test_fine_tuning_on_a_cloze_task_learns_the_verbalizers(tmp_path, clean_gin):
   if TASK not in seqio.TaskRegistry.names():
-    finetune.register_cloze_task(TASK, seqio.FunctionDataSource(_sentiment, splits=("train", "validation")),
-                                 cloze.ClozeTemplate("{sentence} It was really [MASK].", {0: "bad", 1: "good"}))
+    finetune.register_cloze_task(
+      TASK,
+      seqio.FunctionDataSource(_sentiment, splits=("train", "validation")),
+      cloze.ClozeTemplate("{sentence} It was really [MASK].", {0: "bad", 1: "good"}),
+    )
   (tmp_path / "toy.gin").write_text(GIN)
   run = str(tmp_path / "run")
   summary = main.main(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={run}"])
@@ -76,6 +80,5 @@ def test_fine_tuning_on_a_cloze_task_learns_the_verbalizers(tmp_path, clean_gin)
   untrained = str(tmp_path / "untrained")
   zero = ["--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0"]
   main.main(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={untrained}", *zero])
-  baseline = main.main(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={untrained}", "--cloze=0",
-                        *zero])
+  baseline = main.main(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={untrained}", "--cloze=0", *zero])
   assert baseline["cloze_accuracy"] <= 0.8, baseline

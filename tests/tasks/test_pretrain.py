@@ -1,5 +1,6 @@
 """Tests for tasks/pretrain.py: each Task end-to-end through seqio.get_dataset and the feature converter,
 mixture rates, gin bindings, the user-text Tasks and the lazily registered TFDS Tasks."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ def glm_tasks(tmp_path_factory):
   """`import tasks` with the vocabulary and embedded corpus cached once per session for the data tests."""
   os.environ["GLM_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "glm_jax_cache")
   import tasks
+
   return tasks.pretrain
 
 
@@ -38,14 +40,15 @@ def _normalized(text: str) -> str:
 
 def _segments(row: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
   """The examples packed into one converted row, without padding."""
-  return [{name: row[name][row["segment_ids"] == s] for name in blank_infilling.FEATURES}
-          for s in range(1, int(row["segment_ids"].max()) + 1)]
+  return [
+    {name: row[name][row["segment_ids"] == s] for name in blank_infilling.FEATURES}
+    for s in range(1, int(row["segment_ids"].max()) + 1)
+  ]
 
 
 def _objective(example, special) -> str:
   part_a = example["input_ids"][: int(example["sep"][0])]
-  kinds = {kind for name, kind in MASK_NAMES.items()
-           if np.any(part_a == getattr(special, name.strip("[]").lower()))}
+  kinds = {kind for name, kind in MASK_NAMES.items() if np.any(part_a == getattr(special, name.strip("[]").lower()))}
   assert len(kinds) == 1, kinds
   return kinds.pop()
 
@@ -70,9 +73,14 @@ def test_task_end_to_end(glm_tasks, objective, pack):
   special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
 
   def rows(seed):
-    ds = seqio.get_dataset(f"glm_{objective}_embedded", feature_converter.task_feature_lengths(L),
-                           dataset_split="validation", shuffle=False, seed=seed,
-                           feature_converter=feature_converter.GLMFeatureConverter(pack))
+    ds = seqio.get_dataset(
+      f"glm_{objective}_embedded",
+      feature_converter.task_feature_lengths(L),
+      dataset_split="validation",
+      shuffle=False,
+      seed=seed,
+      feature_converter=feature_converter.GLMFeatureConverter(pack),
+    )
     return list(ds.take(6).as_numpy_iterator())
 
   first = rows(3)
@@ -98,18 +106,25 @@ def test_task_end_to_end(glm_tasks, objective, pack):
 def _objective_counts(glm_tasks, n: int) -> dict[str, int]:
   special = blank_infilling.SpecialIds.from_vocabulary(glm_tasks.VOCABULARY)
   ds = seqio.get_mixture_or_task("glm_embedded").get_dataset(
-      feature_converter.task_feature_lengths(32), split="train", shuffle=False, seed=11)
+    feature_converter.task_feature_lengths(32), split="train", shuffle=False, seed=11
+  )
   counts = {"token": 0, "sentence": 0, "document": 0}
   for ex in ds.take(n).as_numpy_iterator():
     counts[_objective(ex, special)] += 1
   return counts
 
 
-@pytest.mark.parametrize("bindings,rates", [
+@pytest.mark.parametrize(
+  "bindings,rates",
+  [
     ([], (0.5, 0.3, 0.2)),
-    (["glm_mixture_rates.token = 1.0", "glm_mixture_rates.sentence = 1.0", "glm_mixture_rates.document = 8.0"],
-     (0.1, 0.1, 0.8)),
-], ids=["glm10b", "gin"])
+    (
+      ["glm_mixture_rates.token = 1.0", "glm_mixture_rates.sentence = 1.0", "glm_mixture_rates.document = 8.0"],
+      (0.1, 0.1, 0.8),
+    ),
+  ],
+  ids=["glm10b", "gin"],
+)
 def test_mixture_rates(glm_tasks, clean_gin, bindings, rates):
   gin.parse_config(bindings)
   n = 600
@@ -123,9 +138,14 @@ def test_gin_objective_settings_apply_after_import(glm_tasks, clean_gin):
   del glm_tasks
 
   def masked_fraction():
-    ds = seqio.get_dataset("glm_token_embedded", feature_converter.task_feature_lengths(64),
-                           dataset_split="train", shuffle=False, seed=0,
-                           feature_converter=feature_converter.GLMFeatureConverter(False))
+    ds = seqio.get_dataset(
+      "glm_token_embedded",
+      feature_converter.task_feature_lengths(64),
+      dataset_split="train",
+      shuffle=False,
+      seed=0,
+      feature_converter=feature_converter.GLMFeatureConverter(False),
+    )
     rows = list(ds.take(20).as_numpy_iterator())
     spans = sum(int((r["block_position_ids"] == 1).sum()) for r in rows)
     masked = sum(float(r["loss_mask"].sum()) for r in rows) - spans
@@ -144,23 +164,29 @@ def test_text_tasks_read_the_users_files(glm_tasks, clean_gin, tmp_path, monkeyp
   (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + "{broken\n")
   monkeypatch.setenv("GLM_JAX_TEXT_FILES", str(tmp_path / "*.jsonl"))
   counters.reset()
-  ds = seqio.get_dataset("glm_sentence_text", feature_converter.task_feature_lengths(L), dataset_split="train",
-                         shuffle=False, seed=0, feature_converter=feature_converter.GLMFeatureConverter(pack=False))
+  ds = seqio.get_dataset(
+    "glm_sentence_text",
+    feature_converter.task_feature_lengths(L),
+    dataset_split="train",
+    shuffle=False,
+    seed=0,
+    feature_converter=feature_converter.GLMFeatureConverter(pack=False),
+  )
   rows = list(ds.as_numpy_iterator())
   train_docs = [d for d in docs if not sources.in_validation(d, 0.05)]
   assert len(rows) == len(train_docs)  # each short document is one example
   assert counters.snapshot("text_files/invalid_json") == {"text_files/invalid_json": 1}
   gin.parse_config([f"text_files_config.pattern = '{tmp_path}/*.none'"])
   with pytest.raises(ValueError, match="no files match"):
-    seqio.get_dataset("glm_token_text", feature_converter.task_feature_lengths(L),
-                      feature_converter.GLMFeatureConverter(pack=False))
+    seqio.get_dataset(
+      "glm_token_text", feature_converter.task_feature_lengths(L), feature_converter.GLMFeatureConverter(pack=False)
+    )
 
 
 def test_data_gin_files_bind_the_objectives(glm_tasks, clean_gin):
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   gin.add_config_file_search_path(repo)
-  gin.parse_config_files_and_bindings([os.path.join(repo, "gin/data/text.gin")],
-                                      ["glm_mixture_rates.document = 0.4"])
+  gin.parse_config_files_and_bindings([os.path.join(repo, "gin/data/text.gin")], ["glm_mixture_rates.document = 0.4"])
   assert glm_tasks.glm_mixture_rates() == {"token": 0.5, "sentence": 0.3, "document": 0.4}
   assert glm_tasks.TokenObjective().poisson_lambda == 3.0 and glm_tasks.DocumentObjective().min_ratio == 0.5
   assert glm_tasks.text_files_config().pattern == "corpus/*.txt,corpus/*.jsonl"

@@ -45,8 +45,9 @@ def test_save_restore_is_bit_exact_and_keeps_shardings(tmp_path):
   emb = restored.params["word_embeddings"]["embedding"]
   assert emb.sharding == shardings.params["word_embeddings"]["embedding"]
   assert checkpoints.load_model_config(str(tmp_path)) == CONFIG
-  params = checkpoints.restore_params(str(tmp_path), jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params))
+  params = checkpoints.restore_params(
+    str(tmp_path), jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
+  )
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, jax.device_get(state.params))))
   manager.close()
 
@@ -60,12 +61,27 @@ def test_restore_latest_of_empty_directory_is_none(tmp_path):
 
 
 def _run(model_dir, num_steps):
-  tc = loop.TrainConfig(num_steps=num_steps, batch_size=8, length=LENGTH, log_every=2, eval_every=3,
-                        eval_steps=2, checkpoint_every=2, max_to_keep=2)
+  tc = loop.TrainConfig(
+    num_steps=num_steps,
+    batch_size=8,
+    length=LENGTH,
+    log_every=2,
+    eval_every=3,
+    eval_steps=2,
+    checkpoint_every=2,
+    max_to_keep=2,
+  )
   oc = optimizer.OptimizerConfig(learning_rate=3e-3, warmup_steps=1)
-  return loop.train(CONFIG, tc, oc, partitioning.MeshConfig(data=-1), synthetic.synthetic_batches(8, LENGTH, VOCAB),
-                    str(model_dir), eval_batches=lambda: synthetic.synthetic_batches(8, LENGTH, VOCAB, seed=1),
-                    progress=False)
+  return loop.train(
+    CONFIG,
+    tc,
+    oc,
+    partitioning.MeshConfig(data=-1),
+    synthetic.synthetic_batches(8, LENGTH, VOCAB),
+    str(model_dir),
+    eval_batches=lambda: synthetic.synthetic_batches(8, LENGTH, VOCAB, seed=1),
+    progress=False,
+  )
 
 
 @pytest.mark.slow
@@ -106,8 +122,9 @@ def _tfdata_batches(seed: int = 0) -> inputs.TFDataBatches:
 
 
 def _same_batches(a: list[dict], b: list[dict]) -> bool:
-  return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-                                  for x, y in zip(a, b))
+  return len(a) == len(b) and all(
+    x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+  )
 
 
 def test_input_position_is_saved_with_the_state_and_restored_exactly(tmp_path):
@@ -118,7 +135,10 @@ def test_input_position_is_saved_with_the_state_and_restored_exactly(tmp_path):
   expected = [next(batches) for _ in range(6)]
   manager.close()
   assert sorted(os.listdir(tmp_path / "11" / checkpoints.DATA_ITEM)) == [
-      "commit_success.txt", "iterator-00000-of-00001.data-00000-of-00001", "iterator-00000-of-00001.index"]
+    "commit_success.txt",
+    "iterator-00000-of-00001.data-00000-of-00001",
+    "iterator-00000-of-00001.index",
+  ]
 
   fresh = _tfdata_batches()
   manager = checkpoints.make_manager(str(tmp_path), save_every=1)
@@ -140,8 +160,9 @@ def test_input_position_saved_by_another_process_count_restarts_the_stream_with_
   for name in os.listdir(data_dir):  # as if 2 processes had saved it
     if name.startswith("iterator-"):
       os.rename(data_dir / name, data_dir / name.replace("-of-00001", "-of-00002"))
-      shutil.copy(data_dir / name.replace("-of-00001", "-of-00002"),
-                  data_dir / name.replace("00000-of-00001", "00001-of-00002"))
+      shutil.copy(
+        data_dir / name.replace("-of-00001", "-of-00002"), data_dir / name.replace("00000-of-00001", "00001-of-00002")
+      )
 
   fresh = _tfdata_batches()
   manager = checkpoints.make_manager(str(tmp_path), save_every=1)
@@ -235,8 +256,9 @@ def _restore_in_process(directory: str, coordinator: str, process_id: int, out: 
   manager.close()
   local = lambda x: np.asarray(x.addressable_data(0)).tolist()  # noqa: E731
   with open(out, "w") as f:
-    json.dump({"params_w": local(params["w"]), "latest_step": local(state.step), "latest_w": local(state.params["w"])},
-              f)
+    json.dump(
+      {"params_w": local(params["w"]), "latest_step": local(state.step), "latest_w": local(state.params["w"])}, f
+    )
 
 
 @pytest.mark.slow
@@ -256,14 +278,18 @@ def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_pa
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=1"]))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=1"]))
   children = []
   for i in range(2):
     with open(tmp_path / f"{i}.log", "w") as log:
-      children.append(subprocess.Popen(
+      children.append(
+        subprocess.Popen(
           [sys.executable, __file__, str(directory), coordinator, str(i), str(tmp_path / f"{i}.json")],
-          env=env, stdout=log, stderr=subprocess.STDOUT))
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      )
   deadline = time.monotonic() + 120  # each process takes ~15 s; a desync hangs
   while any(p.poll() is None for p in children) and time.monotonic() < deadline:
     time.sleep(0.2)

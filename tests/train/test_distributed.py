@@ -3,6 +3,7 @@
 jax.distributed.initialize is replaced by a recorder here (this process's backend is already up, and joining is
 irreversible); tests/train/test_multihost.py runs the real thing with 2 processes.
 """
+
 from __future__ import annotations
 
 import jax
@@ -11,8 +12,13 @@ import pytest
 from glm_jax import main
 from glm_jax.train import distributed
 
-SLURM_ENV = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node001", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0"}
+SLURM_ENV = {
+  "SLURM_JOB_ID": "7",
+  "SLURM_STEP_NODELIST": "node001",
+  "SLURM_NTASKS": "2",
+  "SLURM_PROCID": "0",
+  "SLURM_LOCALID": "0",
+}
 
 
 @pytest.fixture
@@ -73,7 +79,9 @@ def test_cpu_collectives_default_to_gloo_and_a_choice_is_kept(calls):
     jax.config.update("jax_cpu_collectives_implementation", previous)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"coordinator_address": "h:1", "num_processes": 2}, "missing process_id"),
     ({"num_processes": 2, "process_id": 0}, "missing coordinator_address"),
     ({"coordinator_address": "h:1", "process_id": 0}, "missing num_processes"),
@@ -81,7 +89,8 @@ def test_cpu_collectives_default_to_gloo_and_a_choice_is_kept(calls):
     ({"coordinator_address": "h:1", "num_processes": 2, "process_id": -1}, "process_id=-1"),
     ({"coordinator_address": "h", "num_processes": 2, "process_id": 0}, "coordinator_address='h' must be HOST:PORT"),
     ({"num_processes": 0}, "num_processes=0 must be >= 1"),
-])
+  ],
+)
 def test_bad_arguments_fail_naming_them(calls, kwargs, match):
   with pytest.raises(ValueError, match=match):
     distributed.initialize(**kwargs)
@@ -89,8 +98,9 @@ def test_bad_arguments_fail_naming_them(calls, kwargs, match):
 
 
 def test_train_flags_and_environment_fallbacks(monkeypatch):
-  args = main._parser().parse_args(["train", "--model_dir=d", "--coordinator_address=h:1", "--num_processes=2",
-                                    "--process_id=1"])
+  args = main._parser().parse_args(
+    ["train", "--model_dir=d", "--coordinator_address=h:1", "--num_processes=2", "--process_id=1"]
+  )
   assert (args.coordinator_address, args.num_processes, args.process_id) == ("h:1", 2, 1)
   monkeypatch.setenv("GLM_JAX_COORDINATOR_ADDRESS", "e:2")
   monkeypatch.setenv("GLM_JAX_NUM_PROCESSES", "4")
@@ -102,5 +112,12 @@ def test_train_flags_and_environment_fallbacks(monkeypatch):
 def test_train_joins_before_reading_gin(calls, tmp_path):
   """main initializes first: a bad multi-host flag fails before the (here missing) gin file is read."""
   with pytest.raises(ValueError, match="missing process_id"):
-    main.main(["train", "--gin_file=no/such/file.gin", f"--model_dir={tmp_path}", "--num_processes=2",
-               "--coordinator_address=127.0.0.1:1"])
+    main.main(
+      [
+        "train",
+        "--gin_file=no/such/file.gin",
+        f"--model_dir={tmp_path}",
+        "--num_processes=2",
+        "--coordinator_address=127.0.0.1:1",
+      ]
+    )

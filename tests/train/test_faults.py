@@ -3,6 +3,7 @@
 In-process runs of loop.train on a tiny GLM with a checkpointable tf.data stream of synthetic rows; the
 subprocess versions (a real seqio Task, SIGKILL and SIGTERM sent from outside) are in test_resume.py.
 """
+
 import logging
 import os
 import re
@@ -31,16 +32,23 @@ def _tfdata_batches(seed: int = 0) -> inputs.TFDataBatches:
 
 
 def _train(model_dir, batches, num_steps, *, checkpoint_every=2, log_every=1):
-  tc = loop.TrainConfig(num_steps=num_steps, batch_size=BATCH, length=LENGTH, log_every=log_every,
-                        checkpoint_every=checkpoint_every, max_to_keep=10)
+  tc = loop.TrainConfig(
+    num_steps=num_steps,
+    batch_size=BATCH,
+    length=LENGTH,
+    log_every=log_every,
+    checkpoint_every=checkpoint_every,
+    max_to_keep=10,
+  )
   oc = optimizer.OptimizerConfig(learning_rate=3e-3, warmup_steps=1)
   return loop.train(CONFIG, tc, oc, partitioning.MeshConfig(data=-1), batches, str(model_dir), progress=False)
 
 
 def _losses(model_dir) -> dict[int, float]:
   """step -> loss of every train record."""
-  records = [r for r in loop.metrics_lib.read_jsonl(os.path.join(model_dir, loop.METRICS_FILE))
-             if r["split"] == "train"]
+  records = [
+    r for r in loop.metrics_lib.read_jsonl(os.path.join(model_dir, loop.METRICS_FILE)) if r["split"] == "train"
+  ]
   return {r["step"]: r["loss"] for r in records}
 
 
@@ -122,14 +130,18 @@ def _truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage", [
+@pytest.mark.parametrize(
+  "damage",
+  [
     "truncate the largest array file",
     "delete the largest array file",
     "delete the state metadata",
     "truncate the input position",
-])
-def test_torn_newest_checkpoint_is_skipped_with_a_message_and_the_previous_one_restored(saved_run, tmp_path, caplog,
-                                                                                     damage):
+  ],
+)
+def test_torn_newest_checkpoint_is_skipped_with_a_message_and_the_previous_one_restored(
+  saved_run, tmp_path, caplog, damage
+):
   _, state, abstract = saved_run
   tmp_path = _copy_of(saved_run, tmp_path)
   if damage == "truncate the largest array file":
@@ -155,8 +167,9 @@ def test_torn_newest_checkpoint_is_skipped_with_a_message_and_the_previous_one_r
   expected = _tfdata_batches()
   next(expected)
   assert all(np.array_equal(a, b) for a, b in zip(next(batches).values(), next(expected).values()))
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(restored.params),
-                                          jax.device_get(state.params))))
+  assert all(
+    jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(restored.params), jax.device_get(state.params)))
+  )
   manager.close()
 
 
@@ -177,8 +190,11 @@ def test_finite_guard_reports_the_first_non_finite_step_and_non_finite_params(tm
   for step, loss, grad_norm in [(1, 2.0, 1.0), (2, 1.5, 0.5)]:
     guard.update(step, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(grad_norm)})
   guard.check(manager, 2, params={"w": jnp.ones(3)})
-  with pytest.raises(FloatingPointError, match=r"the parameters after step 2 are not finite; last good "
-                                               r"checkpoint: none"):
+  with pytest.raises(
+    FloatingPointError,
+    match=r"the parameters after step 2 are not finite; last good "
+    r"checkpoint: none",
+  ):
     guard.check(manager, 2, params={"w": jnp.array([1.0, np.inf])})
   for step, loss, grad_norm in [(3, 1.0, np.inf), (4, np.nan, np.nan), (5, 1.0, 1.0)]:
     guard.update(step, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(grad_norm)})
@@ -219,9 +235,13 @@ def test_unwritable_model_dir_fails_before_data_is_read_or_anything_compiled(tmp
   with pytest.raises(PermissionError, match=re.escape(f"model_dir '{model_dir}' is not writable")):
     _train(model_dir, untouchable(), 4)
   # The entry point checks before it builds the input pipeline (an unknown Task would fail there).
-  exp = main.Experiment(CONFIG, loop.TrainConfig(num_steps=4, batch_size=BATCH, length=LENGTH),
-                        optimizer.OptimizerConfig(warmup_steps=1), partitioning.MeshConfig(),
-                        inputs.DataConfig(mixture_or_task_name="no_such_task"))
+  exp = main.Experiment(
+    CONFIG,
+    loop.TrainConfig(num_steps=4, batch_size=BATCH, length=LENGTH),
+    optimizer.OptimizerConfig(warmup_steps=1),
+    partitioning.MeshConfig(),
+    inputs.DataConfig(mixture_or_task_name="no_such_task"),
+  )
   with pytest.raises(PermissionError, match=re.escape(f"model_dir '{model_dir}' is not writable")):
     main.train(str(model_dir), exp)
 

@@ -1,4 +1,5 @@
 """Starting a run from another checkpoint's params (TrainConfig.init_checkpoint) and reading params back."""
+
 import functools
 import logging
 import shutil
@@ -57,8 +58,10 @@ def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(t
   assert int(started.step) == 0
   for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(saved)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  assert not np.array_equal(np.asarray(started.params["word_embeddings"]["embedding"]),  # not the run's own init
-                            np.asarray(state.params["word_embeddings"]["embedding"]))
+  assert not np.array_equal(
+    np.asarray(started.params["word_embeddings"]["embedding"]),  # not the run's own init
+    np.asarray(state.params["word_embeddings"]["embedding"]),
+  )
   for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(shardings.params)):
     assert got.sharding == want
   fresh_opt = tx.init(saved)
@@ -73,12 +76,18 @@ def test_init_checkpoint_of_another_shape_names_the_params_and_shapes(tmp_path):
   convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, _params(CONFIG, seed=1))
   mesh = partitioning.make_mesh(MESH)
   state, shardings, tx = _abstract_state(CONFIG.replace(vocab_size=300), mesh)
-  with pytest.raises(ValueError, match=r"do not fit this model: word_embeddings/embedding: the checkpoint has "
-                                       r"\(\d+, 32\), the model \(3\d\d, 32\)\. .*model_from_checkpoint"):
+  with pytest.raises(
+    ValueError,
+    match=r"do not fit this model: word_embeddings/embedding: the checkpoint has "
+    r"\(\d+, 32\), the model \(3\d\d, 32\)\. .*model_from_checkpoint",
+  ):
     loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
   state, shardings, tx = _abstract_state(CONFIG.replace(hidden_size=64), mesh)
-  with pytest.raises(ValueError, match=r"layers/attention/dense/kernel: the checkpoint has \(2, 4, 8, 32\), the "
-                                       r"model \(2, 4, 16, 64\);.* and \d+ more"):
+  with pytest.raises(
+    ValueError,
+    match=r"layers/attention/dense/kernel: the checkpoint has \(2, 4, 8, 32\), the "
+    r"model \(2, 4, 16, 64\);.* and \d+ more",
+  ):
     loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
 
 
@@ -144,14 +153,23 @@ def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoin
   manager.close()
   # An init checkpoint that would fail if it were read (another shape).
   wider = CONFIG.replace(hidden_size=64)
-  convert_checkpoint.save_converted(str(tmp_path / "init"), wider, jax.tree.map(
-      lambda x: np.zeros(x.shape, x.dtype), _abstract_state(wider, partitioning.make_mesh(MESH))[0].params))
+  convert_checkpoint.save_converted(
+    str(tmp_path / "init"),
+    wider,
+    jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _abstract_state(wider, partitioning.make_mesh(MESH))[0].params),
+  )
   tc = loop.TrainConfig(num_steps=1, batch_size=8, length=LENGTH, init_checkpoint=str(tmp_path / "init"))
   oc = optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
   with caplog.at_level(logging.INFO):
-    summary = loop.train(CONFIG, tc, oc, MESH,
-                         synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size), str(tmp_path / "run"),
-                         progress=False)
+    summary = loop.train(
+      CONFIG,
+      tc,
+      oc,
+      MESH,
+      synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size),
+      str(tmp_path / "run"),
+      progress=False,
+    )
   assert summary["steps"] == 1
   assert "is not read: the run resumes from its own checkpoint" in caplog.text
   for got, want in zip(jax.tree.leaves(summary["state"].params), jax.tree.leaves(state.params)):

@@ -22,6 +22,7 @@ unpacked, unshuffled, dropout 0.
 Run as a script, this file is the training command of those processes: it registers that Task and hands its
 command line to glm_jax.main.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,11 @@ DEVICES = 4
 LOSS_RTOL = 1e-4  # the same float32 sums in another order: measured relative differences ~1e-7
 PARAM_ATOL = 1e-4  # measured ~1e-6 after 6 Adam steps (params of size ~1)
 PHASE_TIMEOUT_S = 400
-WORDS = ("the module provides functions for working with paths files and directories a list of values is returned "
-         "when the object is called with an argument each class defines methods that read write or close the "
-         "stream").split()
+WORDS = (
+  "the module provides functions for working with paths files and directories a list of values is returned "
+  "when the object is called with an argument each class defines methods that read write or close the "
+  "stream"
+).split()
 
 GIN = f"""
 include 'gin/models/tiny.gin'
@@ -75,8 +78,9 @@ OptimizerConfig.decay_style = 'constant'
 
 def _xla_flags(device_count: int) -> str:
   """This session's XLA flags (tests/conftest.py) with another host device count."""
-  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
-          if not f.startswith("--xla_force_host_platform_device_count")]
+  kept = [
+    f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   return " ".join(kept + [f"--xla_force_host_platform_device_count={device_count}"])
 
 
@@ -102,9 +106,11 @@ def register_task() -> None:
 
   objective = preprocessors.DocumentObjective(min_ratio=0.5, max_ratio=0.5, suffix_prob=1.0)
   seqio.TaskRegistry.add(
-      TASK, source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
-      output_features=pretrain.output_features(),
-      preprocessors=[functools.partial(preprocessors.blank_infilling_preprocessor, objective=objective)])
+    TASK,
+    source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+    output_features=pretrain.output_features(),
+    preprocessors=[functools.partial(preprocessors.blank_infilling_preprocessor, objective=objective)],
+  )
 
 
 def _free_port() -> int:
@@ -116,13 +122,24 @@ def _free_port() -> int:
 def _start(name: str, model_dir: pathlib.Path, num_processes: int, num_steps: int, tmp_path: pathlib.Path):
   """Starts one run: `num_processes` children with DEVICES / num_processes CPU devices each."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_") or k == "GLM_JAX_CACHE"}
-  env.update(XLA_FLAGS=_xla_flags(DEVICES // num_processes), JAX_PLATFORMS="cpu",
-             CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-             # the resumed runs compile the programs of the first two again: let them hit a cache
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  command = [sys.executable, __file__, "train", f"--gin_file={tmp_path / 'multihost.gin'}",
-             f"--model_dir={model_dir}", f"--gin.TrainConfig.num_steps={num_steps}"]
+  env.update(
+    XLA_FLAGS=_xla_flags(DEVICES // num_processes),
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    # the resumed runs compile the programs of the first two again: let them hit a cache
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
+  command = [
+    sys.executable,
+    __file__,
+    "train",
+    f"--gin_file={tmp_path / 'multihost.gin'}",
+    f"--model_dir={model_dir}",
+    f"--gin.TrainConfig.num_steps={num_steps}",
+  ]
   if num_processes > 1:
     command += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
   children = []
@@ -130,8 +147,7 @@ def _start(name: str, model_dir: pathlib.Path, num_processes: int, num_steps: in
     log = tmp_path / f"{name}.{process_id}.log"
     extra = [f"--process_id={process_id}"] if num_processes > 1 else []
     with open(log, "w") as out:
-      children.append((log, subprocess.Popen(command + extra, cwd=REPO, env=env, stdout=out,
-                                             stderr=subprocess.STDOUT)))
+      children.append((log, subprocess.Popen(command + extra, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)))
   return children
 
 
@@ -230,6 +246,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes
   step = int(saved[0][0])
   assert 2 <= step < 100_000
   from glm_jax.train import checkpoints
+
   assert checkpoints.latest_step(str(run)) == step
 
   _wait(_start("resumed", run, 2, step + 2, tmp_path))

@@ -6,6 +6,7 @@ A tiny GLM with dropout on, trained on the real seqio Task glm_token_embedded (t
 random span corruption), checkpoints every 2 steps. The runs share a persistent JAX compilation cache, so the
 restarts do not compile again (the executables are the same ones either way).
 """
+
 import json
 import os
 import random
@@ -23,29 +24,47 @@ SEED = 20240612  # the kill and preemption steps come from random.Random(SEED)
 TIMEOUT_S = 300
 
 
-
 def _xla_flags(device_count: int) -> str:
   """This session's XLA flags (tests/conftest.py) with another host device count."""
-  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
-          if not f.startswith("--xla_force_host_platform_device_count")]
+  kept = [
+    f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   return " ".join(kept + [f"--xla_force_host_platform_device_count={device_count}"])
 
 
 def _command(model_dir) -> list[str]:
-  return [sys.executable, "-m", "glm_jax.main", "train", "--gin_file=gin/pretrain/quickstart.gin",
-          f"--model_dir={model_dir}", f"--gin.TrainConfig.num_steps={NUM_STEPS}", "--gin.TrainConfig.batch_size=4",
-          "--gin.TrainConfig.length=32", "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.checkpoint_every=2",
-          "--gin.TrainConfig.max_to_keep=3", "--gin.OptimizerConfig.warmup_steps=2",
-          "--gin.DataConfig.mixture_or_task_name='glm_token_embedded'", "--gin.DataConfig.eval_split=None",
-          "--gin.model_preset.overrides={'max_length': 32, 'num_layers': 1, 'hidden_size': 64, 'num_heads': 2, "
-          "'hidden_dropout': 0.1, 'attention_dropout': 0.1}"]
+  return [
+    sys.executable,
+    "-m",
+    "glm_jax.main",
+    "train",
+    "--gin_file=gin/pretrain/quickstart.gin",
+    f"--model_dir={model_dir}",
+    f"--gin.TrainConfig.num_steps={NUM_STEPS}",
+    "--gin.TrainConfig.batch_size=4",
+    "--gin.TrainConfig.length=32",
+    "--gin.TrainConfig.log_every=1",
+    "--gin.TrainConfig.checkpoint_every=2",
+    "--gin.TrainConfig.max_to_keep=3",
+    "--gin.OptimizerConfig.warmup_steps=2",
+    "--gin.DataConfig.mixture_or_task_name='glm_token_embedded'",
+    "--gin.DataConfig.eval_split=None",
+    "--gin.model_preset.overrides={'max_length': 32, 'num_layers': 1, 'hidden_size': 64, 'num_heads': 2, "
+    "'hidden_dropout': 0.1, 'attention_dropout': 0.1}",
+  ]
 
 
 def _env(tmp_path) -> dict[str, str]:
   env = dict(os.environ)
-  env.update(XLA_FLAGS=_xla_flags(2), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
-             TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(
+    XLA_FLAGS=_xla_flags(2),
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   return env
 
 
@@ -55,8 +74,9 @@ class _Run:
   def __init__(self, tmp_path, model_dir, name: str):
     self.log_path = tmp_path / f"{name}.log"
     self._log = open(self.log_path, "w")
-    self.proc = subprocess.Popen(_command(model_dir), cwd=REPO_ROOT, env=_env(tmp_path), stdout=self._log,
-                                 stderr=subprocess.STDOUT)
+    self.proc = subprocess.Popen(
+      _command(model_dir), cwd=REPO_ROOT, env=_env(tmp_path), stdout=self._log, stderr=subprocess.STDOUT
+    )
 
   def log(self) -> str:
     if not self._log.closed:
@@ -132,8 +152,10 @@ def test_sigkill_and_sigterm_then_restart_give_the_uninterrupted_losses_bit_for_
   # Restart; SIGTERM (a preemption notice) at a later random step: it saves there and exits cleanly.
   skip = len(_train_records(run_dir))
   term_step = rng.randint(killed_at + 2, NUM_STEPS - 8)  # leaves the process steps to spare
-  print(f"{time.monotonic() - start:.0f} s: killed at step {killed_at}; resuming from {resume_from}, SIGTERM at "
-        f"step {term_step}")
+  print(
+    f"{time.monotonic() - start:.0f} s: killed at step {killed_at}; resuming from {resume_from}, SIGTERM at "
+    f"step {term_step}"
+  )
   run = _Run(tmp_path, run_dir, "preempted")
   _wait_for_step(run, run_dir, skip, term_step)
   run.kill(signal.SIGTERM)
@@ -155,6 +177,9 @@ def test_sigkill_and_sigterm_then_restart_give_the_uninterrupted_losses_bit_for_
   print(f"{time.monotonic() - start:.0f} s: finished")
   records = _train_records(run_dir)
   assert {r["step"] for r in records} == set(expected)
-  mismatches = [(r["step"], (r["loss"], r["grad_norm"]), expected[r["step"]]) for r in records
-                if (r["loss"], r["grad_norm"]) != expected[r["step"]]]
+  mismatches = [
+    (r["step"], (r["loss"], r["grad_norm"]), expected[r["step"]])
+    for r in records
+    if (r["loss"], r["grad_norm"]) != expected[r["step"]]
+  ]
   assert not mismatches, f"(step, interrupted run, uninterrupted run): {mismatches}"

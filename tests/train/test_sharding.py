@@ -4,6 +4,7 @@ equality with the single-device run, and bf16 compute over float32 master weight
 The (2, 2, 2) mesh's losses and gradient accumulation are checked in tests/train/test_step.py, remat and
 scan_layers in tests/model/test_glm.py.
 """
+
 import dataclasses
 import re
 
@@ -26,8 +27,9 @@ MESH_SHAPES = [(1, 8, 1), (1, 4, 2), (2, 2, 2), (1, 2, 4)]
 
 def _config(**overrides) -> GLMConfig:
   """A model whose sharded dims (E, H, mlp, padded vocab) divide by every fsdp / tensor size up to 8."""
-  base = dict(vocab_size=500, num_layers=2, hidden_size=256, num_heads=8, max_length=LENGTH,
-              attention_implementation="xla")
+  base = dict(
+    vocab_size=500, num_layers=2, hidden_size=256, num_heads=8, max_length=LENGTH, attention_implementation="xla"
+  )
   return GLMConfig(**{**base, **overrides})
 
 
@@ -213,20 +215,30 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(run_s
   bf16 = run_steps((1, 4, 2), dtype="bfloat16")
   assert re.search(r"dot_general[^\n]*-> tensor<[^>]*bf16>", bf16.hlo), "no bfloat16 matmul in the step"
   opt_state = bf16.state.opt_state
-  leaves = jax.tree.leaves((bf16.state.params, optax.tree_utils.tree_get(opt_state, "mu"),
-                            optax.tree_utils.tree_get(opt_state, "nu")))
+  leaves = jax.tree.leaves(
+    (bf16.state.params, optax.tree_utils.tree_get(opt_state, "mu"), optax.tree_utils.tree_get(opt_state, "nu"))
+  )
   assert {x.dtype for x in leaves} == {jnp.dtype(jnp.float32)}
   # bfloat16 keeps 8 mantissa bits: the loss moves by ~1e-3 relative, not more.
   np.testing.assert_allclose(bf16.losses, run_steps((1, 1, 1)).losses, rtol=2e-2)
 
 
-@pytest.mark.parametrize("implementation,platform,target", [
-    ("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"), ("pallas_tpu", "tpu", "tpu_custom_call")])
+@pytest.mark.parametrize(
+  "implementation,platform,target",
+  [("pallas_gpu", "cuda", "__gpu$xla.gpu.triton"), ("pallas_tpu", "tpu", "tpu_custom_call")],
+)
 def test_train_step_with_the_pallas_kernel_lowers_for_its_platform_per_shard(implementation, platform, target):
   """The whole sharded train step (scan over layers, remat, the kernel's custom_vjp with GLM's attention dropout
   inside shard_map) lowers for GPU / TPU from this CPU machine, and the kernel sees one device's rows and heads."""
-  config = _config(hidden_size=256, num_heads=2, hidden_dropout=0.0, attention_dropout=0.1, max_length=128,
-                   attention_implementation=implementation, remat_policy="full")
+  config = _config(
+    hidden_size=256,
+    num_heads=2,
+    hidden_dropout=0.0,
+    attention_dropout=0.1,
+    max_length=128,
+    attention_implementation=implementation,
+    remat_policy="full",
+  )
   mesh = _mesh((2, 2, 2))
   model = GLM(config)
   tx = optax.adamw(1e-3)
@@ -234,10 +246,13 @@ def test_train_step_with_the_pallas_kernel_lowers_for_its_platform_per_shard(imp
   shardings = partitioning.state_shardings(boxed, tx, mesh)
   abstract_params = nn.unbox(boxed)
   abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract_params)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-                                shardings)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=partitioning.batch_sharding(mesh))
-           for k, v in next(synthetic.synthetic_batches(8, 128, config.vocab_size)).items()}
+  abstract_state = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+  )
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=partitioning.batch_sharding(mesh))
+    for k, v in next(synthetic.synthetic_batches(8, 128, config.vocab_size)).items()
+  }
   train_step = step.jit_train_step(step.make_train_step(model, tx), shardings, mesh)
   text = train_step.trace(abstract_state, batch, jax.random.key(0)).lower(lowering_platforms=(platform,)).as_text()
   calls = [line for line in text.splitlines() if f"custom_call @{target}(" in line]

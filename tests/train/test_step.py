@@ -11,8 +11,16 @@ LENGTH = 32
 
 
 def _config(**overrides):
-  base = dict(vocab_size=VOCAB, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH,
-              embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0)
+  base = dict(
+    vocab_size=VOCAB,
+    num_layers=2,
+    hidden_size=32,
+    num_heads=4,
+    max_length=LENGTH,
+    embedding_dropout=0.0,
+    attention_dropout=0.0,
+    hidden_dropout=0.0,
+  )
   return GLMConfig(**{**base, **overrides})
 
 
@@ -23,8 +31,10 @@ def _setup(mesh_config, accumulation_steps=1, config=None, lr=3e-3, total_steps=
   mesh = partitioning.make_mesh(mesh_config)
   state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), LENGTH)
   train_step = step.jit_train_step(
-      step.make_train_step(model, tx, optimizer.learning_rate_schedule(ocfg, total_steps), accumulation_steps),
-      shardings, mesh)
+    step.make_train_step(model, tx, optimizer.learning_rate_schedule(ocfg, total_steps), accumulation_steps),
+    shardings,
+    mesh,
+  )
   return state, train_step, mesh
 
 
@@ -80,8 +90,10 @@ def test_accumulated_step_equals_big_batch_step():
 def test_sharded_step_matches_single_device():
   batch = next(_batches(batch_size=8))
   outs = []
-  for mesh_config, devices in ((partitioning.MeshConfig(data=2, fsdp=2, tensor=2), None),
-                               (partitioning.MeshConfig(data=1), jax.devices()[:1])):
+  for mesh_config, devices in (
+    (partitioning.MeshConfig(data=2, fsdp=2, tensor=2), None),
+    (partitioning.MeshConfig(data=1), jax.devices()[:1]),
+  ):
     model = GLM(_config())
     ocfg = optimizer.OptimizerConfig(learning_rate=3e-3, warmup_steps=5)
     tx = optimizer.make_optimizer(ocfg, 100)
