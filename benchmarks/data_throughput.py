@@ -116,9 +116,9 @@ def corruption_and_conversion(ids, sentences, objective: str, max_length: int) -
   """Part (b): blank infilling of every document, then the packed feature converter."""
   import tensorflow as tf
 
-  from glm_jax.data import blank_infilling as bi, feature_converter as fc
+  from glm_jax.data import blank_infilling as bi, example, feature_converter as fc
 
-  special = bi.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
+  special = example.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
   rng = np.random.default_rng(0)
   cpu, wall = time.process_time(), time.perf_counter()
   examples = []
@@ -136,7 +136,7 @@ def corruption_and_conversion(ids, sentences, objective: str, max_length: int) -
       name: tf.RaggedTensor.from_row_lengths(
         np.concatenate([ex[name] for ex in examples]), [ex[name].size for ex in examples]
       )
-      for name in bi.FEATURES
+      for name in example.FEATURES
     }
   )
   ds = fc.GLMFeatureConverter(pack=True)(ds.with_options(_one_thread_options()), fc.task_feature_lengths(max_length))

@@ -31,3 +31,47 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+import pytest  # noqa: E402  (after the flags above: importing pytest plugins must not import jax first)
+
+
+@pytest.fixture
+def default_vocabulary_glm():
+  """A factory (seed, max_length) -> (the default vocabulary, a random one-layer GLM over it, its params)."""
+
+  def make(seed: int, max_length: int):
+    import jax
+    import numpy as np
+
+    from glm_jax.data import vocab
+    from glm_jax.model import GLM, GLMConfig
+
+    vocabulary = vocab.default_vocabulary()
+    config = GLMConfig(
+      vocab_size=vocabulary.vocab_size, num_layers=1, hidden_size=32, num_heads=4, max_length=max_length
+    )
+    model = GLM(config)
+    ids = np.zeros((1, 8), np.int32)
+    return vocabulary, model, model.init(jax.random.key(seed), ids, ids, ids, sep=np.array([8]))["params"]
+
+  return make
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+  """gs://bucket/... served from tmp_path/bucket: epath's gs:// backend (TensorFlow's gfile) mapped to local files."""
+  from etils.epath import backend
+
+  bucket = tmp_path / "bucket"
+  bucket.mkdir()
+
+  def local(path):
+    path = os.fspath(path)
+    assert path.startswith("gs://bucket/"), path
+    return str(bucket / path[len("gs://bucket/") :])
+
+  for name in ("open", "exists", "isdir", "makedirs", "mkdir", "listdir", "glob", "remove", "rename", "stat"):
+    fn = getattr(backend.os_backend, name)
+    monkeypatch.setattr(backend.tf_backend, name, lambda path, *a, fn=fn, **k: fn(local(path), *a, **k))
+  return bucket

@@ -1,15 +1,21 @@
-"""GLM data pipeline: vocabulary, sources, blank-infilling corruption, seqio preprocessors, feature converter.
+"""GLM data: the example layout, vocabularies, sources, blank-infilling corruption, seqio preprocessors, the
+feature converter.
 
 Modules:
-  vocab             SentencePiece vocabulary with every GLM special token; `special_id(vocab, name)`;
-                    `default_vocabulary()` (trained offline on the embedded corpus, cached).
+  example           the GLM example layout (Part A / Part B, 2D positions, sep) and `SpecialIds`, the one record
+                    of the special token ids (also `glm_jax.data.SpecialIds`).
+  vocab             SentencePiece vocabulary with every GLM special token; `default_vocabulary()` (trained offline
+                    on the embedded corpus, cached); save / load / fingerprint of every vocabulary family.
+  tokenizers        the THUDM tokenizers (BERT WordPiece, GPT-2 and RoBERTa BPE, Chinese SentencePiece).
   sources           the embedded corpus (Python's own documentation as a TFDS dataset), user .txt/.jsonl
                     files, any TFDS text dataset; every source yields {"text": tf.string}.
   blank_infilling   the numpy corruption core (token / sentence / document objectives).
   preprocessors     seqio preprocessors that run the core inside tf.data, one seed per document.
   feature_converter GLMFeatureConverter: task features -> fixed-length model features (packed or padded).
+  cloze             classification as cloze filling (patterns and verbalizers).
+  synthetic         a learnable synthetic task for tests and smoke runs.
   counters          what the pipeline skipped or produced, for logs.
-  inspect           `python -m glm_jax.data.inspect`: print decoded examples, save converted features.
+  inspect           decoded examples of a Task (`python -m glm_jax.main inspect`).
 Tasks and mixtures are registered by `import tasks` (tasks/pretrain.py).
 
 Counters API (glm_jax.data.counters), for the training loop and tools:
@@ -28,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+
+from glm_jax.data.example import SpecialIds  # noqa: F401
 
 
 def cache_dir(*parts: str) -> str:

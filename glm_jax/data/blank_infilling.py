@@ -1,17 +1,10 @@
 """GLM blank-infilling corruption in numpy: one document in, fixed-budget examples out.
 
-An example (one piece of a document) has two parts:
+An example (one piece of a document) has two parts, laid out by glm_jax.data.example:
   Part A: `[CLS]`, then the piece with each masked span replaced by one mask token
           (`[MASK]` token level, `[sMASK]` sentence level, `[gMASK]` document level).
   Part B: for each span, in shuffled order, `[sop]` + the span's tokens.
-Features (all 1-D of one length T = len(A) + len(B) <= max_length, int32 except `loss_mask` float32):
-  input_ids           A, then B.
-  target_ids          A copies input_ids; in B each position predicts the next span token and the
-                      last one of a span predicts `[eop]`.
-  loss_mask           1.0 exactly on Part B.
-  position_ids        0..len(A)-1 in A; every token of a B span carries its mask token's index in A.
-  block_position_ids  0 in A; 1..len(span)+1 within each B span (`[sop]` gets 1).
-  sep                 len(A) on every token.
+Every example's features are those of glm_jax.data.example.FEATURES, of one length T <= max_length.
 
 Length budget: a piece of n tokens with k spans costs n + 1 + 2k tokens (`[CLS]`, one mask and one `[sop]`
 per span). Long documents are cut into consecutive pieces whose size is computed from the spans actually
@@ -33,43 +26,14 @@ import math
 
 import numpy as np
 
-FEATURES = ("input_ids", "target_ids", "loss_mask", "position_ids", "block_position_ids", "sep")
+from glm_jax.data import example as example_lib
+from glm_jax.data.example import SpecialIds
 
 # Overhead of a piece beyond its own tokens: [CLS] plus (mask token, [sop]) per span.
 _CLS_COST = 1
 _SPAN_COST = 2
 _MIN_MAX_LENGTH = _CLS_COST + _SPAN_COST + 1  # one token, one span
 _SENTENCE_BLOCK = 32  # candidate pieces evaluated together by _sentence_piece
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecialIds:
-  """Ids of the special tokens the corruption writes; built from a vocabulary by name, never hard-coded."""
-
-  pad: int
-  eos: int
-  cls: int
-  mask: int
-  smask: int
-  gmask: int
-  sop: int
-  eop: int
-
-  @classmethod
-  def from_vocabulary(cls, vocabulary) -> SpecialIds:
-    from glm_jax.data import vocab
-
-    names = {
-      "pad": "[pad]",
-      "eos": "[eos]",
-      "cls": "[CLS]",
-      "mask": "[MASK]",
-      "smask": "[sMASK]",
-      "gmask": "[gMASK]",
-      "sop": "[sop]",
-      "eop": "[eop]",
-    }
-    return cls(**{field: int(vocab.special_id(vocabulary, name)) for field, name in names.items()})
 
 
 @dataclasses.dataclass
@@ -126,18 +90,6 @@ def _needs(mask_ratio: float, num_tokens: np.ndarray) -> np.ndarray:
   return np.maximum(1, np.ceil(mask_ratio * num_tokens - _EPS)).astype(np.int64)
 
 
-def _arange(n: int) -> np.ndarray:
-  """A read-only view of 0..n-1 (int64) from a shared buffer: assemble needs several per piece."""
-  global _ARANGE
-  if _ARANGE.size < n:
-    _ARANGE = np.arange(max(n, 2 * _ARANGE.size))
-    _ARANGE.flags.writeable = False
-  return _ARANGE[:n]
-
-
-_ARANGE = np.arange(0)
-
-
 def assemble(
   piece: np.ndarray,
   starts: np.ndarray,
@@ -146,56 +98,9 @@ def assemble(
   special: SpecialIds,
   rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-  """Builds one example from a piece [n] and its spans (sorted, non-overlapping `starts`/`lengths` [k], k >= 1).
-
-  Returns the six features, each of length n + 1 + 2k. Part B lists the spans in a random order.
-  """
-  n, k = piece.size, starts.size
-  cum_lengths = lengths.cumsum()
-  a_len = _CLS_COST + n - int(cum_lengths[-1]) + k
-  total = n + _CLS_COST + _SPAN_COST * k
-  b_len = total - a_len
-
-  # Part A: each span's first token becomes the mask token, its other tokens are dropped.
-  dropped = np.zeros(n + 1, np.int8)
-  dropped[starts + 1] += 1
-  dropped[starts + lengths] -= 1
-  body = piece.copy()
-  body[starts] = mask_id
-  body = body[dropped.cumsum()[:n] == 0]
-  mask_pos = _CLS_COST + starts - (cum_lengths - lengths) + _arange(k)
-
-  # Part B: span `order[i]` occupies [seg_start[i], seg_start[i] + len + 1) of B, [sop] first.
-  order = rng.permutation(k)
-  seg = lengths[order] + 1
-  seg_start = seg.cumsum() - seg
-  b_index = _arange(b_len)
-  text_index = b_index + np.repeat(starts[order] - seg_start, seg)  # the token each B position predicts
-  target_b = piece[np.minimum(text_index, n - 1)]
-  target_b[seg_start + seg - 1] = special.eop
-
-  features = np.empty((4, total), np.int32)
-  input_ids, target_ids, position_ids, block_position_ids = features
-  input_ids[0] = special.cls
-  input_ids[1:a_len] = body
-  target_ids[:a_len] = input_ids[:a_len]
-  target_ids[a_len:] = target_b
-  input_ids[a_len + 1 :] = target_b[:-1]
-  input_ids[a_len + seg_start] = special.sop
-  position_ids[:a_len] = _arange(a_len)
-  position_ids[a_len:] = np.repeat(mask_pos[order], seg)
-  block_position_ids[:a_len] = 0
-  block_position_ids[a_len:] = b_index + 1 - np.repeat(seg_start, seg)
-  loss_mask = np.zeros(total, np.float32)
-  loss_mask[a_len:] = 1.0
-  return {
-    "input_ids": input_ids,
-    "target_ids": target_ids,
-    "loss_mask": loss_mask,
-    "position_ids": position_ids,
-    "block_position_ids": block_position_ids,
-    "sep": np.full(total, a_len, np.int32),
-  }
+  """The example of a piece [n] whose spans (sorted, non-overlapping `starts`/`lengths` [k], k >= 1) are blanked
+  with `mask_id`, Part B in a random order drawn from `rng` (glm_jax.data.example.from_piece)."""
+  return example_lib.from_piece(piece, starts, lengths, mask_id, special, rng.permutation(starts.size))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +133,7 @@ def _token_piece(span_lengths: np.ndarray, remaining: int, max_length: int, mask
   text; the best size is the largest of these bounds over j.
   """
   covered = span_lengths.cumsum()
-  spans = _arange(covered.size) + 1
+  spans = example_lib.indices(covered.size) + 1
   bounds = np.minimum((covered + _EPS) / mask_ratio, max_length - _CLS_COST - _SPAN_COST * spans)
   n = min(int(bounds.max()), remaining)
   k = int(covered.searchsorted(_need(mask_ratio, n))) + 1
@@ -343,11 +248,11 @@ def _sentence_piece(
   ranked_lengths = lengths[order]
   needs = _needs(mask_ratio, sizes)
   for high in range(m, 0, -_SENTENCE_BLOCK):
-    candidates = _arange(high)[max(0, high - _SENTENCE_BLOCK) :] + 1
+    candidates = example_lib.indices(high)[max(0, high - _SENTENCE_BLOCK) :] + 1
     included = order[None, :] < candidates[:, None]  # [candidate j, rank]
     coverage = np.where(included, ranked_lengths, 0).cumsum(axis=1)
     last_rank = np.argmax(coverage >= needs[candidates - 1, None], axis=1)
-    spans = included.cumsum(axis=1)[_arange(candidates.size), last_rank]
+    spans = included.cumsum(axis=1)[example_lib.indices(candidates.size), last_rank]
     fits = np.flatnonzero(sizes[candidates - 1] + _CLS_COST + _SPAN_COST * spans <= max_length)
     if fits.size:  # always by the last block: one sentence alone fits
       best = fits[-1]
@@ -452,35 +357,3 @@ def corrupt_document(
   if stats is not None:
     stats.add(tokens.size, examples)
   return examples
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading examples back.
-
-
-def split_example(example: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-  """Part A input ids [sep] and the B spans as (index of the span's mask token in A, span tokens) in B order.
-
-  Takes one unpadded example (one segment of a packed row, without its padding).
-  """
-  input_ids = np.asarray(example["input_ids"])
-  sep = int(np.asarray(example["sep"]).reshape(-1)[0])
-  starts = sep + np.flatnonzero(np.asarray(example["block_position_ids"])[sep:] == 1)
-  ends = np.append(starts[1:], input_ids.size)
-  position_ids = np.asarray(example["position_ids"])
-  spans = [(int(position_ids[s]), input_ids[s + 1 : e]) for s, e in zip(starts, ends)]
-  return input_ids[:sep], spans
-
-
-def reconstruct(example: dict[str, np.ndarray], special: SpecialIds) -> np.ndarray:
-  """The original piece: Part A with each mask token replaced by its span, `[CLS]` stripped; int32 [n]."""
-  part_a, spans = split_example(example)
-  if part_a.size == 0 or part_a[0] != special.cls:
-    raise ValueError(f"Part A must start with [CLS]={special.cls}; got {part_a[:1]}")
-  by_position = dict(spans)
-  pieces, last = [], 1
-  for position in sorted(by_position):
-    pieces += [part_a[last:position], by_position[position]]
-    last = position + 1
-  pieces.append(part_a[last:])
-  return np.concatenate(pieces).astype(np.int32)

@@ -6,7 +6,8 @@ for SST-2: pattern "{sentence} It was really [MASK]." and verbalizers {0: "terri
 Training: `cloze_preprocessor` makes the GLM blank-infilling example of the filled pattern whose one span is the
 verbalizer (Part A: [CLS] + the pattern with [MASK]; Part B: [sop] + verbalizer, targets verbalizer + [eop]),
 the same features as pretraining, so the feature converter, packing and train step are the pretraining ones.
-Evaluation: glm_jax.infer.scoring scores every verbalizer as the blank's fill and predicts the most likely.
+Evaluation: glm_jax.eval.cloze scores every verbalizer as the blank's fill (glm_jax.infer.scoring) and predicts
+the most likely.
 
 A text too long for the row loses tokens from the start of the text before the blank (the pattern's words next
 to the blank and everything after it are kept); an example whose label has no verbalizer fails the pipeline.
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from typing import Mapping
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling, counters
+from glm_jax.data import counters, example as example_lib
+from glm_jax.data.example import DTYPES, FEATURES, SpecialIds
 
 MASK = "[MASK]"
-FEATURES = blank_infilling.FEATURES
 TEMPLATES: dict[str, "ClozeTemplate"] = {}  # Task name -> its template (tasks/finetune.py registers them)
 
 
@@ -73,25 +73,31 @@ def _verbalizer_table(template: ClozeTemplate) -> tf.lookup.StaticHashTable:
   return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value="")
 
 
-def _example_fn(max_length: int, special: blank_infilling.SpecialIds):
+def cloze_part_a(
+  before: Sequence[int], after: Sequence[int], ids: SpecialIds, max_length: int, answer_length: int
+) -> tuple[list[int], int, bool]:
+  """(Part A, its blank's position, whether it was truncated) for the text before and after the blank, filled with
+  an answer of `answer_length` tokens in a row of `max_length`: [CLS], the text before (its start cut to fit),
+  [MASK], the text after. The pipeline (training) and the scorer (evaluation) both build Part A here."""
+  budget = max_length - 3 - answer_length - len(after)  # [CLS], [MASK] and [sop]; [eop] closes the answer's span
+  if budget < 0:
+    raise ValueError(
+      f"the fill and the pattern after the blank need {max_length - budget} tokens; the row has {max_length}"
+    )
+  truncated = len(before) > budget
+  before = list(before)[len(before) - budget :] if truncated else list(before)
+  return [ids.cls, *before, ids.mask, *after], 1 + len(before), truncated
+
+
+def _example_fn(max_length: int, ids: SpecialIds):
   """The numpy function: (tokens before the blank, verbalizer tokens, tokens after) -> one example's features."""
-  rng = np.random.default_rng(0)  # one span: assemble's shuffle of Part B has nothing to shuffle
 
   def make(before, answer, after):
     counters.increment("cloze/examples")
-    budget = max_length - 3 - answer.size - after.size  # [CLS], [sop] and [eop]; the verbalizer fills the blank
-    if budget < 0:
-      raise ValueError(
-        f"the verbalizer and the pattern after the blank need {max_length - budget} tokens; the row has {max_length}"
-      )
-    if before.size > budget:
-      counters.increment("cloze/truncated")
-      before = before[before.size - budget :]
-    piece = np.concatenate([before, answer, after]).astype(np.int32)
-    example = blank_infilling.assemble(
-      piece, np.array([before.size]), np.array([answer.size]), special.mask, special, rng
-    )
-    return tuple(example[name].astype(np.float32 if name == "loss_mask" else np.int32) for name in FEATURES)
+    part_a, blank, truncated = cloze_part_a(before.tolist(), after.tolist(), ids, max_length, answer.size)
+    counters.increment("cloze/truncated", int(truncated))
+    example = example_lib.from_spans(part_a, [(blank, answer.tolist())], ids)
+    return tuple(example[name] for name in FEATURES)
 
   return make
 
@@ -110,9 +116,9 @@ def cloze_preprocessor(
       "glm_jax.data.feature_converter.task_feature_lengths(L) to seqio.get_dataset"
     )
   vocabulary = output_features["input_ids"].vocabulary
-  make = _example_fn(int(sequence_length["input_ids"]), blank_infilling.SpecialIds.from_vocabulary(vocabulary))
+  make = _example_fn(int(sequence_length["input_ids"]), SpecialIds.from_vocabulary(vocabulary))
   table = _verbalizer_table(template)
-  out_types = [tf.float32 if name == "loss_mask" else tf.int32 for name in FEATURES]
+  out_types = [tf.as_dtype(DTYPES[name]) for name in FEATURES]
 
   def to_example(ex):
     label = tf.cast(ex[template.label_key], tf.int64)
@@ -129,21 +135,10 @@ def cloze_preprocessor(
 
 
 def part_a(
-  template: ClozeTemplate,
-  example: Mapping[str, str],
-  vocabulary,
-  special: blank_infilling.SpecialIds,
-  max_length: int,
-  answer_length: int,
+  template: ClozeTemplate, example: Mapping[str, str], vocabulary, ids: SpecialIds, max_length: int, answer_length: int
 ) -> tuple[list[int], int]:
   """(Part A token ids, the blank's position in them) of a Python example, tokenized and truncated as the
-  pipeline does for a fill of `answer_length` tokens: [CLS], the text before the blank, [MASK], the text after."""
+  pipeline does for a fill of `answer_length` tokens (`cloze_part_a`)."""
   before, after = (t.strip() for t in template.text(example).split(MASK, 1))
-  before_ids, after_ids = list(vocabulary.encode(before)), list(vocabulary.encode(after))
-  budget = max_length - 3 - answer_length - len(after_ids)
-  if budget < 0:
-    raise ValueError(
-      f"the fill and the pattern after the blank need {max_length - budget} tokens; the row has {max_length}"
-    )
-  before_ids = before_ids[max(0, len(before_ids) - budget) :]
-  return [special.cls, *before_ids, special.mask, *after_ids], 1 + len(before_ids)
+  part_a, blank, _ = cloze_part_a(vocabulary.encode(before), vocabulary.encode(after), ids, max_length, answer_length)
+  return part_a, blank

@@ -1,7 +1,7 @@
 """seqio feature converter from corrupted GLM examples to fixed-length model features.
 
 Task features (one example, rank 1, length T <= L): input_ids, target_ids, loss_mask, position_ids,
-block_position_ids, sep (see glm_jax.data.blank_infilling). Model features (docs/design.md), every one exactly
+block_position_ids, sep (see glm_jax.data.example). Model features (docs/design.md), every one exactly
 L long so the train step compiles once: the six task features plus segment_ids.
 
 Unpacked: one example per row, padded with zeros; segment_ids 1 on its tokens, 0 on padding.
@@ -22,7 +22,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from glm_jax.data.blank_infilling import FEATURES
+from glm_jax.data.example import DTYPES, FEATURES
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 _PACKED = "glm_features"
@@ -54,7 +54,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
     sep                [3    3  3       3      3  3   2   2       2      2   0  0]
   """
 
-  TASK_FEATURES = {name: _Spec(dtype=tf.float32 if name == "loss_mask" else tf.int32) for name in FEATURES}
+  TASK_FEATURES = {name: _Spec(dtype=tf.as_dtype(DTYPES[name])) for name in FEATURES}
   MODEL_FEATURES = {**TASK_FEATURES, "segment_ids": _Spec(dtype=tf.int32)}
   # segment_ids is a model feature in both modes, so packing adds no features of its own.
   PACKING_FEATURE_DTYPES = {}

@@ -1,7 +1,7 @@
 """seqio preprocessors for GLM's three blank-infilling objectives, running the numpy core inside tf.data.
 
 Each takes documents {"text": tf.string} and yields corrupted examples with the task features of
-glm_jax.data.blank_infilling (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep), one
+glm_jax.data.example (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep), one
 document giving one example per piece (a long document gives many). Per document:
   1. UTF-8 check in-graph (invalid documents are skipped and counted, never fed to the tokenizer);
   2. tokenization with the output feature's vocabulary (`encode_tf`, tensorflow_text ops); the sentence
@@ -31,7 +31,7 @@ import seqio
 import tensorflow as tf
 
 from glm_jax.data import blank_infilling, counters
-from glm_jax.data.blank_infilling import FEATURES
+from glm_jax.data.example import DTYPES, FEATURES, SpecialIds
 
 # A document longer than this many times max_length is counted (it is still used, cut into pieces).
 LONG_DOCUMENT_FACTOR = 100
@@ -143,7 +143,7 @@ def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
   return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
 
 
-def _corrupt_fn(objective: Objective, max_length: int, special: blank_infilling.SpecialIds) -> Callable:
+def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds) -> Callable:
   """The numpy function of one document: flat features of all its pieces and the pieces' lengths."""
   prefix = objective.name + "/"
 
@@ -160,7 +160,7 @@ def _corrupt_fn(objective: Objective, max_length: int, special: blank_infilling.
       counters.increment(prefix + "examples", len(examples))
     lengths = np.array([ex["input_ids"].size for ex in examples], np.int32)
     flat = [np.concatenate([ex[name] for ex in examples]) if examples else np.zeros([0]) for name in FEATURES]
-    return (lengths, *(f.astype(np.float32 if name == "loss_mask" else np.int32) for name, f in zip(FEATURES, flat)))
+    return (lengths, *(f.astype(DTYPES[name]) for name, f in zip(FEATURES, flat)))
 
   return corrupt
 
@@ -173,7 +173,7 @@ def blank_infilling_preprocessor(
 ) -> tf.data.Dataset:
   """Documents {"text"} -> corrupted examples of `objective` (a seqio preprocessor once `objective` is bound)."""
   vocabulary = output_features["input_ids"].vocabulary
-  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  special = SpecialIds.from_vocabulary(vocabulary)
   corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special)
   out_types = [tf.int32] + [tf.float32 if name == "loss_mask" else tf.int32 for name in FEATURES]
 

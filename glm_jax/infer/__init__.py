@@ -1,1 +1,2 @@
-"""Inference: greedy blank infilling (infilling.py)."""
+"""Inference on the model and the data layout only: greedy blank infilling (infilling.py) and the scoring of
+candidate fills of a blank (scoring.py)."""

@@ -3,79 +3,46 @@
 Part A = [CLS] + the text's tokens (masks included). For each mask in order of position: append [sop] at the
 mask's position with block position 1, then decode greedily (each new token keeps the mask's position, block
 positions 2, 3, ...) until [eop] or `max_span_length` tokens. Later spans see the earlier spans in Part B,
-as in training. Every decoding step re-runs the full forward at one fixed padded length (one compilation);
-Part B is causal, so the padding after the current token does not change its logits.
+as in training (the rows are glm_jax.data.example's). Every decoding step re-runs the full forward at one fixed
+padded length (one compilation, no cache); Part B is causal, so the padding after the current token does not
+change its logits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax.model import GLM
-from glm_jax.train import step as step_lib
+from glm_jax.data import example as example_lib
+from glm_jax.data.example import Span, SpecialIds
+from glm_jax.model import GLM, mask_padded_vocab
 
 
-@dataclasses.dataclass(frozen=True)
-class InfillIds:
-  """The special ids decoding needs."""
+class DecodeInputs(NamedTuple):
+  """One row of model features [L] and the index of its last real token (whose logits are read)."""
 
-  pad: int
-  cls: int
-  sop: int
-  eop: int
-  masks: tuple[int, ...]  # [MASK], [sMASK], [gMASK]
-
-  @classmethod
-  def from_vocabulary(cls, vocabulary) -> "InfillIds":
-    from glm_jax.data import vocab
-
-    sid = lambda name: int(vocab.special_id(vocabulary, name))  # noqa: E731
-    return cls(
-      pad=sid("[pad]"),
-      cls=sid("[CLS]"),
-      sop=sid("[sop]"),
-      eop=sid("[eop]"),
-      masks=(sid("[MASK]"), sid("[sMASK]"), sid("[gMASK]")),
-    )
-
-
-@dataclasses.dataclass
-class DecodeInputs:
-  """One row of decoder inputs [L] and the index of the last real token (whose logits are read)."""
-
-  input_ids: np.ndarray
-  position_ids: np.ndarray
-  block_position_ids: np.ndarray
-  sep: int
+  features: dict[str, np.ndarray]
   last: int
 
 
-def decode_inputs(
-  part_a: Sequence[int], spans: Sequence[tuple[int, Sequence[int]]], sop: int, pad: int, length: int
-) -> DecodeInputs:
-  """Model inputs for Part A followed by [sop] + tokens for each (mask position, generated tokens) span.
+def decode_inputs(part_a: Sequence[int], spans: Sequence[Span], ids: SpecialIds, length: int) -> DecodeInputs:
+  """The row of Part A followed by [sop] + tokens for each (mask position, generated tokens) span.
 
   The last span is the one being decoded; its next token is predicted from the row's last real position.
   """
-  ids, pos, blk = list(part_a), list(range(len(part_a))), [0] * len(part_a)
-  for mask_position, tokens in spans:
-    ids += [sop, *tokens]
-    pos += [mask_position] * (len(tokens) + 1)
-    blk += list(range(1, len(tokens) + 2))
-  if len(ids) > length:
+  example = example_lib.from_spans(part_a, spans, ids)
+  size = example["input_ids"].size
+  if size > length:
     raise ValueError(
-      f"infilling needs {len(ids)} tokens but the decode length is {length} "
+      f"infilling needs {size} tokens but the decode length is {length} "
       f"(shorten the text, lower max_span_length, or raise the model's max_length)"
     )
-  pad_n = length - len(ids)
-  as_row = lambda xs, fill: np.asarray(list(xs) + [fill] * pad_n, np.int32)  # noqa: E731
-  return DecodeInputs(as_row(ids, pad), as_row(pos, 0), as_row(blk, 0), len(part_a), len(ids) - 1)
+  return DecodeInputs(example_lib.pad(example, length), size - 1)
 
 
 def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
@@ -83,27 +50,21 @@ def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
   vocab_size = model.config.vocab_size
 
   @jax.jit
-  def logits_at(params, input_ids, position_ids, block_position_ids, sep, last):  # params: an argument, not constants
+  def logits_at(params, features, last):  # params: an argument, not constants baked into the program
+    batch = {name: value[None] for name, value in features.items()}
     logits = model.apply(
       {"params": params},
-      input_ids[None],
-      position_ids[None],
-      block_position_ids[None],
-      sep=sep[None],
+      batch["input_ids"],
+      batch["position_ids"],
+      batch["block_position_ids"],
+      sep=batch["sep"],
+      segment_ids=batch["segment_ids"],
       deterministic=True,
     )
-    return step_lib.mask_padded_vocab(logits[0, last], vocab_size)
+    return mask_padded_vocab(logits[0, last], vocab_size)
 
   def next_token(inputs: DecodeInputs) -> int:
-    logits = logits_at(
-      params,
-      inputs.input_ids,
-      inputs.position_ids,
-      inputs.block_position_ids,
-      jnp.int32(inputs.sep),
-      jnp.int32(inputs.last),
-    )
-    return int(jnp.argmax(logits))
+    return int(jnp.argmax(logits_at(params, inputs.features, jnp.int32(inputs.last))))
 
   return next_token
 
@@ -111,7 +72,7 @@ def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
 def fill_blanks(
   next_token: Callable[[DecodeInputs], int],
   token_ids: Sequence[int],
-  ids: InfillIds,
+  ids: SpecialIds,
   length: int,
   max_span_length: int = 32,
 ) -> tuple[list[int], list[list[int]]]:
@@ -120,13 +81,12 @@ def fill_blanks(
   Returns (the tokens with each mask replaced by its span, the list of generated spans in mask order).
   """
   part_a = [ids.cls, *token_ids]
-  mask_positions = [i for i, t in enumerate(part_a) if t in ids.masks]
   spans: list[tuple[int, list[int]]] = []
-  for mask_position in mask_positions:
+  for mask_position in example_lib.blank_positions(part_a, ids):
     span: list[int] = []
     spans.append((mask_position, span))
     while len(span) < max_span_length:
-      token = next_token(decode_inputs(part_a, spans, ids.sop, ids.pad, length))
+      token = next_token(decode_inputs(part_a, spans, ids, length))
       if token == ids.eop:
         break
       span.append(token)
@@ -139,7 +99,7 @@ def fill_blanks(
 
 def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int = 32, length: int | None = None) -> str:
   """The text with every [MASK] / [sMASK] / [gMASK] filled greedily (see the module docstring)."""
-  ids = InfillIds.from_vocabulary(vocabulary)
+  ids = SpecialIds.from_vocabulary(vocabulary)
   token_ids = list(vocabulary.encode(text))
   num_masks = sum(t in ids.masks for t in token_ids)
   length = length or min(model.config.max_length, 1 + len(token_ids) + num_masks * (max_span_length + 1))
@@ -149,7 +109,7 @@ def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int 
   )
 
 
-def splice_spans(text: str, vocabulary, ids: InfillIds, spans: Sequence[str]) -> str | None:
+def splice_spans(text: str, vocabulary, ids: SpecialIds, spans: Sequence[str]) -> str | None:
   """`text` with its k-th mask token replaced by spans[k], the rest of the text kept character for character
   (decoding the whole filled sequence would re-normalize its whitespace). None when the mask tokens cannot be
   found in the text one for one."""

@@ -24,6 +24,8 @@ _REMAT_POLICIES = {
   "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
   "full": jax.checkpoint_policies.nothing_saveable,
 }
+# Logit given to padded vocabulary rows: exp(x - max) underflows to exactly 0 in float32.
+_MASKED_LOGIT = -1e30
 # Logical names of activations; the rules table decides how (or whether) they are sharded.
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -240,6 +242,13 @@ class GLM(nn.Module):
     x = LayerNorm(cfg, name="final_layernorm")(x)
     table = word_embeddings.embedding.astype(cfg.jnp_dtype)
     return jnp.einsum("ble,ve->blv", x, table, preferred_element_type=jnp.float32)
+
+
+def mask_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+  """logits [..., V_padded] -> the same with the padded vocabulary rows (ids >= vocab_size) set to a huge negative
+  value, so a softmax, an argmax or a sample never picks them."""
+  valid = jnp.arange(logits.shape[-1]) < vocab_size
+  return jnp.where(valid, logits, _MASKED_LOGIT)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

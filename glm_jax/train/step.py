@@ -16,18 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glm_jax.model import GLM
+from glm_jax.model import GLM, mask_padded_vocab
 from glm_jax.train import partitioning
 from glm_jax.train.state import TrainState
-
-# Logit given to padded vocabulary rows: exp(x - max) underflows to exactly 0 in float32.
-_MASKED_LOGIT = -1e30
-
-
-def mask_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
-  """logits [..., V_padded] -> the same with ids >= vocab_size set to a huge negative value."""
-  valid = jnp.arange(logits.shape[-1]) < vocab_size
-  return jnp.where(valid, logits, _MASKED_LOGIT)
 
 
 def loss_sums(logits: jax.Array, target_ids: jax.Array, loss_mask: jax.Array, vocab_size: int):

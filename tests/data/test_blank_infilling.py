@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 
 import hypothesis
@@ -12,15 +11,15 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from glm_jax.data import blank_infilling as bi
+from glm_jax.data import blank_infilling as bi, example
 
-SPECIAL = bi.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
+SPECIAL = example.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
 FIRST_TEXT_ID = 8  # text ids never collide with special ids, so mask tokens in A are recognizable
 
 
 def check_example(ex: dict[str, np.ndarray], max_length: int, mask_id: int) -> tuple[np.ndarray, list]:
   """Asserts every format invariant of one example; returns (the piece it encodes, its B spans)."""
-  assert set(ex) == set(bi.FEATURES)
+  assert set(ex) == set(example.FEATURES)
   for name, value in ex.items():
     assert value.ndim == 1, name
     assert value.dtype == (np.float32 if name == "loss_mask" else np.int32), name
@@ -39,7 +38,7 @@ def check_example(ex: dict[str, np.ndarray], max_length: int, mask_id: int) -> t
   mask_positions = np.flatnonzero(part_a == mask_id)
   assert not np.isin(part_a, [SPECIAL.sop, SPECIAL.eop, SPECIAL.cls])[1:].any()
 
-  part_a_again, spans = bi.split_example(ex)
+  part_a_again, spans = example.split(ex)
   np.testing.assert_array_equal(part_a_again, part_a)
   assert total > sep and block[sep] == 1  # Part B is not empty and starts with a span
   starts = sep + np.flatnonzero(block[sep:] == 1)
@@ -56,7 +55,7 @@ def check_example(ex: dict[str, np.ndarray], max_length: int, mask_id: int) -> t
   assert sorted(p for p, _ in spans) == mask_positions.tolist()
   other_masks = {SPECIAL.mask, SPECIAL.smask, SPECIAL.gmask} - {mask_id}
   assert not np.isin(part_a, list(other_masks)).any()
-  piece = bi.reconstruct(ex, SPECIAL)
+  piece = example.reconstruct(ex, SPECIAL)
   assert piece.size == total - 1 - 2 * len(spans)  # the budget: [CLS] + 2 per span
   return piece, spans
 
@@ -70,7 +69,7 @@ def check_document(doc: np.ndarray, examples: list, max_length: int, mask_id: in
 
 
 def span_lengths_of(ex):
-  return [span.size for _, span in bi.split_example(ex)[1]]
+  return [span.size for _, span in example.split(ex)[1]]
 
 
 docs = hnp.arrays(np.int32, st.integers(0, 300), elements=st.integers(FIRST_TEXT_ID, 5000))
@@ -115,7 +114,7 @@ def test_sentence_level_invariants(data, doc, max_length, seed):
   offset = 0
   for ex, piece in zip(examples, pieces):
     assert offset in boundaries and offset + piece.size in boundaries
-    part_a, spans = bi.split_example(ex)
+    part_a, spans = example.split(ex)
     masked = 0
     for position, span in sorted(spans, key=lambda s: s[0]):
       # Index in the piece of the span's first token: A tokens before the mask, plus earlier spans.
@@ -143,50 +142,6 @@ def test_document_level_invariants(doc, max_length, seed, suffix_prob):
       assert ex["input_ids"].size == max_length
 
 
-def oracle_assemble(piece, starts, lengths, mask_id, order):
-  """Per-token loop over the definition, with the B order given."""
-  part_a, mask_index, i = [SPECIAL.cls], {}, 0
-  span_at = dict(zip(starts.tolist(), lengths.tolist()))
-  while i < piece.size:
-    if i in span_at:
-      mask_index[i] = len(part_a)
-      part_a.append(mask_id)
-      i += span_at[i]
-    else:
-      part_a.append(int(piece[i]))
-      i += 1
-  ex = collections.defaultdict(list)
-  for j, token in enumerate(part_a):
-    for name, value in zip(bi.FEATURES, (token, token, 0.0, j, 0, len(part_a))):
-      ex[name].append(value)
-  for s in order:
-    start, length = int(starts[s]), int(lengths[s])
-    span = piece[start : start + length].tolist()
-    for j, (token, target) in enumerate(zip([SPECIAL.sop] + span, span + [SPECIAL.eop])):
-      for name, value in zip(bi.FEATURES, (token, target, 1.0, mask_index[start], j + 1, len(part_a))):
-        ex[name].append(value)
-  return ex
-
-
-@hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(st.data(), seeds)
-def test_assemble_matches_per_token_oracle(data, seed):
-  n = data.draw(st.integers(1, 80))
-  # Spans: a random set of disjoint [start, end) intervals, possibly adjacent.
-  cuts = sorted(set(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=20))))
-  intervals = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if data.draw(st.booleans())]
-  hypothesis.assume(intervals)
-  starts = np.array([a for a, _ in intervals])
-  lengths = np.array([b - a for a, b in intervals])
-  piece = np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + n, dtype=np.int32)
-  ex = bi.assemble(piece, starts, lengths, SPECIAL.smask, SPECIAL, np.random.default_rng(seed))
-  expected = oracle_assemble(
-    piece, starts, lengths, SPECIAL.smask, np.random.default_rng(seed).permutation(len(intervals))
-  )
-  for name in bi.FEATURES:
-    np.testing.assert_array_equal(ex[name], np.array(expected[name], ex[name].dtype), err_msg=name)
-
-
 def test_place_spans_is_uniform_over_arrangements():
   # Two 1-token spans in 5 tokens with a gap between: C(4, 2) = 6 equally likely arrangements.
   rng = np.random.default_rng(0)
@@ -210,7 +165,7 @@ def test_span_lengths_follow_truncated_poisson():
   frequencies = np.bincount(lengths, minlength=40)[1:] / lengths.size
   np.testing.assert_allclose(frequencies[:6], pmf[:6], atol=0.015)
   # Coverage: at least 15% of every piece, and not much more on average (spans stop once it is reached).
-  coverage = np.array([sum(span_lengths_of(ex)) / bi.reconstruct(ex, SPECIAL).size for ex in examples])
+  coverage = np.array([sum(span_lengths_of(ex)) / example.reconstruct(ex, SPECIAL).size for ex in examples])
   assert coverage.min() >= 0.15 and coverage.mean() < 0.17
 
 
@@ -234,7 +189,7 @@ def test_span_order_in_part_b_is_shuffled():
   for _ in range(400):
     doc = np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + 14, dtype=np.int32)  # 14 tokens, two sentences
     (ex,) = bi.corrupt_sentences(doc, np.array([7, 7]), rng, max_length=64, special=SPECIAL, mask_ratio=0.6)
-    positions = [p for p, _ in bi.split_example(ex)[1]]
+    positions = [p for p, _ in example.split(ex)[1]]
     assert len(positions) == 2
     in_text_order.append(positions == sorted(positions))
   assert 0.4 < np.mean(in_text_order) < 0.6
@@ -253,7 +208,7 @@ def test_deterministic_given_the_generator(objective):
     return bi.corrupt_document(doc, rng, max_length=128, special=SPECIAL, suffix_prob=0.5)
 
   def same(a, b):
-    return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in bi.FEATURES)
+    return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in example.FEATURES)
 
   assert same(run(7), run(7))
   assert not same(run(7), run(8))
@@ -314,34 +269,21 @@ def test_bad_arguments_name_the_value():
     bi.corrupt_document(doc, rng, max_length=32, special=SPECIAL, suffix_prob=2)
 
 
-def test_reconstruct_is_exact_on_a_hand_written_example():
-  # Piece [10 11 12 13 14], spans (1, len 2) and (4, len 1); B order: second span first.
-  ex = {
-    "input_ids": np.array([2, 10, 3, 13, 3, 6, 14, 6, 11, 12], np.int32),
-    "block_position_ids": np.array([0, 0, 0, 0, 0, 1, 2, 1, 2, 3], np.int32),
-    "position_ids": np.array([0, 1, 2, 3, 4, 4, 4, 2, 2, 2], np.int32),
-    "sep": np.full(10, 5, np.int32),
-  }
-  np.testing.assert_array_equal(bi.reconstruct(ex, SPECIAL), [10, 11, 12, 13, 14])
-  part_a, spans = bi.split_example(ex)
-  np.testing.assert_array_equal(part_a, [2, 10, 3, 13, 3])
-  assert [(p, s.tolist()) for p, s in spans] == [(4, [14]), (2, [11, 12])]
-
-
 def test_special_ids_from_the_default_vocabulary_and_a_text_round_trip(monkeypatch, tmp_path):
   from glm_jax.data import vocab
 
   monkeypatch.setenv("GLM_JAX_CACHE", str(tmp_path))
   vocabulary = vocab.default_vocabulary()
-  special = bi.SpecialIds.from_vocabulary(vocabulary)
+  special = example.SpecialIds.from_vocabulary(vocabulary)
   names = ["[pad]", "[eos]", "[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]"]
-  assert list(dataclasses.astuple(special)) == [vocab.special_id(vocabulary, name) for name in names]
-  assert len(set(dataclasses.astuple(special))) == len(names)
+  fields = ["pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop"]
+  assert [getattr(special, f) for f in fields] == [example.special_id(vocabulary, name) for name in names]
+  assert len({getattr(special, f) for f in fields}) == len(names) and special.dblock is None
   text = "General language models fill in blanks. Each span is predicted left to right, after its own [sop]."
   tokens = np.asarray(vocabulary.encode(text), np.int32)
   examples = bi.corrupt_tokens(tokens, np.random.default_rng(0), max_length=24, special=special)
   assert len(examples) > 1
-  rebuilt = np.concatenate([bi.reconstruct(ex, special) for ex in examples])
+  rebuilt = np.concatenate([example.reconstruct(ex, special) for ex in examples])
   assert vocabulary.decode(rebuilt.tolist()) == vocabulary.decode(tokens.tolist())
 
 

@@ -5,7 +5,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling, cloze, counters, feature_converter, vocab
+from glm_jax.data import cloze, counters, example, feature_converter, vocab
 from tasks import finetune
 
 TEMPLATE = cloze.ClozeTemplate("{sentence} It was really [MASK].", {0: "terrible", 1: "great"})
@@ -29,11 +29,11 @@ def _examples(task, length):
 
 def test_the_verbalizer_of_the_label_is_the_span_of_the_blank():
   vocabulary = vocab.default_vocabulary()
-  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  special = example.SpecialIds.from_vocabulary(vocabulary)
   examples = _examples(_task("test_cloze_layout", SENTENCES, [1, 0]), 64)
   for ex, sentence, verbalizer in zip(examples, SENTENCES, ["great", "terrible"]):
     before, after, answer = (list(vocabulary.encode(t)) for t in (f"{sentence} It was really", ".", verbalizer))
-    np.testing.assert_array_equal(blank_infilling.reconstruct(ex, special), before + answer + after)
+    np.testing.assert_array_equal(example.reconstruct(ex, special), before + answer + after)
     a_len = 1 + len(before) + 1 + len(after)  # [CLS], the text before the blank, [MASK], the text after
     np.testing.assert_array_equal(ex["input_ids"][:a_len], [special.cls, *before, special.mask, *after])
     np.testing.assert_array_equal(ex["input_ids"][a_len:], [special.sop, *answer])
@@ -51,11 +51,11 @@ def test_the_verbalizer_of_the_label_is_the_span_of_the_blank():
 
 def test_a_long_text_loses_its_first_tokens_and_keeps_the_pattern():
   vocabulary = vocab.default_vocabulary()
-  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  special = example.SpecialIds.from_vocabulary(vocabulary)
   counters.reset()
   (ex,) = _examples(_task("test_cloze_long", SENTENCES[1:], [0]), 16)
   assert ex["input_ids"].size == 16 and counters.snapshot("cloze/")["cloze/truncated"] == 1
-  kept = blank_infilling.reconstruct(ex, special).tolist()
+  kept = example.reconstruct(ex, special).tolist()
   full = (
     list(vocabulary.encode(f"{SENTENCES[1]} It was really"))
     + list(vocabulary.encode("terrible"))

@@ -7,11 +7,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling as bi, feature_converter as fc
+from glm_jax.data import blank_infilling as bi, example, feature_converter as fc
 from glm_jax.ops import mask as mask_lib
 
-SPECIAL = bi.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
-MODEL_FEATURES = set(bi.FEATURES) | {"segment_ids"}
+SPECIAL = example.SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
+MODEL_FEATURES = set(example.FEATURES) | {"segment_ids"}
 
 
 def corpus(objective: str, max_length: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -37,7 +37,7 @@ def dataset(examples: list[dict[str, np.ndarray]]) -> tf.data.Dataset:
       name: tf.RaggedTensor.from_row_lengths(
         np.concatenate([ex[name] for ex in examples]), [ex[name].size for ex in examples]
       )
-      for name in bi.FEATURES
+      for name in example.FEATURES
     }
   )
 
@@ -53,7 +53,7 @@ def check_row_format(row, max_length):
     assert value.shape == (max_length,), name
     assert value.dtype == (np.float32 if name == "loss_mask" else np.int32), name
   padding = row["segment_ids"] == 0
-  for name in bi.FEATURES:
+  for name in example.FEATURES:
     assert not row[name][padding].any(), f"{name} must be 0 on padding"
   assert not padding[: np.argmax(padding)].any() if padding.any() else True  # padding only at the end
 
@@ -66,7 +66,7 @@ def segments(row) -> list[dict[str, np.ndarray]]:
   for segment in range(1, n + 1):
     where = np.flatnonzero(ids == segment)
     assert where.size and np.array_equal(where, np.arange(where[0], where[-1] + 1)), "contiguous segment"
-    out.append({name: row[name][where] for name in bi.FEATURES})
+    out.append({name: row[name][where] for name in example.FEATURES})
   return out
 
 
@@ -84,10 +84,10 @@ def test_rows_hold_exactly_the_examples_in_order(objective, pack):
       recovered.append(ex)
   assert len(recovered) == len(examples)
   for got, want in zip(recovered, examples):
-    for name in bi.FEATURES:
+    for name in example.FEATURES:
       np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     # Each segment reconstructs on its own.
-    np.testing.assert_array_equal(bi.reconstruct(got, SPECIAL), bi.reconstruct(want, SPECIAL))
+    np.testing.assert_array_equal(example.reconstruct(got, SPECIAL), example.reconstruct(want, SPECIAL))
   if pack:
     assert len(rows) < len(examples)
     assert max(row["segment_ids"].max() for row in rows) > 1
@@ -123,7 +123,7 @@ def test_unpacked_row_is_the_example_padded_with_zeros():
   ex = bi.corrupt_tokens(np.arange(8, 28, dtype=np.int32), np.random.default_rng(0), max_length=32, special=SPECIAL)[0]
   (row,) = convert([ex], 32, pack=False)
   n = ex["input_ids"].size
-  for name in bi.FEATURES:
+  for name in example.FEATURES:
     np.testing.assert_array_equal(row[name][:n], ex[name])
     np.testing.assert_array_equal(row[name][n:], 0)
   np.testing.assert_array_equal(row["segment_ids"], (np.arange(32) < n).astype(np.int32))

@@ -10,8 +10,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling, counters, preprocessors, vocab
-from glm_jax.data.blank_infilling import FEATURES
+from glm_jax.data import counters, example, preprocessors, vocab
+from glm_jax.data.example import FEATURES
 
 L = 32
 
@@ -67,14 +67,14 @@ def _doc_tokens(objective, vocabulary, text: str) -> np.ndarray:
 def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective, default_vocab):
   counters.reset()
   examples = _run(objective, default_vocab)
-  special = blank_infilling.SpecialIds.from_vocabulary(default_vocab)
+  special = example.SpecialIds.from_vocabulary(default_vocab)
   for ex in examples:
     assert {k: v.dtype for k, v in ex.items()} == {
       name: np.float32 if name == "loss_mask" else np.int32 for name in FEATURES
     }
     assert 1 <= ex["input_ids"].size <= L and all(ex[name].size == ex["input_ids"].size for name in FEATURES)
   # Documents stay in order and their pieces are consecutive, so the pieces rebuild the valid documents.
-  rebuilt = np.concatenate([blank_infilling.reconstruct(ex, special) for ex in examples])
+  rebuilt = np.concatenate([example.reconstruct(ex, special) for ex in examples])
   expected = np.concatenate([_doc_tokens(objective, default_vocab, d) for d in VALID])
   np.testing.assert_array_equal(rebuilt, expected)
   prefix = objective.name + "/"
@@ -109,9 +109,9 @@ def test_objective_settings_change_the_examples(default_vocab):
   assert masked_fraction(preprocessors.TokenObjective()) < 0.25
   short = _run(preprocessors.DocumentObjective(max_length=16), default_vocab, documents=[LONG])
   assert max(ex["input_ids"].size for ex in short) == 16
-  masks = {vocab.special_id(default_vocab, name) for name in ("[MASK]", "[sMASK]", "[gMASK]")}
+  masks = {example.special_id(default_vocab, name) for name in ("[MASK]", "[sMASK]", "[gMASK]")}
   used = {int(t) for ex in short for t in ex["input_ids"][: ex["sep"][0]] if t in masks}
-  assert used == {vocab.special_id(default_vocab, "[gMASK]")}
+  assert used == {example.special_id(default_vocab, "[gMASK]")}
 
 
 def test_max_length_flows_from_the_sequence_length():

@@ -2,28 +2,31 @@ import jax
 import numpy as np
 import pytest
 
+from glm_jax.data.example import SpecialIds
 from glm_jax.infer import infilling
 from glm_jax.model import GLM, GLMConfig
 
-IDS = infilling.InfillIds(pad=0, cls=2, sop=4, eop=5, masks=(3, 6, 7))
+IDS = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=6, gmask=7, sop=4, eop=5)
 
 
 def test_decode_inputs_layout():
   part_a = [2, 10, 3, 11, 6]  # [CLS] a [MASK] b [sMASK]
-  row = infilling.decode_inputs(part_a, [(2, [20, 21]), (4, [])], sop=4, pad=0, length=12)
-  np.testing.assert_array_equal(row.input_ids, [2, 10, 3, 11, 6, 4, 20, 21, 4, 0, 0, 0])
-  np.testing.assert_array_equal(row.position_ids, [0, 1, 2, 3, 4, 2, 2, 2, 4, 0, 0, 0])
-  np.testing.assert_array_equal(row.block_position_ids, [0, 0, 0, 0, 0, 1, 2, 3, 1, 0, 0, 0])
-  assert row.sep == 5 and row.last == 8
+  row = infilling.decode_inputs(part_a, [(2, [20, 21]), (4, [])], IDS, length=12)
+  np.testing.assert_array_equal(row.features["input_ids"], [2, 10, 3, 11, 6, 4, 20, 21, 4, 0, 0, 0])
+  np.testing.assert_array_equal(row.features["position_ids"], [0, 1, 2, 3, 4, 2, 2, 2, 4, 0, 0, 0])
+  np.testing.assert_array_equal(row.features["block_position_ids"], [0, 0, 0, 0, 0, 1, 2, 3, 1, 0, 0, 0])
+  np.testing.assert_array_equal(row.features["sep"], [5] * 9 + [0] * 3)
+  np.testing.assert_array_equal(row.features["segment_ids"], [1] * 9 + [0] * 3)
+  assert row.last == 8
 
 
 def test_fill_blanks_goes_left_to_right_and_conditions_on_earlier_spans():
   seen = []
 
   def next_token(row):  # span 1: 30, 31, [eop]; span 2: 40s until max_span_length
-    seen.append(row.input_ids[: row.last + 1].tolist())
-    span_len = int(row.block_position_ids[row.last]) - 1
-    if row.position_ids[row.last] == 2:
+    seen.append(row.features["input_ids"][: row.last + 1].tolist())
+    span_len = int(row.features["block_position_ids"][row.last]) - 1
+    if row.features["position_ids"][row.last] == 2:
       return [30, 31, IDS.eop][span_len]
     return 40
 
@@ -47,10 +50,10 @@ def test_padded_greedy_decode_matches_unpadded_forward():
     n = row.last + 1
     logits = model.apply(
       {"params": params},
-      row.input_ids[None, :n],
-      row.position_ids[None, :n],
-      row.block_position_ids[None, :n],
-      sep=np.array([row.sep]),
+      row.features["input_ids"][None, :n],
+      row.features["position_ids"][None, :n],
+      row.features["block_position_ids"][None, :n],
+      sep=row.features["sep"][:1],
     )
     return int(np.argmax(np.asarray(logits[0, -1, : cfg.vocab_size])))
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax.model import GLM, preset, stack_layers, unstack_layers
+from glm_jax.model import GLM, mask_padded_vocab, preset, stack_layers, unstack_layers
 
 IMPLEMENTATIONS = ("reference", "xla")
 LOGICAL_NAMES = {"vocab", "embed", "heads", "kv", "mlp", "layers", None}
@@ -212,3 +212,11 @@ def test_too_long_input_names_the_limit():
   ids = jnp.zeros((1, 40), jnp.int32)
   with pytest.raises(ValueError, match="sequence length 40 exceeds max_length=32"):
     GLM(config).apply({"params": params}, ids, ids, ids, sep=jnp.array([3]))
+
+
+def test_padded_vocab_logits_get_no_probability():
+  logits = jnp.full((1, 1, 8), 50.0)
+  masked = mask_padded_vocab(logits, 5)
+  probs = jax.nn.softmax(masked, axis=-1)
+  np.testing.assert_array_equal(probs[0, 0, 5:], 0.0)
+  np.testing.assert_allclose(probs[0, 0, :5], 0.2, rtol=1e-6)

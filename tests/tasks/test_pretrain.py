@@ -7,12 +7,12 @@ import json
 import os
 import unicodedata
 
+import gin
 import numpy as np
 import pytest
 import seqio
 
-import gin
-from glm_jax.data import blank_infilling, counters, feature_converter, sources
+from glm_jax.data import counters, example, feature_converter, sources
 
 L = 48
 MASK_NAMES = {"[MASK]": "token", "[sMASK]": "sentence", "[gMASK]": "document"}
@@ -41,7 +41,7 @@ def _normalized(text: str) -> str:
 def _segments(row: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
   """The examples packed into one converted row, without padding."""
   return [
-    {name: row[name][row["segment_ids"] == s] for name in blank_infilling.FEATURES}
+    {name: row[name][row["segment_ids"] == s] for name in example.FEATURES}
     for s in range(1, int(row["segment_ids"].max()) + 1)
   ]
 
@@ -70,7 +70,7 @@ def test_fixed_names_are_registered_and_tfds_is_not_read(glm_tasks):
 @pytest.mark.parametrize("objective", ["token", "sentence", "document"])
 def test_task_end_to_end(glm_tasks, objective, pack):
   vocabulary = glm_tasks.VOCABULARY
-  special = blank_infilling.SpecialIds.from_vocabulary(vocabulary)
+  special = example.SpecialIds.from_vocabulary(vocabulary)
 
   def rows(seed):
     ds = seqio.get_dataset(
@@ -94,7 +94,7 @@ def test_task_end_to_end(glm_tasks, objective, pack):
       sep = int(ex["sep"][0])
       np.testing.assert_array_equal(ex["loss_mask"], np.arange(ex["sep"].size) >= sep)
       assert _objective(ex, special) == objective
-      piece = vocabulary.decode(blank_infilling.reconstruct(ex, special).tolist())
+      piece = vocabulary.decode(example.reconstruct(ex, special).tolist())
       assert _normalized(piece) in corpus
   again, other = rows(3), rows(4)
   for a, b in zip(first, again):
@@ -104,7 +104,7 @@ def test_task_end_to_end(glm_tasks, objective, pack):
 
 
 def _objective_counts(glm_tasks, n: int) -> dict[str, int]:
-  special = blank_infilling.SpecialIds.from_vocabulary(glm_tasks.VOCABULARY)
+  special = example.SpecialIds.from_vocabulary(glm_tasks.VOCABULARY)
   ds = seqio.get_mixture_or_task("glm_embedded").get_dataset(
     feature_converter.task_feature_lengths(32), split="train", shuffle=False, seed=11
   )

@@ -16,8 +16,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from glm_jax.data import synthetic
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import optimizer, partitioning, step, synthetic
+from glm_jax.train import optimizer, partitioning, step
 from glm_jax.train.state import TrainState
 
 LENGTH = 16

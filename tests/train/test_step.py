@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from glm_jax.data import synthetic
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import optimizer, partitioning, step, synthetic
+from glm_jax.train import optimizer, partitioning, step
 
 VOCAB = 100  # padded to 128 rows
 LENGTH = 32
@@ -60,14 +61,6 @@ def test_loss_ignores_part_a_and_padding_and_padded_vocab():
   perturbed[..., 6:] = 1e4
   again = step.loss_sums(jnp.asarray(perturbed), jnp.asarray(targets), jnp.asarray(loss_mask), 6)
   np.testing.assert_allclose(again, (loss_sum, correct), rtol=1e-6)
-
-
-def test_padded_vocab_logits_get_no_probability():
-  logits = jnp.full((1, 1, 8), 50.0)
-  masked = step.mask_padded_vocab(logits, 5)
-  probs = jax.nn.softmax(masked, axis=-1)
-  np.testing.assert_array_equal(probs[0, 0, 5:], 0.0)
-  np.testing.assert_allclose(probs[0, 0, :5], 0.2, rtol=1e-6)
 
 
 @pytest.mark.slow
