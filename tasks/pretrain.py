@@ -25,12 +25,12 @@ from __future__ import annotations
 import functools
 import os
 
+import gin
 import seqio
 import tensorflow as tf
 
-import gin
 from glm_jax.data import preprocessors, sources, vocab
-from glm_jax.data.blank_infilling import FEATURES
+from glm_jax.data.example import FEATURES
 
 OBJECTIVES = ("token", "sentence", "document")
 
@@ -42,13 +42,13 @@ _OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, 
 
 @gin.configurable
 def task_vocabulary(checkpoint: str | None = None) -> seqio.Vocabulary:
-  """The vocabulary of every glm_* Task, read when a dataset is made: the default glm-jax SentencePiece
-  vocabulary, or (`task_vocabulary.checkpoint = DIR`) the tokenizer saved with a converted THUDM checkpoint
-  (`convert --vocab_files`; the model.gin convert writes then binds this), so a published GLM trains on these
-  Tasks with its own tokenizer and special-token ids."""
+  """The vocabulary of every glm_* and cloze Task, read when a dataset is made: the default glm-jax SentencePiece
+  vocabulary, or (`task_vocabulary.checkpoint = DIR`) the one kept with a checkpoint (a converted THUDM one, whose
+  model.gin binds this, or a train model_dir), so a model trains and is evaluated on these Tasks with its own
+  tokenizer and special-token ids."""
   if checkpoint is None:
     return _default_vocabulary()
-  return _checkpoint_vocabulary(os.path.abspath(checkpoint))
+  return _checkpoint_vocabulary(checkpoint)
 
 
 _default_vocabulary = functools.cache(vocab.default_vocabulary)  # read (or trained) once per process
@@ -56,15 +56,9 @@ _default_vocabulary = functools.cache(vocab.default_vocabulary)  # read (or trai
 
 @functools.cache
 def _checkpoint_vocabulary(directory: str) -> seqio.Vocabulary:
-  from glm_jax.convert import tokenizers  # the `tokenizers` library: only when a checkpoint's tokenizer is used
+  from glm_jax.train import checkpoints  # the checkpoint layout's owner
 
-  saved = tokenizers.load_with_checkpoint(directory)
-  if saved is None:
-    raise FileNotFoundError(
-      f"task_vocabulary.checkpoint={directory!r} holds no tokenizer (convert the checkpoint "
-      f"with --vocab_files to keep its tokenizer)"
-    )
-  return saved
+  return checkpoints.load_vocabulary(directory)
 
 
 VOCABULARY = vocab.LazyVocabulary(task_vocabulary, cache=False)

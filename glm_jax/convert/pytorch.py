@@ -30,8 +30,9 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from glm_jax.convert import presets
-from glm_jax.model.config import GLMConfig
+from glm_jax.model.config import PRESETS, GLMConfig, match_published
+
+log = logging.getLogger(__name__)
 
 _PREFIXES = ("glm.", "model.", "module.")
 _LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.")
@@ -131,14 +132,14 @@ def infer_config(
     num_layers, hidden = int(hf_config["num_layers"]), int(hf_config["hidden_size"])
     num_heads = int(hf_config["num_attention_heads"]) if num_heads is None else num_heads
   if num_heads is None:
-    name = presets.match_published(num_layers, hidden, vocab_rows)
+    name = match_published(num_layers, hidden, vocab_rows)
     if name is None:
       raise ValueError(
         f"cannot tell the number of attention heads of a checkpoint with {num_layers} layers, hidden size "
         f"{hidden} and {vocab_rows} vocabulary rows (no config.json, no published model of that shape); "
         f"pass num_heads (--num_heads)"
       )
-    num_heads = presets.PUBLISHED[name].config.num_heads
+    num_heads = PRESETS[name].num_heads
   if mlp_dim % hidden:
     raise ValueError(f"{mlp_key} has {mlp_dim} rows, not a multiple of hidden size {hidden}")
   return GLMConfig(
@@ -168,7 +169,7 @@ def params_from_state_dict(
   state_dict = state_dict if consume else dict(state_dict)
   block_key = "transformer.block_position_embeddings.weight"
   if block_key not in state_dict:
-    logging.warning("%s is absent (block_position_encoding off): using zeros", block_key)
+    log.warning("%s is absent (block_position_encoding off): using zeros", block_key)
     state_dict[block_key] = np.zeros(expected[block_key], np.float32)
   missing = sorted(set(expected) - set(state_dict))
   if missing:
@@ -187,7 +188,7 @@ def params_from_state_dict(
       )
   unknown = sorted(set(state_dict) - set(expected))
   if unknown:
-    logging.warning("ignoring %d checkpoint tensors that GLM does not use: %s", len(unknown), unknown)
+    log.warning("ignoring %d checkpoint tensors that GLM does not use: %s", len(unknown), unknown)
 
   # Each tensor is popped as it is converted, so that host memory holds about one copy of the model.
   t = lambda key: np.asarray(state_dict.pop(key), np.float32)  # noqa: E731
@@ -413,7 +414,7 @@ def from_pytorch(
   config = infer_config(state_dict, num_heads=num_heads, hf_config=hf_config, **config_overrides)
   params, unknown = params_from_state_dict(state_dict, config, consume=True)
   if fix_chinese_10b_gmask is None:
-    chinese_10b = presets.PUBLISHED["glm-10b-chinese"].config
+    chinese_10b = PRESETS["glm-10b-chinese"]
     fix_chinese_10b_gmask = (config.num_layers, config.hidden_size, config.vocab_size) == (
       chinese_10b.num_layers,
       chinese_10b.hidden_size,

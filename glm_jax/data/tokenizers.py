@@ -10,7 +10,7 @@ As the reference Tokenizer does, text is first split on the command-token string
 `<|startofpiece|>`, ...), which map to their ids; the pieces between go through the text tokenizer. Each
 vocabulary exposes `special_ids`: the DESIGN names ("[pad]", "[eos]", "[CLS]", "[MASK]", "[sMASK]", "[gMASK]",
 "[sop]", "[eop]", "[UNK]", alias "[ENC]", plus "[SEP]" and "[dBLOCK]" where the reference has them) -> id;
-`glm_jax.data.vocab.special_id(vocab, name)` reads it.
+`glm_jax.data.example.special_id(vocab, name)` reads it; glm_jax.data.vocab saves and loads these vocabularies.
 
 Speed: `encode_tf` / `decode_tf` call the Python tokenizer through `tf.numpy_function` (one call per example,
 under the GIL, not serializable into a SavedModel and host-only). That is fine for fine-tuning-size data; for
@@ -20,15 +20,14 @@ pretraining-scale pipelines pre-tokenize, or use a native TF vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from glm_jax.model import PRESETS, PUBLISHED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +137,11 @@ class GLMVocabulary(seqio.Vocabulary):
     out = tf.numpy_function(decode, [ids], tf.string, stateful=False)
     out.set_shape(ids.shape[:-1])
     return out
+
+  @property
+  def saved_form(self) -> tuple[str, tuple[str, ...], dict]:
+    """(family, files, options): `FAMILIES[family](*files, **options)` rebuilds this vocabulary."""
+    return self.name, tuple(self._text.source), {"embedding_rows": self.embedding_rows}
 
   def __eq__(self, other):
     return (
@@ -292,7 +296,7 @@ FAMILIES = {"bert": bert_wordpiece, "gpt2": gpt2_bpe, "roberta": roberta_bpe, "c
 
 
 def from_files(family: str, *files: str, **kwargs) -> GLMVocabulary:
-  """`family` as in glm_jax.convert.presets.PUBLISHED[...].tokenizer, with that family's files."""
+  """`family` as in glm_jax.model.PUBLISHED (bert, gpt2, roberta, chinese_sp), with that family's files."""
   if family not in FAMILIES:
     raise ValueError(f"unknown tokenizer family {family!r}; expected one of {sorted(FAMILIES)}")
   return FAMILIES[family](*files, **kwargs)
@@ -300,37 +304,6 @@ def from_files(family: str, *files: str, **kwargs) -> GLMVocabulary:
 
 def for_published(name: str, *files: str) -> GLMVocabulary:
   """The vocabulary of a published checkpoint (e.g. `for_published("glm-10b", "vocab.json", "merges.txt")`)."""
-  from glm_jax.convert import presets
-
-  if name not in presets.PUBLISHED:
-    raise ValueError(f"unknown published GLM checkpoint {name!r}; expected one of {sorted(presets.PUBLISHED)}")
-  model = presets.PUBLISHED[name]
-  return FAMILIES[model.tokenizer](*files, embedding_rows=model.config.padded_vocab_size)
-
-
-TOKENIZER_DIR, MANIFEST = "tokenizer", "tokenizer.json"
-
-
-def save_with_checkpoint(directory: str, family: str, *files: str, embedding_rows: int) -> GLMVocabulary:
-  """Builds the vocabulary (so wrong files fail now), copies its files to `directory`/tokenizer/ with a manifest,
-  and returns it; `load_with_checkpoint(directory)` rebuilds it there."""
-  vocab = from_files(family, *files, embedding_rows=embedding_rows)
-  target = os.path.join(directory, TOKENIZER_DIR)
-  os.makedirs(target, exist_ok=True)
-  names = [os.path.basename(f) for f in files]
-  for file, name in zip(files, names):
-    shutil.copyfile(file, os.path.join(target, name))
-  with open(os.path.join(target, MANIFEST), "w") as f:
-    json.dump({"family": family, "files": names, "embedding_rows": embedding_rows}, f, indent=2)
-  return vocab
-
-
-def load_with_checkpoint(directory: str) -> GLMVocabulary | None:
-  """The vocabulary saved beside a converted checkpoint by `save_with_checkpoint`, or None if there is none."""
-  manifest = os.path.join(directory, TOKENIZER_DIR, MANIFEST)
-  if not os.path.exists(manifest):
-    return None
-  with open(manifest) as f:
-    saved = json.load(f)
-  files = [os.path.join(directory, TOKENIZER_DIR, name) for name in saved["files"]]
-  return FAMILIES[saved["family"]](*files, embedding_rows=saved["embedding_rows"])
+  if name not in PUBLISHED:
+    raise ValueError(f"unknown published GLM checkpoint {name!r}; expected one of {sorted(PUBLISHED)}")
+  return FAMILIES[PUBLISHED[name]](*files, embedding_rows=PRESETS[name].padded_vocab_size)

@@ -1,35 +1,38 @@
-"""GLM vocabularies: SentencePiece with every GLM special token as one id, and the one special-id lookup.
+"""GLM vocabularies: SentencePiece with every GLM special token as one id, the default vocabulary, and the save
+and load of every vocabulary family (this one and the THUDM tokenizers of glm_jax.data.tokenizers).
 
 Every GLM vocabulary exposes `special_ids: Mapping[str, int]` with at least the DESIGN names `[pad]`, `[eos]`,
-`[CLS]` (alias `[ENC]`), `[MASK]`, `[sMASK]`, `[gMASK]`, `[sop]`, `[eop]`, `[UNK]`; `special_id(vocab, name)`
-is the only way code looks one up (the THUDM tokenizers of glm_jax.convert.tokenizers expose the same).
+`[CLS]` (alias `[ENC]`), `[MASK]`, `[sMASK]`, `[gMASK]`, `[sop]`, `[eop]`, `[UNK]`; glm_jax.data.example's
+`special_id(vocab, name)` and `SpecialIds.from_vocabulary(vocab)` are the only ways code looks one up.
 
 The SentencePiece vocabularies trained here: pad=0 (`[pad]`), eos=1 (`[eos]`), unk=2 (`[UNK]`) as seqio
 assumes, no BOS, the other specials as user-defined symbols (so "[MASK]" in text encodes to the mask id), and
 byte fallback (any text round-trips). Training is reproducible: one thread, every input line used in order,
-no sampling; the model file is cached under `cache_dir("vocab", <hash of corpus + settings>)`.
+no sampling; the model file is cached under `cache_dir("vocab", <hash of corpus + settings>)`
+(`python -m glm_jax.main vocab --corpus 'data/*.txt' --vocab_size 8000 --output my.model`).
 
-Command:
-  python -m glm_jax.data.vocab --corpus 'data/*.txt' --vocab_size 8000 --output my.model
-  python -m glm_jax.data.vocab --corpus embedded --vocab_size 4096 --output default.model
+Saving: `save(vocabulary, directory)` copies the vocabulary's files into `directory` (local or any epath, e.g.
+gs://) with a manifest (`tokenizer.json`: family, files, options, fingerprint); `load(directory)` rebuilds it,
+through a local copy for remote directories. `fingerprint(vocabulary)` identifies a vocabulary by its family,
+options and file contents, wherever its files are. glm_jax.train.checkpoints keeps a checkpoint's vocabulary this
+way, so the checkpoint carries its tokenizer.
 Tokenizing in tf.data: `vocab.encode_tf(text)` (tensorflow_text SentencePiece ops, no Python per example).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import sentencepiece as spm
 import seqio
+from etils import epath
 
-from glm_jax.data import cache_dir, file_lock
+from glm_jax.data import cache_dir, file_lock, tokenizers
 
 PAD, EOS, UNK = "[pad]", "[eos]", "[UNK]"
 USER_DEFINED_SPECIALS = ("[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]")
@@ -38,25 +41,16 @@ ALIASES = {"[ENC]": "[CLS]"}
 DEFAULT_VOCAB_SIZE = 4096  # the embedded corpus supports at most ~4.5k unigram pieces; trains in about a second
 
 
-def special_id(vocabulary, name: str) -> int:
-  """The id of the GLM special token `name` (e.g. "[MASK]") in `vocabulary`."""
-  ids = getattr(vocabulary, "special_ids", None)
-  if ids is None:
-    raise TypeError(
-      f"{type(vocabulary).__name__} has no `special_ids`; GLM needs a vocabulary that names its "
-      "special tokens (glm_jax.data.vocab.GLMSentencePieceVocabulary or "
-      "glm_jax.convert.tokenizers.GLMVocabulary)"
-    )
-  if name not in ids:
-    raise KeyError(f"special token {name!r} is not in {type(vocabulary).__name__}; it has {sorted(ids)}")
-  return int(ids[name])
-
-
 class GLMSentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """seqio SentencePieceVocabulary whose model carries the GLM special tokens (see `train_model`)."""
 
   def __init__(self, sentencepiece_model_file: str):
     super().__init__(sentencepiece_model_file, extra_ids=0)
+
+  @property
+  def saved_form(self) -> tuple[str, tuple[str, ...], dict]:
+    """(family, files, options): `FAMILIES[family](*files, **options)` rebuilds this vocabulary."""
+    return "sentencepiece", (self._sentencepiece_model_file,), {}
 
   @property
   def special_ids(self) -> dict[str, int]:
@@ -246,22 +240,100 @@ def read_corpus(pattern: str) -> list[str]:
   return [text for path in files for text in sources.read_documents(path)]
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(
-    prog="python -m glm_jax.data.vocab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--corpus", required=True, help="comma-separated globs of .txt/.jsonl files, or 'embedded'")
-  parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
-  parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-  parser.add_argument("--output", required=True, help="where to write the SentencePiece model file")
-  args = parser.parse_args(argv)
-  settings = TrainSettings(vocab_size=args.vocab_size, model_type=args.model_type)
-  path = cached_model_file(read_corpus(args.corpus), settings)
-  shutil.copyfile(path, args.output)
-  vocab = GLMSentencePieceVocabulary(args.output)
-  print(f"wrote {args.output}: {vocab.vocab_size} pieces; special ids {vocab.special_ids} (cached at {path})")
-  return args.output
+FAMILIES = {"sentencepiece": GLMSentencePieceVocabulary, **tokenizers.FAMILIES}
+MANIFEST = "tokenizer.json"
 
 
-if __name__ == "__main__":
-  main()
+def saved_form(vocabulary) -> tuple[str, tuple[str, ...], dict]:
+  """(family, files, options) of a GLM vocabulary (a LazyVocabulary is resolved first)."""
+  if isinstance(vocabulary, LazyVocabulary):
+    vocabulary = vocabulary.vocabulary
+  form = getattr(vocabulary, "saved_form", None)
+  if form is None:
+    raise TypeError(
+      f"{type(vocabulary).__name__} cannot be saved with a checkpoint; GLM vocabularies are "
+      f"{', '.join(sorted(FAMILIES))} (glm_jax.data.vocab, glm_jax.data.tokenizers)"
+    )
+  return form
+
+
+def _digest(family: str, options: dict, contents: Sequence[bytes]) -> str:
+  digest = hashlib.sha256(json.dumps([family, options], sort_keys=True).encode())
+  for data in contents:
+    digest.update(hashlib.sha256(data).digest())
+  return digest.hexdigest()
+
+
+def fingerprint(vocabulary) -> str:
+  """A hash of the vocabulary's family, options and file contents: equal for the same tokenizer wherever its files
+  live (a cached model file and its copy in a checkpoint)."""
+  family, files, options = saved_form(vocabulary)
+  return _digest(family, options, [epath.Path(f).read_bytes() for f in files])
+
+
+def save(vocabulary, directory: str) -> None:
+  """Writes the vocabulary's files and its manifest into `directory` (created if missing; local or gs://...)."""
+  family, files, options = saved_form(vocabulary)
+  target = epath.Path(directory)
+  target.mkdir(parents=True, exist_ok=True)
+  names = [os.path.basename(os.fspath(f)) for f in files]
+  if len(set(names)) != len(names):
+    raise ValueError(f"the files of the {family} vocabulary share a name: {list(files)}")
+  contents = [epath.Path(f).read_bytes() for f in files]
+  for name, data in zip(names, contents):
+    (target / name).write_bytes(data)
+  manifest = {"family": family, "files": names, "options": options, "fingerprint": _digest(family, options, contents)}
+  (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # last: a folder with it is complete
+
+
+def load(directory: str):
+  """The vocabulary `save` wrote into `directory`, or None when there is none. Files in a remote directory are
+  copied to a local cache first (the tokenizer libraries read local files)."""
+  path = epath.Path(directory)
+  if not (path / MANIFEST).exists():
+    return None
+  saved = json.loads((path / MANIFEST).read_text())
+  family = saved["family"]
+  if family not in FAMILIES:
+    raise ValueError(f"{path / MANIFEST} names the vocabulary family {family!r}; expected one of {sorted(FAMILIES)}")
+  # Manifests written by glm-jax before 0.1 hold `embedding_rows` and no options.
+  options = saved.get("options", {"embedding_rows": saved["embedding_rows"]} if "embedding_rows" in saved else {})
+  files = [path / name for name in saved["files"]]
+  if "://" in os.fspath(directory):
+    contents = [f.read_bytes() for f in files]
+    local = cache_dir("checkpoint_vocab", _digest(family, options, contents)[:20])
+    for name, data in zip(saved["files"], contents):
+      with open(os.path.join(local, name), "wb") as out:
+        out.write(data)
+    files = [os.path.join(local, name) for name in saved["files"]]
+  return FAMILIES[family](*map(os.fspath, files), **options)
+
+
+def make(
+  corpus: str | None = None,
+  files: Sequence[str] | None = None,
+  family: str | None = None,
+  vocab_size: int = DEFAULT_VOCAB_SIZE,
+  model_type: str = "unigram",
+  embedding_rows: int | None = None,
+):
+  """The vocabulary of the `vocab` command: a GLM SentencePiece vocabulary trained on `corpus` (comma-separated
+  globs of .txt/.jsonl files, or "embedded"; cached), or the `family` vocabulary of a tokenizer's `files`
+  (`embedding_rows`: the model's, for a THUDM family)."""
+  if (corpus is None) == (not files):
+    raise ValueError("give --corpus (to train a SentencePiece vocabulary) or --files with --family, one of them")
+  if corpus is not None:
+    settings = TrainSettings(vocab_size=vocab_size, model_type=model_type)
+    return GLMSentencePieceVocabulary(cached_model_file(read_corpus(corpus), settings))
+  if family not in FAMILIES:
+    raise ValueError(f"--files needs --family, one of {sorted(FAMILIES)}; got {family!r}")
+  options = {"embedding_rows": embedding_rows} if embedding_rows and family in tokenizers.FAMILIES else {}
+  return FAMILIES[family](*files, **options)
+
+
+def write_model_file(vocabulary: GLMSentencePieceVocabulary, output: str) -> None:
+  """Copies a SentencePiece vocabulary's model file to `output` (local or gs://)."""
+  family, files, _ = saved_form(vocabulary)
+  if family != "sentencepiece":
+    raise ValueError(f"--output writes a SentencePiece model file; this vocabulary is {family}")
+  epath.Path(output).write_bytes(epath.Path(files[0]).read_bytes())

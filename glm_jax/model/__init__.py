@@ -1,2 +1,10 @@
-from glm_jax.model.config import PRESETS, GLMConfig, num_params, preset  # noqa: F401
-from glm_jax.model.glm import GLM, stack_layers, unstack_layers  # noqa: F401
+from glm_jax.model.config import (  # noqa: F401
+  ALIASES,
+  PRESETS,
+  PUBLISHED,
+  GLMConfig,
+  match_published,
+  num_params,
+  preset,
+)
+from glm_jax.model.glm import GLM, mask_padded_vocab, stack_layers, unstack_layers  # noqa: F401

@@ -1,4 +1,4 @@
-"""GLM model configuration: one dataclass and the published presets."""
+"""GLM model configuration: one dataclass and the one table of model shapes (presets, published checkpoints)."""
 
 from __future__ import annotations
 
@@ -67,24 +67,58 @@ class GLMConfig:
     return dataclasses.replace(self, **changes)
 
 
-# Published GLM v1 shapes (layers / hidden / heads). BERT-vocabulary models pad 30522 + 2 to 30592;
-# GPT-2-vocabulary models pad 50257 + specials to 50304.
+# The one table of model shapes: layers, hidden size E, heads H, max_length, vocabulary rows and, for the published
+# THUDM GLM v1 checkpoints, their tokenizer family (glm_jax.data.tokenizers). Sources: the THUDM/GLM README and its
+# config_tasks/model_blocklm_*.sh (`--max-position-embeddings`, or `--max-sequence-length` = max length + 1 in the
+# older scripts). The vocabulary rows are the checkpoint's word-embedding rows: the tokenizer's size padded by the
+# reference (BERT 30522 + GLM's command tokens -> 30592; GPT-2 50257 and RoBERTa 50265 -> 50304; the Chinese
+# cog-pretrain 50000 -> 50048), so `padded_vocab_size == vocab_size`. Position tables have max_length + 1 rows.
+_SHAPES: dict[str, tuple[int, int, int, int, int, str | None]] = {
+  "tiny": (2, 128, 4, 256, 4096, None),  # the default 4,096-piece vocabulary (glm_jax.data.vocab)
+  "glm-base": (12, 768, 12, 512, 30592, "bert"),
+  "glm-large": (24, 1024, 16, 512, 30592, "bert"),
+  "glm-410m": (30, 1024, 16, 512, 30592, "bert"),
+  "glm-515m": (30, 1152, 18, 512, 30592, "bert"),
+  "glm-roberta-large": (24, 1024, 16, 512, 50304, "roberta"),
+  "glm-2b": (36, 2048, 32, 1024, 50304, "gpt2"),
+  "glm-10b": (48, 4096, 64, 1024, 50304, "gpt2"),
+  "glm-large-chinese": (24, 1024, 16, 1024, 50048, "chinese_sp"),
+  "glm-10b-chinese": (48, 4096, 64, 1024, 50048, "chinese_sp"),
+}
 PRESETS: dict[str, GLMConfig] = {
-  "tiny": GLMConfig(vocab_size=4096, num_layers=2, hidden_size=128, num_heads=4, max_length=256),
-  "base": GLMConfig(vocab_size=30592, num_layers=12, hidden_size=768, num_heads=12, max_length=512),
-  "large": GLMConfig(vocab_size=30592, num_layers=24, hidden_size=1024, num_heads=16, max_length=512),
-  "410m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1024, num_heads=16, max_length=512),
-  "515m": GLMConfig(vocab_size=30592, num_layers=30, hidden_size=1152, num_heads=18, max_length=512),
-  "2b": GLMConfig(vocab_size=50304, num_layers=36, hidden_size=2048, num_heads=32, max_length=1024),
-  "10b": GLMConfig(vocab_size=50304, num_layers=48, hidden_size=4096, num_heads=64, max_length=1024),
+  name: GLMConfig(vocab_size=rows, num_layers=layers, hidden_size=hidden, num_heads=heads, max_length=max_length)
+  for name, (layers, hidden, heads, max_length, rows, _) in _SHAPES.items()
+}
+# Published checkpoint -> its tokenizer family.
+PUBLISHED: dict[str, str] = {name: family for name, (*_, family) in _SHAPES.items() if family}
+# The short names of gin/models/*.gin.
+ALIASES = {
+  "base": "glm-base",
+  "large": "glm-large",
+  "410m": "glm-410m",
+  "515m": "glm-515m",
+  "2b": "glm-2b",
+  "10b": "glm-10b",
 }
 
 
 def preset(name: str, **overrides) -> GLMConfig:
-  """A preset by name, with field overrides (e.g. `preset("large", vocab_size=32000)`)."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown GLM preset {name!r}; expected one of {sorted(PRESETS)}")
-  return PRESETS[name].replace(**overrides)
+  """A preset by name (a published checkpoint's, e.g. "glm-10b", its short name "10b", or "tiny"), with field
+  overrides (e.g. `preset("large", vocab_size=32000)`). Gin-friendly: every argument is a plain value."""
+  canonical = ALIASES.get(name, name)
+  if canonical not in PRESETS:
+    raise ValueError(f"unknown GLM preset {name!r}; expected one of {sorted([*PRESETS, *ALIASES])}")
+  return PRESETS[canonical].replace(**overrides)
+
+
+def match_published(num_layers: int, hidden_size: int, vocab_size: int) -> str | None:
+  """The name of the published checkpoint with these shapes, or None. The heads of a checkpoint without a
+  config.json are taken from here; glm-large and glm-roberta-large differ only in vocabulary."""
+  for name in PUBLISHED:
+    config = PRESETS[name]
+    if (config.num_layers, config.hidden_size, config.vocab_size) == (num_layers, hidden_size, vocab_size):
+      return name
+  return None
 
 
 def num_params(config: GLMConfig) -> int:

@@ -1,11 +1,17 @@
-"""orbax checkpoints of a run: the TrainState, the model config and the input position, saved as one step.
+"""The on-disk layout of glm-jax checkpoints, owned here alone: a run's (`train`) and an imported one's (`convert`).
 
-Layout of DIR/<step>/ (one orbax CheckpointManager step):
-  state/         params, opt_state, step (orbax StandardSave, sharded arrays)
-  model_config/  the GLMConfig as JSON, so a directory alone rebuilds the model
-  data/          each process's input iterator position, `iterator-<process>-of-<count>.*` (a tf.train.Checkpoint
-                 of the tf.data iterator, written by `DataIteratorHandler`); absent when the run's iterator is
-                 not checkpointable (DataConfig.checkpoint_input=False, or a plain Python iterator)
+Layout of a checkpoint directory DIR:
+  DIR/<step>/state/         params, opt_state, step (orbax StandardSave, sharded arrays); params only for the
+                            step-0 checkpoint of `save_params` (an imported checkpoint)
+  DIR/<step>/model_config/  the GLMConfig as JSON, so a directory alone rebuilds the model
+  DIR/<step>/data/          each process's input iterator position, `iterator-<process>-of-<count>.*` (a
+                            tf.train.Checkpoint of the tf.data iterator, written by `DataIteratorHandler`); absent
+                            when the run's iterator is not checkpointable (DataConfig.checkpoint_input=False, or a
+                            plain Python iterator)
+  DIR/tokenizer/            the vocabulary the checkpoint's token ids belong to (glm_jax.data.vocab.save: its files
+                            and tokenizer.json), written by `save_vocabulary`. Every command that tokenizes reads
+                            it (`load_vocabulary`, `check_vocabulary`) and refuses a checkpoint without one: a
+                            checkpoint is never read with another vocabulary.
 
 Saves are asynchronous (CheckpointManagerOptions.enable_async_checkpointing): `save` returns once the arrays
 are copied off the devices and the iterator position is written, and the files are written in the background
@@ -32,15 +38,22 @@ import os
 import re
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from glm_jax.model import GLMConfig
+from glm_jax.data import vocab as vocab_lib
+from glm_jax.model import GLM, GLMConfig
+from glm_jax.train import partitioning
+
+log = logging.getLogger(__name__)
 
 DATA_ITEM = "data"
+TOKENIZER_DIR = "tokenizer"
+PARAMS_STEP = 0  # the one step of an imported (params-only) checkpoint
 UNRESTORABLE_SUFFIX = ".unrestorable"
 
 
@@ -83,7 +96,7 @@ class DataIteratorHandler(ocp.CheckpointHandler):
         {int(m.group(1)) for p in directory.glob("iterator-*.index") if (m := re.search(r"-of-(\d+)\.index$", p.name))}
       )
       if counts and jax.process_count() not in counts:
-        logging.warning(
+        log.warning(
           "the input position in %s was saved by %s processes and this run has %d: the saved "
           "positions do not apply, so the input stream restarts from its beginning",
           directory,
@@ -218,7 +231,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       while target.exists():
         target, n = manager.directory / f"{step}{UNRESTORABLE_SUFFIX}-{n}", n + 1
       path.rename(target)
-      logging.warning("moved the unrestorable checkpoint %s aside to %s", path, target)
+      log.warning("moved the unrestorable checkpoint %s aside to %s", path, target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("glm_jax.checkpoints.set_aside")
   manager.reload()
@@ -251,13 +264,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
 
     state, error = _read_everywhere(read)
     if error is not None:
-      logging.warning(
+      log.warning(
         "checkpoint step %d under %s is incomplete or unreadable, skipping it: %s", step, manager.directory, error
       )
       failures.append((step, error))
       continue
     if failures:
-      logging.warning(
+      log.warning(
         "restored step %d, the newest complete checkpoint under %s (skipped %s)",
         step,
         manager.directory,
@@ -265,7 +278,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
       )
       _set_aside(manager, [s for s, _ in failures])
     if data_iterator is not None and not has_data:
-      logging.warning(
+      log.warning(
         "checkpoint step %d holds no input position (saved with input checkpointing off): the "
         "input stream restarts from its beginning",
         step,
@@ -297,15 +310,19 @@ def latest_step(directory: str) -> int | None:
     return manager.latest_step()
 
 
+def _no_checkpoint(directory: str) -> str:
+  return (
+    f"no checkpoint under {directory!r} (train one with `python -m glm_jax.main train --model_dir={directory} ...`, "
+    f"or import one with `python -m glm_jax.main convert --from_pytorch PATH --output_dir={directory}`)"
+  )
+
+
 def load_model_config(directory: str, step: int | None = None) -> GLMConfig:
   """The GLMConfig saved with the checkpoint at `step` (default: the newest) under `directory`."""
   with _reader(directory) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(
-        f"no checkpoint under {directory!r} (train first with "
-        f"`python -m glm_jax.main train --model_dir={directory} ...`)"
-      )
+      raise FileNotFoundError(_no_checkpoint(directory))
     restored = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
   return GLMConfig(**restored.model_config)
 
@@ -359,7 +376,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   with _reader(directory) as manager:
     steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     if not steps:
-      raise FileNotFoundError(f"no checkpoint under {directory!r}")
+      raise FileNotFoundError(_no_checkpoint(directory))
     failures = []
     for candidate in steps:
       # Every process must read the same step: one that fails anywhere (a host's failed read of a torn copy) is
@@ -380,7 +397,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
         failures.append((candidate, error))
         continue
       if failures:
-        logging.warning(
+        log.warning(
           "restored the params of step %d under %s, skipping newer unreadable steps: %s",
           candidate,
           directory,
@@ -388,3 +405,124 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
         )
       return restored["params"]
   raise RuntimeError(f"no checkpoint under {directory!r} restores: " + "; ".join(f"step {s}: {r}" for s, r in failures))
+
+
+def save_params(directory: str, config: GLMConfig, params) -> str:
+  """Writes `params` (host arrays) and `config` as a params-only checkpoint at step PARAMS_STEP of `directory`, which
+  must hold no checkpoint yet; returns the directory. `restore_params`, `load_params` and a run's
+  `TrainConfig.init_checkpoint` read it."""
+  directory = absolute(directory)
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True)) as manager:
+    if manager.latest_step() is not None:
+      raise FileExistsError(
+        f"{directory} already holds a checkpoint (step {manager.latest_step()}); choose an empty output directory"
+      )
+    manager.save(
+      PARAMS_STEP,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params}), model_config=ocp.args.JsonSave(dataclasses.asdict(config))
+      ),
+    )
+    manager.wait_until_finished()
+  return directory
+
+
+def load_params(directory: str) -> tuple[GLMConfig, dict]:
+  """(config, params as host numpy arrays) of the newest checkpoint under `directory`, read by the shapes the
+  checkpoint itself records (no model needed)."""
+  with _reader(directory) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(_no_checkpoint(directory))
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    params = manager.item_metadata(step)["state"].tree["params"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), params)
+    restored = _restore_item(
+      manager,
+      step,
+      "state",
+      ocp.PyTreeCheckpointHandler(),
+      ocp.args.PyTreeRestore(
+        item={"params": target},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+        partial_restore=True,
+      ),
+    )
+  return load_model_config(directory, step), jax.tree.map(np.asarray, restored["params"])
+
+
+def _tokenizer_dir(directory: str) -> str:
+  return os.path.join(absolute(directory), TOKENIZER_DIR)
+
+
+def save_vocabulary(directory: str, vocabulary) -> None:
+  """Keeps `vocabulary` with the checkpoint directory (process 0 writes; local or gs://). A directory that already
+  has one keeps it: it must be the same vocabulary (ValueError otherwise)."""
+  if epath.Path(_tokenizer_dir(directory), vocab_lib.MANIFEST).exists():
+    check_vocabulary(directory, vocabulary)
+    return
+  if jax.process_index() == 0:
+    vocab_lib.save(vocabulary, _tokenizer_dir(directory))
+
+
+def _no_tokenizer(directory: str) -> str:
+  return (
+    f"{directory} holds no tokenizer ({TOKENIZER_DIR}/{vocab_lib.MANIFEST}: it was converted without --vocab_files, "
+    f"or written before checkpoints kept their tokenizer), so its token ids cannot be read; add the one it was "
+    f"trained with: `python -m glm_jax.main vocab --checkpoint {directory} --family bert --files vocab.txt` (a "
+    f"THUDM checkpoint's tokenizer files) or `... --checkpoint {directory} --corpus embedded` (a run on the default "
+    f"vocabulary)"
+  )
+
+
+def load_vocabulary(directory: str):
+  """The vocabulary saved with the checkpoint directory; raises FileNotFoundError naming the fix when there is
+  none (never another vocabulary in its place)."""
+  vocabulary = vocab_lib.load(_tokenizer_dir(directory))
+  if vocabulary is None:
+    raise FileNotFoundError(_no_tokenizer(directory))
+  return vocabulary
+
+
+def check_vocabulary(directory: str, vocabulary) -> None:
+  """Raises unless `vocabulary` (e.g. a Task's) is the one saved with the checkpoint directory: FileNotFoundError
+  when it has none, ValueError naming both when they differ."""
+  saved = load_vocabulary(directory)
+  if vocab_lib.fingerprint(saved) != vocab_lib.fingerprint(vocabulary):
+    family, _, _ = vocab_lib.saved_form(vocabulary)
+    saved_family, _, _ = vocab_lib.saved_form(saved)
+    raise ValueError(
+      f"the data is tokenized with another vocabulary ({family}, {vocabulary.vocab_size} ids) than {directory} "
+      f"was trained with ({saved_family}, {saved.vocab_size} ids); tokenize with the checkpoint's own (for the glm_* "
+      f"and cloze Tasks: task_vocabulary.checkpoint = {str(directory)!r}, which a converted checkpoint's model.gin "
+      f"binds)"
+    )
+
+
+def attach_vocabulary(directory: str, vocabulary) -> None:
+  """Gives a checkpoint that has no tokenizer the vocabulary it was trained with. Raises when it already has one
+  or when the vocabulary has more ids than the model's embedding rows."""
+  config = load_model_config(directory)
+  if vocab_lib.load(_tokenizer_dir(directory)) is not None:
+    raise FileExistsError(f"{directory} already has a tokenizer ({TOKENIZER_DIR}/); it is kept as it is")
+  if vocabulary.vocab_size > config.vocab_size:
+    raise ValueError(
+      f"the vocabulary has {vocabulary.vocab_size} ids but the model of {directory} has {config.vocab_size}: it is "
+      f"not the one the checkpoint was trained with"
+    )
+  vocab_lib.save(vocabulary, _tokenizer_dir(directory))
+
+
+def load_for_inference(directory: str) -> tuple[GLM, dict, object]:
+  """(model, params on this process's first device, vocabulary) of the newest readable checkpoint under
+  `directory`: what `infer` and `score` run on. Raises when the checkpoint has no tokenizer, or one with more ids
+  than the model."""
+  model = GLM(load_model_config(directory))
+  vocabulary = load_vocabulary(directory)
+  if vocabulary.vocab_size > model.config.vocab_size:
+    raise ValueError(
+      f"the vocabulary of {directory!r} has {vocabulary.vocab_size} ids but the model has "
+      f"{model.config.vocab_size}: the tokenizer in {TOKENIZER_DIR}/ is not the model's"
+    )
+  abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
+  return model, jax.device_get(restore_params(directory, abstract)), vocabulary

@@ -13,9 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from glm_jax import convert  # noqa: E402
-from glm_jax.convert import __main__ as convert_main, pytorch as pt  # noqa: E402
-from glm_jax.model import GLMConfig  # noqa: E402
+from glm_jax import convert, main
+from glm_jax.convert import pytorch as pt
+from glm_jax.model import GLMConfig
+from glm_jax.train import checkpoints
 
 CONFIG = GLMConfig(vocab_size=128, num_layers=2, hidden_size=16, num_heads=2, max_length=8)
 
@@ -29,10 +30,10 @@ def write_random_hf(directory, seed=0):
   return directory
 
 
-def test_convert_main_writes_a_checkpoint_that_restores_to_the_same_params(tmp_path):
+def test_the_convert_command_writes_a_checkpoint_that_restores_to_the_same_params(tmp_path):
   source = write_random_hf(tmp_path / "hf")
-  assert convert_main.main(["--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == 0
-  config, params = convert.load_converted(str(tmp_path / "out"))
+  assert main.run(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == CONFIG
+  config, params = checkpoints.load_params(str(tmp_path / "out"))
   expected_config, expected = convert.from_pytorch(source)
   assert config == expected_config == CONFIG
   assert jax.tree.structure(params) == jax.tree.structure(expected)
@@ -48,19 +49,20 @@ def test_convert_refuses_a_directory_holding_a_checkpoint(tmp_path):
     convert.convert_checkpoint(str(source), str(tmp_path / "out"))
 
 
-def test_load_converted_of_an_empty_directory_says_what_to_run(tmp_path):
-  with pytest.raises(FileNotFoundError, match="glm_jax.convert"):
-    convert.load_converted(str(tmp_path))
+def test_load_params_of_an_empty_directory_says_what_to_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="glm_jax.main convert"):
+    checkpoints.load_params(str(tmp_path))
 
 
 @pytest.mark.slow
-def test_python_m_glm_jax_convert(tmp_path):
+def test_python_m_glm_jax_main_convert(tmp_path):
   source = write_random_hf(tmp_path / "hf")
   subprocess.run(
     [
       sys.executable,
       "-m",
-      "glm_jax.convert",
+      "glm_jax.main",
+      "convert",
       "--from_pytorch",
       str(source),
       "--output_dir",
@@ -69,13 +71,11 @@ def test_python_m_glm_jax_convert(tmp_path):
     ],
     check=True,
   )
-  config, params = convert.load_converted(str(tmp_path / "out"))
+  config, params = checkpoints.load_params(str(tmp_path / "out"))
   assert not config.scan_layers and "layers_1" in params
 
 
 def test_training_library_reads_the_converted_checkpoint(tmp_path):
-  from glm_jax.train import checkpoints
-
   source = write_random_hf(tmp_path / "hf")
   convert.convert_checkpoint(str(source), str(tmp_path / "out"))
   _, expected = convert.from_pytorch(source)
@@ -90,7 +90,7 @@ def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
   pytest.importorskip("tokenizers")
   import sentencepiece as spm
 
-  from glm_jax.convert import tokenizers as glm_tokenizers
+  from glm_jax.data import tokenizers as glm_tokenizers
 
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("\n".join(["今天天气很好", "我们去公园散步", "hello world"] * 20))
@@ -104,11 +104,18 @@ def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
   )
   source = write_random_hf(tmp_path / "hf")
   with pytest.raises(ValueError, match="--tokenizer"):  # CONFIG is no published shape
-    convert_main.main(
-      ["--from_pytorch", str(source), "--output_dir", str(tmp_path / "a"), "--vocab_files", str(tmp_path / "sp.model")]
+    main.run(
+      [
+        "convert",
+        "--from_pytorch",
+        str(source),
+        f"--output_dir={tmp_path / 'a'}",
+        f"--vocab_files={tmp_path / 'sp.model'}",
+      ]
     )
-  convert_main.main(
+  main.run(
     [
+      "convert",
       "--from_pytorch",
       str(source),
       "--output_dir",
@@ -119,14 +126,14 @@ def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
       "chinese_sp",
     ]
   )
-  vocab = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
+  vocab = checkpoints.load_vocabulary(str(tmp_path / "out"))
   assert vocab.special_ids["[gMASK]"] == 24 + 9 and vocab.embedding_rows == CONFIG.padded_vocab_size
   assert vocab.encode("天气[gMASK]") == glm_tokenizers.chinese_sentencepiece(str(tmp_path / "sp.model")).encode(
     "天气[gMASK]"
   )
-  config, _ = convert.load_converted(str(tmp_path / "out"))  # the tokenizer folder does not upset orbax
+  config, _ = checkpoints.load_params(str(tmp_path / "out"))  # the tokenizer folder does not upset orbax
   assert config == CONFIG
-  assert glm_tokenizers.load_with_checkpoint(str(tmp_path / "a")) is None
+  assert not (tmp_path / "a").exists()  # the bad flags failed before anything was written
 
 
 def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
@@ -142,12 +149,11 @@ def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
 
 def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_tokenizer(tmp_path):
   pytest.importorskip("tokenizers")
+  import gin
   import sentencepiece as spm
   import seqio
 
-  import gin
-  from glm_jax import main
-  from glm_jax.convert import tokenizers as glm_tokenizers
+  from glm_jax import gin_config
   from glm_jax.data import feature_converter
 
   corpus = tmp_path / "corpus.txt"
@@ -161,8 +167,9 @@ def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_t
     minloglevel=2,
   )
   source = write_random_hf(tmp_path / "hf")
-  convert_main.main(
+  main.run(
     [
+      "convert",
       "--from_pytorch",
       str(source),
       "--output_dir",
@@ -173,10 +180,10 @@ def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_t
       "chinese_sp",
     ]
   )
-  saved = glm_tokenizers.load_with_checkpoint(str(tmp_path / "out"))
+  saved = checkpoints.load_vocabulary(str(tmp_path / "out"))
   gin.clear_config()
   try:
-    main.parse_gin([str(tmp_path / "out" / "model.gin")], [], main.REPO_ROOT)
+    gin_config.parse_gin([str(tmp_path / "out" / "model.gin")], [])
     from tasks import pretrain
 
     assert pretrain.VOCABULARY.special_ids == saved.special_ids

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 
 from glm_jax import convert  # noqa: E402
 from glm_jax.convert import pytorch as pt  # noqa: E402
-from glm_jax.model import GLM  # noqa: E402
+from glm_jax.model import GLM, preset  # noqa: E402
 
 V, E, H, LAYERS, MAX_LEN = 256, 32, 4, 2, 16
 D = E // H
@@ -341,7 +341,7 @@ def test_chinese_10b_gmask_row_is_copied(tmp_path):
   sd = {
     k: torch.from_numpy(rng.standard_normal(s).astype(np.float32))
     for k, s in pt.torch_shapes(
-      convert.published("glm-10b-chinese", num_layers=1, hidden_size=16, num_heads=2, max_length=8)
+      preset("glm-10b-chinese", num_layers=1, hidden_size=16, num_heads=2, max_length=8)
     ).items()
   }
   directory = write_hf(tmp_path / "zh", sd, hf_config(num_layers=1, hidden_size=16, num_attention_heads=2))

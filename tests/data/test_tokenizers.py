@@ -12,7 +12,7 @@ import tensorflow as tf
 
 pytest.importorskip("tokenizers")
 
-from glm_jax.convert import tokenizers as glm_tokenizers  # noqa: E402
+from glm_jax.data import tokenizers as glm_tokenizers  # noqa: E402
 
 VOCAB_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "vocab"
 BERT_VOCAB = VOCAB_DIR / "bert-base-uncased-vocab.txt"
@@ -198,10 +198,10 @@ def test_for_published_picks_the_family_and_rows(tiny_sentencepiece):
 
 @needs_real_vocab
 def test_data_special_id_reads_these_vocabularies(bert, gpt2, tiny_sentencepiece):
-  from glm_jax.data import vocab as data_vocab
+  from glm_jax.data import example
 
   chinese = glm_tokenizers.chinese_sentencepiece(tiny_sentencepiece)
   for vocab in (bert, gpt2, chinese):
     for name in ("[pad]", "[eos]", "[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]", "[UNK]"):
-      assert data_vocab.special_id(vocab, name) == vocab.special_ids[name]
-  assert data_vocab.special_id(gpt2, "[gMASK]") == 50263 and data_vocab.special_id(bert, "[MASK]") == 103
+      assert example.special_id(vocab, name) == vocab.special_ids[name]
+  assert example.special_id(gpt2, "[gMASK]") == 50263 and example.special_id(bert, "[MASK]") == 103

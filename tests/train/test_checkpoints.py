@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from glm_jax.data import synthetic
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning, step, synthetic
+from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning, step
 from glm_jax.train.state import TrainState
 
 VOCAB, LENGTH = 40, 32
@@ -311,3 +312,48 @@ def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_pa
 
 if __name__ == "__main__":
   _restore_in_process(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+
+
+def _small_vocabulary():
+  """A second GLM SentencePiece vocabulary (400 pieces), other than the default one."""
+  from glm_jax.data import vocab
+
+  settings = vocab.TrainSettings(vocab_size=400)
+  return vocab.GLMSentencePieceVocabulary(vocab.cached_model_file(vocab.embedded_corpus_texts()[:12], settings))
+
+
+def test_the_tokenizer_is_kept_with_the_checkpoint_and_another_one_is_refused(tmp_path):
+  from glm_jax.data import vocab
+
+  directory = str(tmp_path / "ckpt")
+  checkpoints.save_params(directory, CONFIG.replace(vocab_size=4096), {"unused": np.zeros(1, np.float32)})
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer .*main vocab --checkpoint"):
+    checkpoints.load_vocabulary(directory)
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    checkpoints.check_vocabulary(directory, vocab.default_vocabulary())
+  checkpoints.attach_vocabulary(directory, vocab.default_vocabulary())
+  assert vocab.fingerprint(checkpoints.load_vocabulary(directory)) == vocab.fingerprint(vocab.default_vocabulary())
+  checkpoints.check_vocabulary(directory, vocab.default_vocabulary())
+  checkpoints.save_vocabulary(directory, vocab.default_vocabulary())  # the same one again: kept as it is
+  other = _small_vocabulary()
+  with pytest.raises(ValueError, match=r"another vocabulary \(sentencepiece, 400 ids\) than .* \(sentencepiece, 4096"):
+    checkpoints.check_vocabulary(directory, other)
+  with pytest.raises(ValueError, match="another vocabulary"):
+    checkpoints.save_vocabulary(directory, other)
+  with pytest.raises(FileExistsError, match="already has a tokenizer"):
+    checkpoints.attach_vocabulary(directory, other)
+  small = str(tmp_path / "small")
+  checkpoints.save_params(small, CONFIG, {"unused": np.zeros(1, np.float32)})  # 40 vocabulary rows
+  with pytest.raises(ValueError, match="has 4096 ids but the model of .* has 40"):
+    checkpoints.attach_vocabulary(small, vocab.default_vocabulary())
+  with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+    checkpoints.attach_vocabulary(str(tmp_path / "none"), other)
+
+
+def test_a_gs_model_dir_keeps_its_tokenizer_in_the_bucket(fake_bucket):
+  from glm_jax.data import vocab
+
+  checkpoints.save_vocabulary("gs://bucket/run", vocab.default_vocabulary())
+  assert (fake_bucket / "run" / "tokenizer" / vocab.MANIFEST).exists() and not os.path.exists("gs:")
+  loaded = checkpoints.load_vocabulary("gs://bucket/run")
+  assert vocab.fingerprint(loaded) == vocab.fingerprint(vocab.default_vocabulary())

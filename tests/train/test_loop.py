@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from glm_jax.convert import checkpoint as convert_checkpoint
 from glm_jax.model import GLM, GLMConfig
 from glm_jax.train import checkpoints, loop, optimizer, partitioning
 
@@ -50,7 +49,7 @@ def _abstract_state(config, mesh):
 
 def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(tmp_path):
   saved = _params(CONFIG, seed=7)
-  convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, saved)
+  checkpoints.save_params(str(tmp_path / "init"), CONFIG, saved)
   mesh = partitioning.make_mesh(MESH)
   state, shardings, tx = _fresh_state(CONFIG, mesh)
   started = loop.init_from_checkpoint(str(tmp_path / "init"), state, shardings, tx)
@@ -73,7 +72,7 @@ def test_init_checkpoint_params_take_the_runs_shardings_with_a_fresh_optimizer(t
 
 
 def test_init_checkpoint_of_another_shape_names_the_params_and_shapes(tmp_path):
-  convert_checkpoint.save_converted(str(tmp_path / "init"), CONFIG, _params(CONFIG, seed=1))
+  checkpoints.save_params(str(tmp_path / "init"), CONFIG, _params(CONFIG, seed=1))
   mesh = partitioning.make_mesh(MESH)
   state, shardings, tx = _abstract_state(CONFIG.replace(vocab_size=300), mesh)
   with pytest.raises(
@@ -143,7 +142,7 @@ def test_url_model_dirs_are_not_made_local():
 
 
 def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoint(tmp_path, caplog):
-  from glm_jax.train import synthetic
+  from glm_jax.data import synthetic
 
   state, shardings, _ = _fresh_state(CONFIG, partitioning.make_mesh(MESH))  # the compilation cache has it
   state = state.replace(step=jax.numpy.int32(1))
@@ -153,7 +152,7 @@ def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoin
   manager.close()
   # An init checkpoint that would fail if it were read (another shape).
   wider = CONFIG.replace(hidden_size=64)
-  convert_checkpoint.save_converted(
+  checkpoints.save_params(
     str(tmp_path / "init"),
     wider,
     jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _abstract_state(wider, partitioning.make_mesh(MESH))[0].params),
