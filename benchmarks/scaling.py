@@ -90,8 +90,9 @@ if ARGS is not None and (not ARGS.gpu or ARGS.dry_run):
 import jax  # noqa: E402
 
 from glm_jax import deviceless  # noqa: E402
+from glm_jax.data import synthetic  # noqa: E402
 from glm_jax.model import GLM, GLMConfig, preset  # noqa: E402
-from glm_jax.train import loop, metrics as metrics_lib, optimizer, partitioning, step as step_lib, synthetic  # noqa: E402
+from glm_jax.train import aot, loop, metrics as metrics_lib, optimizer, partitioning, step as step_lib  # noqa: E402
 
 MiB = 2**20
 _OPTIMIZER = optimizer.OptimizerConfig(learning_rate=1e-4, warmup_steps=10)
@@ -312,7 +313,7 @@ def tpu_mode(args: argparse.Namespace) -> None:
     )
     start = time.perf_counter()
     try:
-      compiled = loop.compile_train_step(config, train_config, _OPTIMIZER, mesh)
+      compiled = aot.compile_train_step(config, train_config, _OPTIMIZER, mesh)
     except jax.errors.JaxRuntimeError as error:
       if "RESOURCE_EXHAUSTED" not in str(error):
         raise

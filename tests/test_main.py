@@ -1,12 +1,14 @@
+"""The command line: every command as a user runs it (in process through `main.run`, and as a command)."""
+
 import os
 import re
 import subprocess
 import sys
 
+import gin
 import pytest
 
-import gin
-from glm_jax import deviceless, main
+from glm_jax import deviceless, gin_config, main
 
 
 @pytest.fixture(autouse=True)
@@ -18,23 +20,16 @@ def _clear_gin():
 
 def test_misspelt_binding_fails_at_start_naming_it(tmp_path):
   with pytest.raises(ValueError, match="num_stepz"):
-    main.main(
+    main.run(
       ["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfig.num_stepz=3", f"--model_dir={tmp_path}"]
     )
 
 
 def test_unknown_configurable_fails_naming_it(tmp_path):
   with pytest.raises(ValueError, match="TrainConfg"):
-    main.main(
+    main.run(
       ["train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfg.num_steps=3", f"--model_dir={tmp_path}"]
     )
-
-
-def test_gin_flags_become_bindings():
-  bindings, rest = main._split_gin_args(["train", "--gin.TrainConfig.num_steps=3", "--model_dir=x"])
-  assert bindings == ["TrainConfig.num_steps=3"] and rest == ["train", "--model_dir=x"]
-  main.parse_gin(["gin/pretrain/quickstart.gin"], bindings, main.REPO_ROOT)
-  assert main.experiment().train.num_steps == 3
 
 
 def _random_hf_checkpoint(directory, config):
@@ -56,25 +51,30 @@ def _random_hf_checkpoint(directory, config):
   return directory
 
 
-def test_convert_subcommand_writes_a_checkpoint_infer_can_load(tmp_path):
+def test_convert_subcommand_writes_a_checkpoint_and_infer_refuses_it_without_a_tokenizer(tmp_path):
   from glm_jax.model import GLMConfig
   from glm_jax.train import checkpoints
 
   config = GLMConfig(vocab_size=128, num_layers=1, hidden_size=16, num_heads=2, max_length=8)
   source = _random_hf_checkpoint(tmp_path / "hf", config)
-  assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == 0
+  assert main.run(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "out")]) == config
   assert checkpoints.load_model_config(str(tmp_path / "out")) == config
-  main.parse_gin([str(tmp_path / "out" / "model.gin")], [], main.REPO_ROOT)  # what fine-tuning includes
+  gin_config.parse_gin([str(tmp_path / "out" / "model.gin")], [])  # what fine-tuning includes
   assert gin.query_parameter("experiment.model").scoped_configurable_fn() == config
   gin.clear_config()
-  # No tokenizer was given: infer falls back to the default vocabulary, which does not fit 128 rows.
-  with pytest.raises(ValueError, match="vocabulary"):
-    main.main(["infer", f"--checkpoint={tmp_path / 'out'}", "--text=a [MASK] b"])
+  # No tokenizer was given: infer refuses the checkpoint (never reads it with another vocabulary) and names the fix.
+  checkpoint = f"--checkpoint={tmp_path / 'out'}"
+  for command in (
+    ["infer", checkpoint, "--text=a [MASK] b"],
+    ["score", checkpoint, "--text=a [MASK]", "--candidate=b"],
+  ):
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer.*main vocab --checkpoint"):
+      main.run(command)
 
 
 def test_convert_subcommand_help_names_its_flags(capsys):
   with pytest.raises(SystemExit):
-    main.main(["convert", "--help"])
+    main.run(["convert", "--help"])
   assert "--from_pytorch" in capsys.readouterr().out
 
 
@@ -95,13 +95,13 @@ def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path)
   import jax
   import numpy as np
 
-  from glm_jax import convert
   from glm_jax.model import GLM, GLMConfig
   from glm_jax.train import checkpoints, partitioning
 
   config = GLMConfig(vocab_size=4096, num_layers=1, hidden_size=16, num_heads=2, max_length=32)
   source = _random_hf_checkpoint(tmp_path / "hf", config)
-  assert main.main(["convert", "--from_pytorch", str(source), "--output_dir", str(tmp_path / "converted")]) == 0
+  converted_dir = str(tmp_path / "converted")
+  main.run(["convert", "--from_pytorch", str(source), "--output_dir", converted_dir])
   (tmp_path / "finetune.gin").write_text(FINETUNE_GIN)
   run = tmp_path / "run"
   argv = [
@@ -111,10 +111,17 @@ def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path)
     f"--gin_file={tmp_path / 'converted' / 'model.gin'}",
     f"--model_dir={run}",
   ]  # as the README says
-  summary = main.main(argv)
+  # Converted without its tokenizer: the run refuses to start from it, naming the fix, and writes no checkpoint.
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    main.run(argv)
+  assert checkpoints.latest_step(str(run)) is None
+  # The fix the message names: this checkpoint's tokenizer is the default vocabulary.
+  main.run(["vocab", "--corpus=embedded", f"--checkpoint={converted_dir}"])
+  summary = main.run(argv)
   assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
+  assert checkpoints.load_vocabulary(str(run)).vocab_size == 4096  # the run keeps the tokenizer it trained with
 
-  _, converted = convert.load_converted(str(tmp_path / "converted"))
+  _, converted = checkpoints.load_params(converted_dir)
   abstract = nn.unbox(partitioning.abstract_boxed_params(GLM(config), 8))
   trained = checkpoints.restore_params(str(run), abstract)
   for got, want in zip(jax.tree.leaves(trained), jax.tree.leaves(converted)):
@@ -125,7 +132,7 @@ def test_train_fine_tunes_a_converted_checkpoint_through_its_model_gin(tmp_path)
 
 def test_train_refuses_data_whose_vocabulary_exceeds_the_model(tmp_path):
   with pytest.raises(ValueError, match="has 4096 ids but the model's vocab_size is 100"):
-    main.main(
+    main.run(
       [
         "train",
         "--gin_file=gin/pretrain/quickstart.gin",
@@ -157,7 +164,10 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
   manager.wait_until_finished()
   manager.close()
   text, candidates = "It works with [MASK].", ["paths", "the network"]
-  scores = main.main(
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):  # a checkpoint written without its tokenizer
+    main.run(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x"])
+  checkpoints.save_vocabulary(str(tmp_path / "run"), vocab.default_vocabulary())
+  scores = main.run(
     ["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", *(f"--candidate={c}" for c in candidates)]
   )
   want = scoring.score_candidates(GLM(config), params, vocab.default_vocabulary(), text, candidates)
@@ -166,8 +176,8 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
   best = int(np.argmax(want))
   assert [line.endswith("<- best") for line in lines] == [i == best for i in range(2)]
   assert [line.split()[1] for line in lines] == ["paths", "the"]
-  with pytest.raises(SystemExit, match="score takes no gin bindings"):
-    main.main(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x", "--gin.a=1"])
+  with pytest.raises(ValueError, match="score takes no gin bindings"):
+    main.run(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x", "--gin.a=1"])
 
 
 def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
@@ -180,15 +190,13 @@ def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
     "--gin.OptimizerConfig.warmup_steps=0",
     "--gin.model_preset.overrides={'max_length': 32}",
   ]
-  summary = main.main(
-    ["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={tmp_path / 'run'}", *overrides]
-  )
-  result = main.main(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides])
+  summary = main.run(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={tmp_path / 'run'}", *overrides])
+  result = main.run(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={tmp_path / 'run'}", *overrides])
   assert result["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-6)
   assert 0.0 <= result["accuracy"] <= 1.0
   assert f"loss={result['loss']:.4f}" in capsys.readouterr().out
   with pytest.raises(ValueError, match="no eval split: bind DataConfig.eval_split"):
-    main.main(
+    main.run(
       [
         "eval",
         "--gin_file=gin/pretrain/quickstart.gin",
@@ -239,4 +247,62 @@ def test_compile_subcommand_says_whether_the_experiment_fits_a_tpu_slice():
 
 def test_compile_subcommand_in_process_needs_the_deviceless_environment():
   with pytest.raises(SystemExit, match="deviceless compilers"):
-    main.main(["compile", "--gin_file=gin/pretrain/quickstart.gin", "--topology=v5e:2x2"])
+    main.run(["compile", "--gin_file=gin/pretrain/quickstart.gin", "--topology=v5e:2x2"])
+
+
+def _command_line(*argv, timeout=300):
+  """`python -m glm_jax.main ...` as a user runs it: (exit status, stdout lines, stderr lines)."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as on a user's command line
+  done = subprocess.run(
+    [sys.executable, "-m", "glm_jax.main", *argv],
+    cwd=gin_config.REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  # Lines as a terminal shows them: the progress bar redraws itself with "\r" on one line.
+  return done.returncode, done.stdout.split("\n")[:-1], done.stderr.split("\n")[:-1]
+
+
+@pytest.mark.slow
+def test_command_line_errors_are_one_line_with_exit_status_2_and_a_traceback_under_v(tmp_path):
+  status, out, err = _command_line(
+    "train", "--gin_file=gin/pretrain/quickstart.gin", "--gin.TrainConfig.num_stepz=3", f"--model_dir={tmp_path}"
+  )
+  assert (
+    status == 2
+    and out == []
+    and err == ["error: Configurable 'TrainConfig' doesn't have a parameter named 'num_stepz'."]
+  )
+  status, out, err = _command_line("infer", f"--checkpoint={tmp_path / 'none'}", "--text=a [MASK]", "-v")
+  assert status == 1 and "Traceback (most recent call last):" in err, err[-20:]
+  assert err[-1].startswith("FileNotFoundError: no checkpoint under")
+
+
+@pytest.mark.slow
+def test_the_quickstart_prints_progress_eval_lines_a_summary_and_the_sample(tmp_path):
+  """The README's first command (fewer steps): library start-up and INFO logs stay out of it. Into a pipe, the
+  progress bar's figures come as one line at each evaluation and checkpoint (on a terminal: the live bar)."""
+  run = str(tmp_path / "run")
+  steps = [
+    "--gin.TrainConfig.num_steps=20",
+    "--gin.TrainConfig.eval_every=10",
+    "--gin.TrainConfig.checkpoint_every=10",
+    "--gin.OptimizerConfig.warmup_steps=2",
+  ]
+  status, train_out, train_err = _command_line(
+    "train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={run}", *steps
+  )
+  assert status == 0, "\n".join(train_err[-30:])
+  text = "The [MASK] module provides functions for working with [MASK] paths."
+  status, infer_out, infer_err = _command_line("infer", f"--checkpoint={run}", f"--text={text}")
+  assert status == 0, "\n".join(infer_err[-30:])
+  lines = train_out + train_err + infer_out + infer_err
+  assert len(lines) <= 40, "\n".join(lines)
+  assert not [line for line in lines if re.match(r"(INFO|I0000|W0000|E0000|WARNING: All log)", line)], "\n".join(lines)
+  assert any(line.startswith("step 20/20: loss ") for line in train_err)  # the progress bar, as lines into a pipe
+  assert sum(line.startswith("step ") and "eval loss" in line for line in lines) == 2
+  assert any(line.startswith("data: ") and "skipped" in line for line in lines)  # what the pipeline skipped
+  assert train_out[-1].startswith("trained to step 20 in ") and run in train_out[-1]
+  assert len(infer_out) == 1 and infer_out[0].startswith("The ") and infer_out[0].endswith(" paths.")

@@ -5,14 +5,14 @@ import glob
 import json
 import os
 
+import gin
 import matplotlib
 import pytest
 
-import gin
-from glm_jax import main
+from glm_jax import gin_config
 
 matplotlib.use("Agg")
-NOTEBOOKS = sorted(glob.glob(os.path.join(main.REPO_ROOT, "notebooks", "*.ipynb")))
+NOTEBOOKS = sorted(glob.glob(os.path.join(gin_config.REPO_ROOT, "notebooks", "*.ipynb")))
 
 
 def code_cells(path: str, parameters: str) -> list[str]:
@@ -36,7 +36,7 @@ def test_there_is_a_quickstart_notebook():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-  monkeypatch.chdir(main.REPO_ROOT)
+  monkeypatch.chdir(gin_config.REPO_ROOT)
   namespace: dict = {}
   for i, source in enumerate(code_cells(path, f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp_path / 'run')!r}")):
     try:

@@ -9,6 +9,7 @@ Names in use:
   text_files/missing_text, text_files/unreadable_files     (glm_jax.data.sources, user .txt/.jsonl files)
   {objective}/documents, {objective}/empty_documents, {objective}/invalid_utf8, {objective}/examples,
   {objective}/long_documents (documents longer than 100 x max_length tokens, cut into pieces, none dropped)
+  cloze/examples, cloze/truncated (texts whose start was cut to fit the row)   (glm_jax.data.cloze)
                                                            (glm_jax.data.preprocessors; objective is
                                                             token, sentence or document)
 """
@@ -44,3 +45,20 @@ def reset() -> None:
 def format_counts(counts: dict[str, int]) -> str:
   """One `name=value` line per counter, for logs."""
   return "\n".join(f"{k}={v}" for k, v in counts.items()) or "(no data-pipeline counts)"
+
+
+SKIPPED = ("empty_documents", "invalid_utf8", "invalid_json", "missing_text", "unreadable_files")  # inputs not used
+TRUNCATED = ("truncated",)  # inputs used in part
+
+
+def summary(counts: dict[str, int]) -> str:
+  """One line of what the pipeline made and skipped, e.g. `data: 1,204 examples; skipped 3 inputs
+  (text_files/invalid_json=3)`: what `train` logs at each evaluation and at the end."""
+  examples = sum(v for k, v in counts.items() if k.endswith("/examples"))
+  line = f"data: {examples:,} examples"
+  for what, suffixes in (("skipped", SKIPPED), ("truncated", TRUNCATED)):
+    found = {k: v for k, v in counts.items() if k.rsplit("/", 1)[-1] in suffixes and v}
+    details = f" ({', '.join(f'{k}={v:,}' for k, v in found.items())})" if found else ""
+    if found or what == "skipped":
+      line += f"; {what} {sum(found.values()):,} inputs{details}"
+  return line

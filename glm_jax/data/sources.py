@@ -15,12 +15,16 @@ Malformed input is skipped and counted in glm_jax.data.counters, never raised.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
+import io
 import json
+import logging
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -30,6 +34,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from glm_jax.data import cache_dir, counters, file_lock
+
+log = logging.getLogger(__name__)
 
 MIN_DOCUMENT_CHARS = 1000
 VALIDATION_EVERY = 20
@@ -108,7 +114,16 @@ def embedded_builder() -> GlmEmbeddedCorpus:
   builder = GlmEmbeddedCorpus(data_dir=data_dir)
   with file_lock(os.path.join(data_dir, ".lock")):
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-      builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+      log.info("building the embedded corpus (once) in %s", data_dir)
+      # TFDS prints its download report and progress bars; nothing is downloaded here, so they are set aside
+      # (and shown if the build fails).
+      printed = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+          builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+      except BaseException:
+        sys.stderr.write(printed.getvalue())
+        raise
   return GlmEmbeddedCorpus(data_dir=data_dir)
 
 

@@ -22,7 +22,15 @@ from collections.abc import Sequence
 
 import jax
 
+log = logging.getLogger(__name__)
+
 CPU_COLLECTIVES = "gloo"
+# `initialize`'s arguments as command-line flags (python -m glm_jax.main train / eval): name, type, help.
+COMMAND_LINE_FLAGS = (
+  ("coordinator_address", str, "HOST:PORT of process 0, the same on every process"),
+  ("num_processes", int, "number of processes (hosts); 1 turns auto-detection off"),
+  ("process_id", int, "this process, 0 .. num_processes - 1"),
+)
 
 
 def cluster_detected() -> bool:
@@ -89,7 +97,7 @@ def initialize(
   jax.distributed.initialize(
     coordinator_address, num_processes, process_id, None if local_device_ids is None else list(local_device_ids)
   )
-  logging.info(
+  log.info(
     "jax.distributed: process %d of %d, %d local / %d global devices",
     jax.process_index(),
     jax.process_count(),

@@ -47,10 +47,14 @@ class DataConfig:
   checkpoint_input: bool = True
 
 
+def vocabulary(config: DataConfig) -> seqio.Vocabulary:
+  """The vocabulary of the Task/Mixture's `input_ids` (the ids the model embeds)."""
+  return seqio.get_mixture_or_task(config.mixture_or_task_name).output_features["input_ids"].vocabulary
+
+
 def vocabulary_size(config: DataConfig) -> int:
-  """The size of the vocabulary of the Task/Mixture's `input_ids` (the ids the model embeds)."""
-  features = seqio.get_mixture_or_task(config.mixture_or_task_name).output_features
-  return features["input_ids"].vocabulary.vocab_size
+  """The size of the vocabulary of the Task/Mixture's `input_ids`."""
+  return vocabulary(config).vocab_size
 
 
 def check_fits_model(config: DataConfig, model_vocab_size: int) -> None:

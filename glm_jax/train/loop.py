@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -43,6 +44,7 @@ from clu import metric_writers
 from etils import epath
 from tqdm import tqdm
 
+from glm_jax.data import counters
 from glm_jax.model import GLM, GLMConfig
 from glm_jax.train import (
   checkpoints,
@@ -51,9 +53,10 @@ from glm_jax.train import (
   optimizer,
   partitioning,
   step as step_lib,
-  synthetic,
 )
 from glm_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -88,7 +91,7 @@ def init_from_checkpoint(
   a fresh optimizer state for them and step 0. Raises ValueError naming the params that do not fit."""
   params = checkpoints.restore_params(directory, checkpoints.abstract_like(state.params, shardings.params))
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  logging.info("initialized the params from %s (fresh optimizer state, step 0)", directory)
+  log.info("initialized the params from %s (fresh optimizer state, step 0)", directory)
   return state.replace(params=params, opt_state=opt_state)  # a fresh state's step is 0
 
 
@@ -121,15 +124,25 @@ def evaluate(
   return _eval(eval_step, params, eval_batches, num_batches, mesh)
 
 
-def compile_train_step(
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """What `train` runs and `compile` compiles for one mesh: the model, the optimizer, the state's shardings (by the
+  rules table) and the jitted train step (`step.make_train_step` with its shardings stated)."""
+
+  model: GLM
+  tx: optax.GradientTransformation
+  shardings: TrainState
+  train_step: Callable
+
+
+def train_program(
   model_config: GLMConfig,
   train_config: TrainConfig,
   optimizer_config: optimizer.OptimizerConfig,
   mesh: jax.sharding.Mesh,
-) -> jax.stages.Compiled:
-  """The train step `train` runs, compiled for `mesh` from abstract state and batch: nothing is allocated or run,
-  so the mesh may be of devices this process does not have (a TPU slice: glm_jax/deviceless.py). Raises the
-  compiler's error (JaxRuntimeError, RESOURCE_EXHAUSTED) when the step does not fit the devices' memory."""
+) -> TrainProgram:
+  """The one place the training step is built, for `train` and for ahead-of-time compilation (glm_jax/train/aot.py).
+  Raises ValueError when the batch does not split over the mesh's batch axes."""
   tc = train_config
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if tc.batch_size % batch_devices:
@@ -140,19 +153,11 @@ def compile_train_step(
   model = GLM(model_config)
   tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
   schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
-  state, shardings = partitioning.abstract_state(model, tx, mesh, tc.length)
-  example = synthetic.synthetic_example(np.random.default_rng(0), tc.length, model_config.vocab_size)
-  batch = {
-    name: jax.ShapeDtypeStruct((tc.batch_size, *value.shape), value.dtype, sharding=partitioning.batch_sharding(mesh))
-    for name, value in example.items()
-  }
-  rng = jax.ShapeDtypeStruct(
-    (), jax.random.key(0).dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  )
+  shardings = partitioning.state_shardings(partitioning.abstract_boxed_params(model, tc.length), tx, mesh)
   train_step = step_lib.jit_train_step(
     step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
   )
-  return train_step.trace(state, batch, rng).lower().compile()
+  return TrainProgram(model, tx, shardings, train_step)
 
 
 def train(
@@ -175,34 +180,31 @@ def train(
   Raises FloatingPointError on a non-finite loss, PermissionError if model_dir is not writable.
   """
   tc = train_config
+  started = time.perf_counter()
   checkpoints.ensure_writable(model_dir)
   data_iterator = train_batches if isinstance(train_batches, checkpoints.CheckpointableIterator) else None
   if data_iterator is None:
-    logging.info(
+    log.info(
       "the input position is not checkpointed (a plain iterator, or DataConfig.checkpoint_input=False): "
       "a resumed run restarts its input stream"
     )
-  model = GLM(model_config)
-  tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
-  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
   mesh = partitioning.make_mesh(mesh_config)
+  program = train_program(model_config, tc, optimizer_config, mesh)
+  model, tx, shardings, train_step = program.model, program.tx, program.shardings, program.train_step
   root_rng = jax.random.key(tc.seed)
-  state, shardings = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length)
+  state, _ = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length, shardings)
   manager = checkpoints.make_manager(model_dir, tc.checkpoint_every, tc.max_to_keep)
   restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state, shardings), data_iterator)
   if restored is not None:
     state = restored
-    logging.info("restored step %d from %s", int(state.step), model_dir)
+    log.info("restored step %d from %s", int(state.step), model_dir)
     if tc.init_checkpoint:
-      logging.info("init_checkpoint %s is not read: the run resumes from its own checkpoint", tc.init_checkpoint)
+      log.info("init_checkpoint %s is not read: the run resumes from its own checkpoint", tc.init_checkpoint)
   elif tc.init_checkpoint:
     state = init_from_checkpoint(tc.init_checkpoint, state, shardings, tx)
   if jax.process_index() == 0:
     (epath.Path(model_dir) / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2))
 
-  train_step = step_lib.jit_train_step(
-    step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
-  )
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
   dropout_rng = jax.random.fold_in(root_rng, 1)
 
@@ -217,7 +219,24 @@ def train(
 
   start = int(jax.device_get(state.step))
   summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None, "preempted": False}
-  bar = tqdm(total=tc.num_steps, initial=start, disable=not (progress and is_chief), dynamic_ncols=True)
+  shown = progress and is_chief
+  # On a terminal the bar redraws itself in place; into a file or a pipe every redraw would be a line, so there the
+  # bar's figures are printed as a line at each evaluation and checkpoint instead.
+  live = shown and sys.stderr.isatty()
+  bar = tqdm(total=tc.num_steps, initial=start, disable=not live, dynamic_ncols=True)
+  postfix: dict[str, str] = {}
+
+  def report(line: str) -> None:
+    if shown:
+      bar.write(line, file=sys.stderr)
+
+  reported, data_line = [start], None
+
+  def report_progress(step_done: int) -> None:
+    if not live and postfix and reported[0] != step_done:
+      reported[0] = step_done
+      report(f"step {step_done}/{tc.num_steps}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()))
+
   finite = faults.FiniteGuard()
   preemption = faults.PreemptionWatch()
   window_start, window_steps = time.perf_counter(), 0
@@ -260,16 +279,20 @@ def train(
         if is_chief:
           metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
         summary["final_eval_loss"] = eval_metrics["loss"]
-        bar.write(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
+        report_progress(step_done)
+        report(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
+        data_line = counters.summary(counters.snapshot())
+        report(data_line)
         window_start, window_steps = time.perf_counter(), 0
       preempted = preemption.reached(step_done, manager)
       if preempted or step_done == tc.num_steps or manager.should_save(step_done):
+        report_progress(step_done)
         finite.check(manager, step_done, state.params)  # a non-finite state is never saved
         checkpoints.save(manager, state, model_config, data_iterator=data_iterator, step=step_done, force=True)
       summary["steps"] = step_done
       if preempted:
         manager.wait_until_finished()
-        logging.warning(
+        log.warning(
           "preempted at step %d: checkpoint saved in %s; rerun the same command to resume", step_done, model_dir
         )
         summary["preempted"] = True
@@ -283,5 +306,8 @@ def train(
     writer.close()
   if is_chief:
     metrics_lib.plot_loss_curve(metrics_lib.read_jsonl(metrics_path), os.path.join(model_dir, LOSS_CURVE_FILE))
+    if counters.summary(counters.snapshot()) != data_line:  # what the pipeline skipped, at the end too
+      log.info(counters.summary(counters.snapshot()))
+  summary["seconds"] = time.perf_counter() - started
   summary["state"] = state
   return summary

@@ -133,12 +133,13 @@ def abstract_boxed_params(model: nn.Module, length: int):
 
 
 def abstract_state(
-  model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, length: int
+  model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, length: int, shardings: TrainState | None = None
 ) -> tuple[TrainState, TrainState]:
-  """The TrainState's shapes and dtypes in their shardings, nothing allocated: what a train step is lowered with
-  to compile it for devices this process does not have (glm_jax/deviceless.py). Returns (state, shardings)."""
+  """The TrainState's shapes and dtypes in their shardings (`state_shardings`, unless given), nothing allocated:
+  what a train step is lowered with to compile it for devices this process does not have (glm_jax/deviceless.py).
+  Returns (state, shardings)."""
   boxed = abstract_boxed_params(model, length)
-  shardings = state_shardings(boxed, tx, mesh)
+  shardings = state_shardings(boxed, tx, mesh) if shardings is None else shardings
   shapes = jax.eval_shape(lambda params: TrainState.create(params, tx), nn.unbox(boxed))
   state = jax.tree.map(
     lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), shapes, shardings
@@ -147,10 +148,17 @@ def abstract_state(
 
 
 def init_state(
-  model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array, length: int
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rng: jax.Array,
+  length: int,
+  shardings: TrainState | None = None,
 ) -> tuple[TrainState, TrainState]:
-  """A freshly initialized TrainState created directly in its shardings; returns (state, shardings)."""
-  shardings = state_shardings(abstract_boxed_params(model, length), tx, mesh)
+  """A freshly initialized TrainState created directly in its shardings (`state_shardings`, unless given); returns
+  (state, shardings)."""
+  if shardings is None:
+    shardings = state_shardings(abstract_boxed_params(model, length), tx, mesh)
 
   def init(rng):
     ids = np.zeros((1, length), np.int32)

@@ -1,14 +1,15 @@
-"""Tests for the inspect command (glm_jax.data.inspect)."""
+"""Tests for the inspect command (glm_jax.data.inspect, `python -m glm_jax.main inspect`)."""
 
 from __future__ import annotations
 
 import os
 
+import gin
 import numpy as np
 import pytest
 
-import gin
-from glm_jax.data import feature_converter, inspect
+from glm_jax import main
+from glm_jax.data import feature_converter
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def test_prints_examples_and_saves_design_features(tmp_path, capsys, pack):
   ]
   if pack:  # examples of at most 16 tokens: at least two fit in each row of 40
     argv += ["--pack"] + [f"--gin.{o}Objective.max_length=16" for o in ("Token", "Sentence", "Document")]
-  inspect.main(argv)
+  main.run(["inspect", *argv])
   printed = capsys.readouterr().out
   assert printed.count("example ") == 3 and "Part A" in printed and "span at A[" in printed
   assert "[CLS]" in printed and "counters:" in printed and "token/documents=" in printed
@@ -49,10 +50,10 @@ def test_prints_examples_and_saves_design_features(tmp_path, capsys, pack):
 
 
 def test_bad_gin_binding_names_the_parameter():
-  with pytest.raises(SystemExit, match="TokenObjective.*mask_rate"):
-    inspect.main(["--mixture", "glm_embedded", "--gin.TokenObjective.mask_rate=0.3"])
-  with pytest.raises(SystemExit, match="NoSuchThing"):
-    inspect.main(["--mixture", "glm_embedded", "--gin.NoSuchThing.x=1"])
+  with pytest.raises(ValueError, match="TokenObjective.*mask_rate"):
+    main.run(["inspect", "--mixture", "glm_embedded", "--gin.TokenObjective.mask_rate=0.3"])
+  with pytest.raises(ValueError, match="NoSuchThing"):
+    main.run(["inspect", "--mixture", "glm_embedded", "--gin.NoSuchThing.x=1"])
 
 
 @pytest.mark.slow
@@ -64,7 +65,8 @@ def test_command_line(tmp_path):
   command = [
     sys.executable,
     "-m",
-    "glm_jax.data.inspect",
+    "glm_jax.main",
+    "inspect",
     "--mixture",
     "glm_embedded",
     "--num_examples",
@@ -80,4 +82,5 @@ def test_command_line(tmp_path):
   bad = subprocess.run(
     command + ["--gin.TokenObjective.mask_rate=0.3"], cwd=repo, capture_output=True, text=True, timeout=300, check=False
   )
-  assert bad.returncode != 0 and "mask_rate" in bad.stderr
+  # A bad binding: one line naming it, exit status 2.
+  assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mask_rate" in bad.stderr, bad.stderr

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
-import gin
 from glm_jax import main
 from glm_jax.data import cloze
 from tasks import finetune
@@ -70,15 +70,15 @@ def test_fine_tuning_on_a_cloze_task_learns_the_verbalizers(tmp_path, clean_gin)
     )
   (tmp_path / "toy.gin").write_text(GIN)
   run = str(tmp_path / "run")
-  summary = main.main(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={run}"])
+  summary = main.run(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={run}"])
   assert summary["steps"] == 60
-  result = main.main(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={run}", "--cloze=0"])
+  result = main.run(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={run}", "--cloze=0"])
   assert result["cloze_examples"] == 40
   assert result["cloze_accuracy"] >= 0.9, result
   assert result["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-6)
   # The same model untrained (one step at learning rate 0) is near chance: the accuracy above was learnt.
   untrained = str(tmp_path / "untrained")
   zero = ["--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0"]
-  main.main(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={untrained}", *zero])
-  baseline = main.main(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={untrained}", "--cloze=0", *zero])
+  main.run(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={untrained}", *zero])
+  baseline = main.run(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={untrained}", "--cloze=0", *zero])
   assert baseline["cloze_accuracy"] <= 0.8, baseline

@@ -112,7 +112,7 @@ def test_train_flags_and_environment_fallbacks(monkeypatch):
 def test_train_joins_before_reading_gin(calls, tmp_path):
   """main initializes first: a bad multi-host flag fails before the (here missing) gin file is read."""
   with pytest.raises(ValueError, match="missing process_id"):
-    main.main(
+    main.run(
       [
         "train",
         "--gin_file=no/such/file.gin",

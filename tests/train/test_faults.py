@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glm_jax import main
+from glm_jax.data import synthetic
 from glm_jax.model import GLMConfig
-from glm_jax.train import checkpoints, faults, inputs, loop, optimizer, partitioning, step as step_lib, synthetic
+from glm_jax.train import checkpoints, experiment, faults, inputs, loop, optimizer, partitioning, step as step_lib
 
 VOCAB, LENGTH, BATCH = 40, 32, 8
 CONFIG = GLMConfig(vocab_size=VOCAB, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH)
@@ -235,7 +235,7 @@ def test_unwritable_model_dir_fails_before_data_is_read_or_anything_compiled(tmp
   with pytest.raises(PermissionError, match=re.escape(f"model_dir '{model_dir}' is not writable")):
     _train(model_dir, untouchable(), 4)
   # The entry point checks before it builds the input pipeline (an unknown Task would fail there).
-  exp = main.Experiment(
+  exp = experiment.Experiment(
     CONFIG,
     loop.TrainConfig(num_steps=4, batch_size=BATCH, length=LENGTH),
     optimizer.OptimizerConfig(warmup_steps=1),
@@ -243,7 +243,7 @@ def test_unwritable_model_dir_fails_before_data_is_read_or_anything_compiled(tmp
     inputs.DataConfig(mixture_or_task_name="no_such_task"),
   )
   with pytest.raises(PermissionError, match=re.escape(f"model_dir '{model_dir}' is not writable")):
-    main.train(str(model_dir), exp)
+    experiment.train(str(model_dir), exp)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")

@@ -1,0 +1,40 @@
+"""The `eval` command's work: a checkpoint's loss and accuracy on an experiment's eval split, and cloze accuracy."""
+
+from __future__ import annotations
+
+import jax
+
+from glm_jax.eval import cloze as cloze_eval
+from glm_jax.model import GLM
+from glm_jax.train import checkpoints, inputs, loop, partitioning
+from glm_jax.train.experiment import Experiment
+
+
+def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
+  """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
+  (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint, and the data's
+  vocabulary must be the checkpoint's own): the batches the training loop evaluates on, so a run's final checkpoint
+  gives its final eval loss again.
+
+  With `cloze_examples` (a cloze Task, glm_jax.data.cloze), also the classification accuracy on the first
+  `cloze_examples` examples of the split (0: all), predicting the verbalizer the model finds most likely."""
+  tc, data = exp.train, exp.data
+  if not data.eval_split:
+    raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
+  template = None
+  if cloze_examples is not None:
+    template = cloze_eval.task_template(data.mixture_or_task_name)
+    if jax.process_count() > 1:
+      raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
+  vocabulary = inputs.vocabulary(data)
+  inputs.check_fits_model(data, exp.model.vocab_size)
+  checkpoints.check_vocabulary(checkpoint, vocabulary)
+  batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+  model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
+  params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
+  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps)
+  if template is not None:
+    examples = cloze_eval.task_examples(data.mixture_or_task_name, data.eval_split, cloze_examples)
+    scored = cloze_eval.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)
+    result.update(cloze_accuracy=scored["accuracy"], cloze_examples=scored["num_examples"])
+  return result

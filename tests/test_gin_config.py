@@ -1,0 +1,28 @@
+"""gin at the edge: `--gin.` flags become bindings, files are found under the search paths or named."""
+
+import gin
+import pytest
+
+from glm_jax import gin_config
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_gin_flags_become_bindings():
+  bindings, rest = gin_config.split_gin_args(["train", "--gin.TrainConfig.num_steps=3", "--model_dir=x"])
+  assert bindings == ["TrainConfig.num_steps=3"] and rest == ["train", "--model_dir=x"]
+  gin_config.parse_gin(["gin/pretrain/quickstart.gin"], bindings)
+  assert gin_config.experiment().train.num_steps == 3
+  assert "TrainConfig.num_steps = 3" in gin_config.operative_config()
+  with pytest.raises(ValueError, match="--gin.TrainConfig: expected --gin.NAME=VALUE"):
+    gin_config.split_gin_args(["--gin.TrainConfig"])
+
+
+def test_a_missing_gin_file_is_named_with_where_it_was_looked_for():
+  with pytest.raises(FileNotFoundError, match="--gin_file=gin/pretrain/nope.gin: no such file .* under "):
+    gin_config.parse_gin(["gin/pretrain/nope.gin"], [])
