@@ -20,7 +20,7 @@ import numpy as np
 
 from glm_jax.data import example as example_lib
 from glm_jax.data.example import Span, SpecialIds
-from glm_jax.model import GLM, mask_padded_vocab
+from glm_jax.model import GLM, forward, mask_padded_vocab
 
 
 class DecodeInputs(NamedTuple):
@@ -51,16 +51,7 @@ def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
 
   @jax.jit
   def logits_at(params, features, last):  # params: an argument, not constants baked into the program
-    batch = {name: value[None] for name, value in features.items()}
-    logits = model.apply(
-      {"params": params},
-      batch["input_ids"],
-      batch["position_ids"],
-      batch["block_position_ids"],
-      sep=batch["sep"],
-      segment_ids=batch["segment_ids"],
-      deterministic=True,
-    )
+    logits = forward(model, params, {name: value[None] for name, value in features.items()}, deterministic=True)
     return mask_padded_vocab(logits[0, last], vocab_size)
 
   def next_token(inputs: DecodeInputs) -> int:

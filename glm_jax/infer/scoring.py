@@ -22,7 +22,7 @@ import numpy as np
 
 from glm_jax.data import example as example_lib
 from glm_jax.data.example import SpecialIds
-from glm_jax.model import GLM, mask_padded_vocab
+from glm_jax.model import GLM, forward, mask_padded_vocab
 
 
 def candidate_rows(
@@ -59,15 +59,7 @@ def make_score_fn(model: GLM, params):
 
   @jax.jit
   def scores(params, rows):
-    logits = model.apply(
-      {"params": params},
-      rows["input_ids"],
-      rows["position_ids"],
-      rows["block_position_ids"],
-      sep=rows["sep"],
-      segment_ids=rows["segment_ids"],
-      deterministic=True,
-    )
+    logits = forward(model, params, rows, deterministic=True)
     log_probs = jax.nn.log_softmax(mask_padded_vocab(logits, vocab_size), axis=-1)
     picked = jnp.take_along_axis(log_probs, rows["target_ids"][..., None], axis=-1)[..., 0]
     return jnp.sum(picked * rows["loss_mask"], axis=-1)

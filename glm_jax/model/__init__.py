@@ -7,4 +7,4 @@ from glm_jax.model.config import (  # noqa: F401
   num_params,
   preset,
 )
-from glm_jax.model.glm import GLM, mask_padded_vocab, stack_layers, unstack_layers  # noqa: F401
+from glm_jax.model.glm import GLM, forward, mask_padded_vocab, stack_layers, unstack_layers  # noqa: F401

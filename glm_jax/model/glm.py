@@ -244,6 +244,22 @@ class GLM(nn.Module):
     return jnp.einsum("ble,ve->blv", x, table, preferred_element_type=jnp.float32)
 
 
+def forward(model: GLM, params, batch: dict, *, deterministic: bool, dropout_rng=None) -> jax.Array:
+  """Logits [B, L, V] of a batch of model features (docs/design.md: input_ids, position_ids, block_position_ids,
+  sep, segment_ids), the one way training, evaluation, scoring and decoding call the model."""
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return model.apply(
+    {"params": params},
+    batch["input_ids"],
+    batch["position_ids"],
+    batch["block_position_ids"],
+    sep=batch["sep"],
+    segment_ids=batch.get("segment_ids"),
+    deterministic=deterministic,
+    rngs=rngs,
+  )
+
+
 def mask_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
   """logits [..., V_padded] -> the same with the padded vocabulary rows (ids >= vocab_size) set to a huge negative
   value, so a softmax, an argmax or a sample never picks them."""

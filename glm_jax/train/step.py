@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from glm_jax.model import GLM, mask_padded_vocab
+from glm_jax.model import GLM, forward, mask_padded_vocab
 from glm_jax.train import partitioning
 from glm_jax.train.state import TrainState
 
@@ -31,21 +31,6 @@ def loss_sums(logits: jax.Array, target_ids: jax.Array, loss_mask: jax.Array, vo
   token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target_ids)
   correct = (jnp.argmax(logits, axis=-1) == target_ids).astype(jnp.float32)
   return jnp.sum(token_loss * loss_mask), jnp.sum(correct * loss_mask)
-
-
-def forward(model: GLM, params, batch: dict, *, deterministic: bool, dropout_rng=None) -> jax.Array:
-  """Logits [B, L, V] for a batch of model features (docs/design.md)."""
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  return model.apply(
-    {"params": params},
-    batch["input_ids"],
-    batch["position_ids"],
-    batch["block_position_ids"],
-    sep=batch["sep"],
-    segment_ids=batch.get("segment_ids"),
-    deterministic=deterministic,
-    rngs=rngs,
-  )
 
 
 def _microbatches(batch: dict, n: int) -> dict:
