@@ -64,6 +64,18 @@ def _import_tensorflow() -> None:
   tf.config.set_visible_devices([], "GPU")
 
 
+class _Stderr(logging.StreamHandler):
+  """A handler that writes to whatever sys.stderr is when a record comes (notebooks and tests replace it)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
 class _Formatter(logging.Formatter):
   def format(self, record: logging.LogRecord) -> str:
     message = super().format(record)
@@ -74,7 +86,7 @@ class _Formatter(logging.Formatter):
 
 def configure_logging(level: int = 0) -> None:
   """Log levels for a command: glm_jax at INFO (DEBUG from -vv), libraries at WARNING (INFO from -v)."""
-  handler = logging.StreamHandler(sys.stderr)
+  handler = _Stderr()
   if level > 0:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
   else:

@@ -1,5 +1,7 @@
 """What a command prints: -v counting, one-line errors with their exit status, and the log levels."""
 
+import contextlib
+import io
 import logging
 
 import pytest
@@ -44,6 +46,11 @@ def test_libraries_log_warnings_and_glm_jax_its_progress():
     assert not logging.getLogger("absl").isEnabledFor(logging.INFO)
     assert not logging.getLogger("orbax.checkpoint").isEnabledFor(logging.INFO)
     assert logging.getLogger("glm_jax.train.loop").isEnabledFor(logging.INFO)
+    written = io.StringIO()
+    with contextlib.redirect_stderr(written):  # the stream of the moment (a notebook's, a test's)
+      logging.getLogger("glm_jax.train.loop").info("restored step %d", 3)
+      logging.getLogger("glm_jax.train.loop").warning("preempted")
+    assert written.getvalue() == "restored step 3\nwarning: preempted\n"
     console.configure_logging(1)
     assert logging.getLogger("absl").isEnabledFor(logging.INFO)
   finally:

@@ -86,51 +86,36 @@ def test_training_library_reads_the_converted_checkpoint(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), y)
 
 
-def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
-  pytest.importorskip("tokenizers")
+def _tiny_sentencepiece(tmp_path, lines) -> str:
+  """A 24-piece SentencePiece model trained on `lines` (the Chinese tokenizer family reads such a file)."""
   import sentencepiece as spm
 
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(list(lines) * 20))
+  spm.SentencePieceTrainer.train(
+    input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=24, model_type="unigram",
+    character_coverage=1.0, minloglevel=2,
+  )  # fmt: skip
+  return str(tmp_path / "sp.model")
+
+
+def _convert_with_tokenizer(source, output_dir, sp_model, *, family="chinese_sp"):
+  flags = [f"--from_pytorch={source}", f"--output_dir={output_dir}", f"--vocab_files={sp_model}"]
+  return main.run(["convert", *flags, *([f"--tokenizer={family}"] if family else [])])
+
+
+def test_vocabulary_files_are_kept_with_the_checkpoint(tmp_path):
+  pytest.importorskip("tokenizers")
   from glm_jax.data import tokenizers as glm_tokenizers
 
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("\n".join(["今天天气很好", "我们去公园散步", "hello world"] * 20))
-  spm.SentencePieceTrainer.train(
-    input=str(corpus),
-    model_prefix=str(tmp_path / "sp"),
-    vocab_size=24,
-    model_type="unigram",
-    character_coverage=1.0,
-    minloglevel=2,
-  )
+  sp_model = _tiny_sentencepiece(tmp_path, ["今天天气很好", "我们去公园散步", "hello world"])
   source = write_random_hf(tmp_path / "hf")
   with pytest.raises(ValueError, match="--tokenizer"):  # CONFIG is no published shape
-    main.run(
-      [
-        "convert",
-        "--from_pytorch",
-        str(source),
-        f"--output_dir={tmp_path / 'a'}",
-        f"--vocab_files={tmp_path / 'sp.model'}",
-      ]
-    )
-  main.run(
-    [
-      "convert",
-      "--from_pytorch",
-      str(source),
-      "--output_dir",
-      str(tmp_path / "out"),
-      "--vocab_files",
-      str(tmp_path / "sp.model"),
-      "--tokenizer",
-      "chinese_sp",
-    ]
-  )
+    _convert_with_tokenizer(source, tmp_path / "a", sp_model, family=None)
+  _convert_with_tokenizer(source, tmp_path / "out", sp_model)
   vocab = checkpoints.load_vocabulary(str(tmp_path / "out"))
   assert vocab.special_ids["[gMASK]"] == 24 + 9 and vocab.embedding_rows == CONFIG.padded_vocab_size
-  assert vocab.encode("天气[gMASK]") == glm_tokenizers.chinese_sentencepiece(str(tmp_path / "sp.model")).encode(
-    "天气[gMASK]"
-  )
+  assert vocab.encode("天气[gMASK]") == glm_tokenizers.chinese_sentencepiece(sp_model).encode("天气[gMASK]")
   config, _ = checkpoints.load_params(str(tmp_path / "out"))  # the tokenizer folder does not upset orbax
   assert config == CONFIG
   assert not (tmp_path / "a").exists()  # the bad flags failed before anything was written
@@ -150,36 +135,13 @@ def test_a_vocabulary_that_does_not_fit_fails_before_writing(tmp_path):
 def test_model_gin_of_a_checkpoint_with_its_tokenizer_makes_the_tasks_use_that_tokenizer(tmp_path):
   pytest.importorskip("tokenizers")
   import gin
-  import sentencepiece as spm
   import seqio
 
   from glm_jax import gin_config
   from glm_jax.data import feature_converter
 
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("\n".join(["the module defines a class", "a function returns the value of the object"] * 20))
-  spm.SentencePieceTrainer.train(
-    input=str(corpus),
-    model_prefix=str(tmp_path / "sp"),
-    vocab_size=24,
-    model_type="unigram",
-    character_coverage=1.0,
-    minloglevel=2,
-  )
-  source = write_random_hf(tmp_path / "hf")
-  main.run(
-    [
-      "convert",
-      "--from_pytorch",
-      str(source),
-      "--output_dir",
-      str(tmp_path / "out"),
-      "--vocab_files",
-      str(tmp_path / "sp.model"),
-      "--tokenizer",
-      "chinese_sp",
-    ]
-  )
+  sp_model = _tiny_sentencepiece(tmp_path, ["the module defines a class", "a function returns the value of the object"])
+  _convert_with_tokenizer(write_random_hf(tmp_path / "hf"), tmp_path / "out", sp_model)
   saved = checkpoints.load_vocabulary(str(tmp_path / "out"))
   gin.clear_config()
   try:
