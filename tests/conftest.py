@@ -75,3 +75,13 @@ def fake_bucket(tmp_path, monkeypatch):
     fn = getattr(backend.os_backend, name)
     monkeypatch.setattr(backend.tf_backend, name, lambda path, *a, fn=fn, **k: fn(local(path), *a, **k))
   return bucket
+
+
+@pytest.fixture
+def empty_gin_config():
+  """An empty gin config before and after the test (gin's registry is process-wide)."""
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()

@@ -1,16 +1,10 @@
 """gin at the edge: `--gin.` flags become bindings, files are found under the search paths or named."""
 
-import gin
 import pytest
 
 from glm_jax import gin_config
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("empty_gin_config")
 
 
 def test_gin_flags_become_bindings():

@@ -10,11 +10,7 @@ from glm_jax.model import GLMConfig
 GIN_FILES = sorted(glob.glob(os.path.join(gin_config.REPO_ROOT, "gin", "**", "*.gin"), recursive=True))
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("empty_gin_config")
 
 
 def test_gin_files_exist():

@@ -10,12 +10,7 @@ import pytest
 
 from glm_jax import deviceless, gin_config, main
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("empty_gin_config")
 
 
 def test_misspelt_binding_fails_at_start_naming_it(tmp_path):
