@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax import ops
+from glm_jax.model.cache import CACHE_AXES, KVCache
 from glm_jax.model.config import GLMConfig
 from glm_jax.ops import mask as mask_lib
 
@@ -92,8 +93,11 @@ class Attention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, sep, segment_ids):
-    """x [B, L, E] -> [B, L, E] in the compute dtype."""
+  def __call__(self, x, sep, segment_ids, layer_cache=None, cache_lengths=None):
+    """x [B, L, E] -> ([B, L, E] in the compute dtype, this chunk's (k, v) [B, L, H, D] each).
+
+    With `layer_cache` ((k, v) [B, C, H, D] of this layer's cache) and `cache_lengths` [B], the chunk's queries also
+    attend every valid cache entry (glm_jax.ops.attention_cache)."""
     cfg = self.config
     e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     dtypes = dict(dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
@@ -119,8 +123,11 @@ class Attention(nn.Module):
       dropout_rate=dropout_rate,
       dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None,
       partition_spec=nn.logical_to_mesh_axes(("activation_batch", "activation_length", "heads", "kv")),
+      **(
+        {} if layer_cache is None else dict(k_cache=layer_cache[0], v_cache=layer_cache[1], cache_lengths=cache_lengths)
+      ),
     )
-    return EinsumProjection(
+    out = EinsumProjection(
       "blhd,hde->ble",
       (h, d, e),
       ("heads", "kv", "embed"),
@@ -130,6 +137,7 @@ class Attention(nn.Module):
       **dtypes,
       name="dense",
     )(out)
+    return out, (k, v)
 
 
 class MLP(nn.Module):
@@ -160,22 +168,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One pre-LN transformer layer. Returns (h, None) so it can be the body of nn.scan."""
+  """One pre-LN transformer layer: (h, the chunk's (k, v) when `return_kv`, else None), the body of nn.scan."""
 
   config: GLMConfig
   deterministic: bool = True
+  return_kv: bool = False
 
   @nn.compact
-  def __call__(self, x, sep, segment_ids):
+  def __call__(self, x, sep, segment_ids, layer_cache=None, cache_lengths=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
-    attn = Attention(cfg, self.deterministic, name="attention")(
-      LayerNorm(cfg, name="input_layernorm")(x), sep, segment_ids
+    attn, kv = Attention(cfg, self.deterministic, name="attention")(
+      LayerNorm(cfg, name="input_layernorm")(x), sep, segment_ids, layer_cache, cache_lengths
     )
     x = x + dropout(attn)
     mlp = MLP(cfg, name="mlp")(LayerNorm(cfg, name="post_attention_layernorm")(x))
     x = x + dropout(mlp)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+    return nn.with_logical_constraint(x, ACTIVATION_AXES), (kv if self.return_kv else None)
 
 
 class GLM(nn.Module):
@@ -184,10 +193,23 @@ class GLM(nn.Module):
   config: GLMConfig
 
   @nn.compact
-  def __call__(self, input_ids, position_ids, block_position_ids, *, sep, segment_ids=None, deterministic: bool = True):
+  def __call__(
+    self,
+    input_ids,
+    position_ids,
+    block_position_ids,
+    *,
+    sep,
+    segment_ids=None,
+    cache: KVCache | None = None,
+    deterministic: bool = True,
+  ):
     """input_ids, position_ids, block_position_ids int [B, L]; sep int [B] or [B, L]; segment_ids int [B, L].
 
-    Returns float32 logits [B, L, V] with V = config.padded_vocab_size.
+    Returns float32 logits [B, L, V] with V = config.padded_vocab_size. With a `cache` (glm_jax.model.cache), the
+    L tokens are a chunk after the cache's entries (a fresh cache: the prefill of Part A): they attend every valid
+    entry and, among themselves, the rule of their own `sep` and `segment_ids` (0 after a row's real tokens, which
+    come first); returns (logits, the cache with the chunk's keys and values written after each row's entries).
     """
     cfg = self.config
     length = input_ids.shape[1]
@@ -222,6 +244,9 @@ class GLM(nn.Module):
     x = nn.Dropout(cfg.embedding_dropout, deterministic=deterministic)(x)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
+    # A fresh cache is filled by the ordinary attention (the flash kernels); a filled one is attended.
+    layer_cache = None if cache is None or cache.fresh else (cache.k, cache.v)
+    lengths = None if layer_cache is None else cache.lengths
     block = Block
     if cfg.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
@@ -230,18 +255,46 @@ class GLM(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, _ = stack(cfg, deterministic, name="layers")(x, sep, segment_ids)
+      x, kv = stack(cfg, deterministic, cache is not None, name="layers")(x, sep, segment_ids, layer_cache, lengths)
     else:
+      kvs = []
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, deterministic, name=f"layers_{i}")(x, sep, segment_ids)
+        this_layer = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
+        x, layer_kv = block(cfg, deterministic, cache is not None, name=f"layers_{i}")(
+          x, sep, segment_ids, this_layer, lengths
+        )
+        kvs.append(layer_kv)
+      kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
 
     x = LayerNorm(cfg, name="final_layernorm")(x)
     table = word_embeddings.embedding.astype(cfg.jnp_dtype)
-    return jnp.einsum("ble,ve->blv", x, table, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("ble,ve->blv", x, table, preferred_element_type=jnp.float32)
+    if cache is None:
+      return logits
+    return logits, _write(cache, kv, segment_ids)
+
+
+def _write(cache: KVCache, kv, segment_ids) -> KVCache:
+  """`cache` with the chunk's keys and values (k, v [layers, B, L, H, D]) written at each row's length, and each
+  length advanced by the row's real tokens (segment != 0, which come first)."""
+  k, v = (nn.with_logical_constraint(x.astype(cache.k.dtype), CACHE_AXES) for x in kv)
+  batch, length = segment_ids.shape
+  if length > cache.capacity:
+    raise ValueError(f"a chunk of {length} tokens does not fit a cache of {cache.capacity} entries per row")
+  if cache.fresh:  # every length is 0
+    k_all = jax.lax.dynamic_update_slice(cache.k, k, (0,) * 5)
+    v_all = jax.lax.dynamic_update_slice(cache.v, v, (0,) * 5)
+  else:
+    rows = jnp.arange(batch)[:, None]
+    slots = cache.lengths[:, None] + jnp.arange(length)[None, :]  # [B, L]; past the capacity: dropped
+    k_all = cache.k.at[:, rows, slots].set(k, mode="drop")
+    v_all = cache.v.at[:, rows, slots].set(v, mode="drop")
+  lengths = cache.lengths + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)
+  return KVCache(nn.with_logical_constraint(k_all, CACHE_AXES), nn.with_logical_constraint(v_all, CACHE_AXES), lengths)
 
 
 def forward(model: GLM, params, batch: dict, *, deterministic: bool, dropout_rng=None) -> jax.Array:

@@ -4,9 +4,12 @@
     xla         attention_xla.py         blockwise online softmax + recomputing custom_vjp, O(L) memory
     pallas_gpu  attention_pallas_gpu.py  fused-mask flash kernel (Triton lowering), skips masked key blocks
     pallas_tpu  attention_pallas_tpu.py  fused-mask flash kernel (Mosaic), skips masked key blocks
+    (cache)     attention_cache.py       queries of a new chunk against a key/value cache (decoding, scoring)
 
 `implementation=None` picks the Pallas kernel of the platform on GPU/TPU and `xla` on CPU. A backend
-never ignores part of its input silently: a configuration it cannot honour raises, naming why.
+never ignores part of its input silently: a configuration it cannot honour raises, naming why. Given a cache
+(`k_cache`, `v_cache`, `cache_lengths`), the queries run against it in attention_cache.py on every platform and for
+every `implementation`: one query reading the cache is bound by that read, which plain XLA does at full speed.
 
 Meshes: XLA cannot partition a Pallas kernel (a custom call); left alone it would gather q, k and v onto every
 device and run the whole batch there. So under a multi-device mesh (jax.sharding.use_abstract_mesh, as the
@@ -24,9 +27,10 @@ import functools
 import importlib
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from glm_jax.ops import mask as mask_lib
+from glm_jax.ops import attention_cache, mask as mask_lib
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
 _MODULES = {
@@ -59,6 +63,9 @@ def attention(
   dropout_rate: float = 0.0,
   dropout_rng=None,
   partition_spec: P | None = None,
+  k_cache=None,
+  v_cache=None,
+  cache_lengths=None,
   **backend_options,
 ):
   """GLM attention: A bidirectional, B causal, per-example `sep`, packed segments.
@@ -73,6 +80,10 @@ def attention(
     partition_spec: how q, k, v [B, L, H, D] are split over the context mesh, e.g. P(("data", "fsdp"), None,
       "tensor", None); L and D must be unsplit. Used by the Pallas backends under a multi-device mesh (see the
       module docstring), ignored by the others.
+    k_cache, v_cache, cache_lengths: optional [B, Lc, H, D], [B, Lc, H, D] and int [B]: the keys and values of each
+      row's earlier tokens, valid below cache_lengths. q, k, v are then a chunk of Lq new tokens after them (Lq + Lc
+      keys in all), each seeing every valid cache entry and, within the chunk, the rule of `sep` and `segment_ids`
+      (the chunk's own: sep 0 for Part B tokens).
     **backend_options: passed to the backend (block sizes, interpret mode, ...).
   Returns:
     [B, L, H, D] in q.dtype; padding rows are zero.
@@ -85,12 +96,48 @@ def attention(
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, q.shape[1])
+  if k_cache is not None or v_cache is not None or cache_lengths is not None:
+    return _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate)
   backend = importlib.import_module(_MODULES[implementation])
   call = functools.partial(backend.attention, dropout_rate=dropout_rate, **backend_options)
   mesh = jax.sharding.get_abstract_mesh()
   if implementation in PALLAS_IMPLEMENTATIONS and not mesh.empty and mesh.size > 1 and not mesh.are_all_axes_manual:
     call = _per_shard(call, mesh, partition_spec, implementation)
   return call(q, k, v, sep=sep, segment_ids=segment_ids, dropout_rng=dropout_rng)
+
+
+def _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate):
+  if k_cache is None or v_cache is None or cache_lengths is None:
+    raise ValueError("attention against a cache needs all of k_cache, v_cache and cache_lengths")
+  batch, _, heads, head_dim = q.shape
+  if (
+    k_cache.ndim != 4
+    or k_cache.shape != v_cache.shape
+    or (k_cache.shape[0], *k_cache.shape[2:])
+    != (
+      batch,
+      heads,
+      head_dim,
+    )
+  ):
+    raise ValueError(
+      f"k_cache and v_cache must share one [B, Lc, H, D] shape with B, H, D of q {q.shape}; got {k_cache.shape}, "
+      f"{v_cache.shape}"
+    )
+  if jnp.shape(cache_lengths) != (batch,):
+    raise ValueError(f"cache_lengths has shape {jnp.shape(cache_lengths)}; expected [B] = ({batch},)")
+  if dropout_rate > 0.0:
+    raise ValueError("attention against a cache is for inference: dropout_rate must be 0")
+  return attention_cache.attention(
+    q,
+    k,
+    v,
+    k_cache=k_cache,
+    v_cache=v_cache,
+    cache_lengths=jnp.asarray(cache_lengths, jnp.int32),
+    sep=sep,
+    segment_ids=segment_ids,
+  )
 
 
 def _per_shard(call, mesh, partition_spec: P | None, implementation: str):

@@ -1,19 +1,17 @@
-"""The device mesh, the one logical-axis rules table, and the shardings of state and batches.
+"""The device mesh and the shardings of state and batches.
 
-Parameters carry logical axis names where the model defines them (glm_jax/model/glm.py); `LOGICAL_AXIS_RULES`
-maps each name to mesh axes (MaxText style): FSDP splits `embed` over "fsdp", heads, MLP and vocabulary split
-over "tensor". Optimizer state follows its parameters; batches split their leading axis over ("data", "fsdp").
-Steps are traced with the mesh and the rules table in context (`with_mesh_rules`), so the model's activation
-constraints (`nn.with_logical_constraint(x, ACTIVATION_AXES)`, batch over data x fsdp) reach XLA; the state and
-batch shardings are stated on the jit call (glm_jax/train/step.py).
+Parameters carry logical axis names where the model defines them (glm_jax/model/glm.py); the one rules table,
+`LOGICAL_AXIS_RULES` (glm_jax/model/sharding.py), maps each name to mesh axes (MaxText style): FSDP splits `embed`
+over "fsdp", heads, MLP and vocabulary split over "tensor". Optimizer state follows its parameters; batches split
+their leading axis over ("data", "fsdp"). Steps are traced with the mesh and the rules table in context
+(`with_mesh_rules`), so the model's activation constraints (`nn.with_logical_constraint(x, ACTIVATION_AXES)`, batch
+over data x fsdp) reach XLA; the state and batch shardings are stated on the jit call (glm_jax/train/step.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -21,21 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from glm_jax.model.sharding import BATCH_AXES, LOGICAL_AXIS_RULES, MESH_AXES, with_mesh_rules  # noqa: F401
 from glm_jax.train.state import TrainState
-
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-  ("vocab", "tensor"),
-  ("embed", "fsdp"),
-  ("heads", "tensor"),
-  ("mlp", "tensor"),
-  ("kv", None),
-  ("layers", None),
-  ("activation_batch", BATCH_AXES),
-  ("activation_length", None),
-  ("activation_embed", None),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +52,6 @@ def make_mesh(config: MeshConfig, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = config.shape(len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-
-
-def with_mesh_rules(fn: Callable, mesh: Mesh) -> Callable:
-  """`fn` run with `mesh` (as the abstract mesh) and LOGICAL_AXIS_RULES in context, for jax.jit to trace.
-
-  Inside, flax's logical constraints resolve to mesh axes; outside any mesh they would be no-ops. The abstract
-  mesh is entered inside the traced function because `jax.set_mesh` may not be entered under jit, so the
-  returned function can be jitted, lowered and compiled like any other.
-  """
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-      return fn(*args, **kwargs)
-
-  return wrapped
 
 
 def logical_shardings(boxed_tree, mesh: Mesh):
