@@ -2,7 +2,7 @@
 
   train     --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart [--gin.TrainConfig.num_steps=100]
   eval      --gin_file=gin/pretrain/quickstart.gin --checkpoint=runs/quickstart [--cloze=N]
-  infer     --checkpoint=runs/quickstart --text="The [MASK] is in the module."
+  infer     --checkpoint=runs/quickstart --text="The [MASK] is in the module." [--strategy=beam --num_beams=4]
   score     --checkpoint=runs/quickstart --text="It works with [MASK]." --candidate=paths --candidate="the network"
   convert   --from_pytorch=glm-large/ --output_dir=ckpt/glm-large --vocab_files vocab.txt   (needs [convert])
   compile   --gin_file=gin/pretrain/large.gin --topology=v5e:2x4      (does it fit a TPU slice? no TPU needed)
@@ -26,6 +26,7 @@ from glm_jax.convert import checkpoint as convert  # torch is imported only when
 from glm_jax.data import inspect, tokenizers, vocab
 from glm_jax.eval import evaluate
 from glm_jax.infer import infilling, scoring
+from glm_jax.infer.decode import OPTION_FLAGS, DecodeOptions
 from glm_jax.train import aot, checkpoints, distributed, experiment
 
 
@@ -52,14 +53,21 @@ def _parser() -> argparse.ArgumentParser:
   add("--cloze", type=int, metavar="N", help="also a cloze Task's accuracy on N examples (0: all)")
   add = command("compile", "compile the experiment's train step for a TPU slice: does it fit?", gin)
   add("--topology", required=True, help="generation:chips, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x2")
-  for name, text in (("infer", "fill the blanks of a text greedily"), ("score", "rank candidate fills of a blank")):
-    add = command(name, text)
-    add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
-    add("--text", required=True, help="text with [MASK], [sMASK] or [gMASK] blanks (score: exactly one)")
+  add = command("infer", "fill the blanks of texts: greedy, sampling or beam search, batched")
+  add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
+  add("--text", action="append", help="a text with [MASK], [sMASK] or [gMASK] blanks, or none (continued); repeatable")
+  add("--input", help='a JSON-lines file of {"text": ...} objects (instead of --text)')
+  add("--output", help="write a JSON line per text (text, output, spans, scores) here instead of printing")
+  add("--batch_size", type=int, default=8, help="texts decoded together")
+  for name, default in OPTION_FLAGS.items():  # DecodeOptions' fields
+    add(f"--{name}", type=type(default), default=default, help=f"(default {default}; see glm_jax/infer/decode.py)")
+  add = command("score", "rank candidate fills of a blank")
+  add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
+  add("--text", required=True, help="a text with exactly one [MASK], [sMASK] or [gMASK]")
   add("--candidate", action="append", required=True, help="a candidate fill; repeat the flag")
   add("--eop", action="store_true", help="also score [eop] after each candidate")
-  add("--length_normalized", action="store_true", help="log-likelihood per scored token")
-  commands.choices["infer"].add_argument("--max_span_length", type=int, default=32)
+  add("--length_penalty", type=float, default=0.0, help="divide by (scored tokens) ** this (0: sum, 1: per token)")
+  add("--length_normalized", action="store_true", help="log-likelihood per scored token (--length_penalty=1)")
   add = command("convert", "import a THUDM GLM checkpoint (PyTorch: an HF folder or Megatron/DeepSpeed)")
   add("--from_pytorch", required=True, help="HF folder, Megatron/DeepSpeed folder, or a .bin/.pt file")
   add("--output_dir", required=True, help="an empty directory for the glm-jax checkpoint")
@@ -115,11 +123,14 @@ def run(argv: list[str], command_line: bool = False):
       if not result["fits"]:
         raise SystemExit(1)
     case "infer":
-      result = infilling.infill_text(*checkpoints.load_for_inference(args.checkpoint), args.text, args.max_span_length)
-      print(result)
+      options = DecodeOptions(**{name: getattr(args, name) for name in OPTION_FLAGS})
+      result = infilling.infer(*checkpoints.load_for_inference(args.checkpoint), options, args.text, args.input,
+                               args.output, args.batch_size)  # fmt: skip
+      print(f"{len(result)} texts filled: {args.output}" if args.output else "\n".join(r.output for r in result))
     case "score":
+      penalty = 1.0 if args.length_normalized else args.length_penalty
       result = scoring.score_candidates(*checkpoints.load_for_inference(args.checkpoint), args.text, args.candidate,
-                                        args.eop, args.length_normalized)  # fmt: skip
+                                        args.eop, penalty)  # fmt: skip
       print(scoring.format_scores(args.candidate, result))
     case "convert":
       result = convert.convert_checkpoint(args.from_pytorch, args.output_dir, num_heads=args.num_heads,

@@ -1,5 +1,6 @@
 """The command line: every command as a user runs it (in process through `main.run`, and as a command)."""
 
+import json
 import os
 import re
 import subprocess
@@ -137,7 +138,7 @@ def test_train_refuses_data_whose_vocabulary_exceeds_the_model(tmp_path):
     )
 
 
-def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys):
+def test_score_and_infer_subcommands_run_on_the_checkpoint(tmp_path, capsys):
   import flax.linen as nn
   import jax
   import numpy as np
@@ -173,6 +174,35 @@ def test_score_subcommand_ranks_candidates_with_the_checkpoint(tmp_path, capsys)
   assert [line.split()[1] for line in lines] == ["paths", "the"]
   with pytest.raises(ValueError, match="score takes no gin bindings"):
     main.run(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=x", "--gin.a=1"])
+  per_token = main.run(["score", f"--checkpoint={tmp_path / 'run'}", f"--text={text}", "--candidate=the network",
+                        "--length_normalized"])  # fmt: skip
+  np.testing.assert_allclose(per_token, [want[1] / len(vocab.default_vocabulary().encode("the network"))], rtol=1e-5)
+
+  # infer, on the same checkpoint: flags -> DecodeOptions -> generate; --input / --output as JSON lines.
+  from glm_jax.data.example import SpecialIds
+  from glm_jax.infer import DecodeOptions, generate, infilling
+
+  checkpoint = f"--checkpoint={tmp_path / 'run'}"
+  beam = ["--strategy=beam", "--num_beams=2", "--max_span_length=3", "--length_penalty=0.5"]
+  results = main.run(["infer", checkpoint, "--text=It works [MASK] b", "--text=It works", *beam])
+  vocabulary = vocab.default_vocabulary()
+  ids = SpecialIds.from_vocabulary(vocabulary)
+  prompts = [
+    infilling.prompt(vocabulary.encode(t), ids, config.task_mask)[0] for t in ("It works [MASK] b", "It works")
+  ]
+  options = DecodeOptions(strategy="beam", num_beams=2, max_span_length=3, length_penalty=0.5)
+  assert [r.scores for r in results] == [
+    g.scores for g in generate(GLM(config), params, prompts, ids=ids, options=options)
+  ]
+  (tmp_path / "in.jsonl").write_text('{"text": "It works [MASK] b"}\n{"text": "It works"}\n')
+  out = tmp_path / "out.jsonl"
+  main.run(["infer", checkpoint, f"--input={tmp_path / 'in.jsonl'}", f"--output={out}", *beam])
+  assert out.read_text().splitlines() == [json.dumps(r.as_json()) for r in results]
+  assert capsys.readouterr().out.strip().endswith(f"2 texts filled: {out}")
+  with pytest.raises(ValueError, match="strategy='nucleus'"):
+    main.run(["infer", checkpoint, "--text=a", "--strategy=nucleus"])
+  with pytest.raises(ValueError, match=r"text 1 is \d+ tokens long .* more than the model's max_length=32"):
+    main.run(["infer", checkpoint, "--text=" + "It works " * 19])
 
 
 def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):

@@ -131,8 +131,8 @@ def infer_config(
       )
     num_layers, hidden = int(hf_config["num_layers"]), int(hf_config["hidden_size"])
     num_heads = int(hf_config["num_attention_heads"]) if num_heads is None else num_heads
+  name = match_published(num_layers, hidden, vocab_rows)
   if num_heads is None:
-    name = match_published(num_layers, hidden, vocab_rows)
     if name is None:
       raise ValueError(
         f"cannot tell the number of attention heads of a checkpoint with {num_layers} layers, hidden size "
@@ -150,6 +150,8 @@ def infer_config(
     max_length=max_length,
     mlp_ratio=mlp_dim // hidden,
     vocab_multiple=128 if vocab_rows % 128 == 0 else 1,
+    # How `infer` continues a text without a blank: the published model's training recipe; others as trained here.
+    task_mask=PRESETS[name].task_mask if name else True,
   ).replace(**overrides)
 
 

@@ -21,38 +21,39 @@ def cloze_accuracy(
   template: cloze.ClozeTemplate,
   examples: Iterable[Mapping[str, Any]],
   eop: bool = False,
-  length_normalized: bool = False,
+  length_penalty: float = 0.0,
   examples_per_call: int = 16,
 ) -> dict[str, float]:
   """Accuracy of predicting each example's label as the verbalizer that fills the template's blank most likely.
 
   `examples`: dicts with the template's fields (str) and its label_key (int). Part A is tokenized and truncated
-  as glm_jax.data.cloze's training pipeline does. The candidate rows of `examples_per_call` examples run as one
-  batch at the model's max_length (one compilation; the last batch is padded with copies of its last example).
-  Returns {"accuracy", "num_examples"}."""
+  as glm_jax.data.cloze's training pipeline does. Each call of glm_jax.infer.scoring.score_spans encodes the Part A
+  of `examples_per_call` examples once and scores all their verbalizers over that cache (scores divided by the
+  scored tokens ** length_penalty). Returns {"accuracy", "num_examples"}."""
   ids = SpecialIds.from_vocabulary(vocabulary)
   labels = template.labels()
   candidates = scoring.candidate_tokens(vocabulary, [template.verbalizers[label] for label in labels])
-  score = scoring.make_score_fn(model, params)
   length = model.config.max_length
   correct = total = 0
 
-  def flush(batch: list[dict[str, np.ndarray]], gold: list[int]) -> int:
-    padded = batch + [batch[-1]] * (examples_per_call - len(batch))
-    rows = {name: np.concatenate([r[name] for r in padded]) for name in padded[0]}
-    scores = scoring.normalized(score(rows), rows, length_normalized).reshape(examples_per_call, len(labels))
-    predicted = [labels[i] for i in np.argmax(scores[: len(batch)], axis=-1)]
+  def flush(prompts: list[list[int]], blanks: list[int], gold: list[int]) -> int:
+    scores = scoring.score_spans(
+      model, params, prompts, blanks, [candidates] * len(prompts), ids=ids, eop=eop, length_penalty=length_penalty
+    )
+    predicted = [labels[int(np.argmax(s))] for s in scores]
     return sum(int(p == g) for p, g in zip(predicted, gold))
 
-  batch, gold = [], []
+  prompts, blanks, gold = [], [], []
   for example in examples:
     part_a, mask_position = cloze.part_a(template, example, vocabulary, ids, length, max(map(len, candidates)))
-    batch.append(scoring.candidate_rows(part_a, mask_position, candidates, ids, length, eop=eop))
+    prompts.append(part_a)
+    blanks.append(mask_position)
     gold.append(int(example[template.label_key]))
-    if len(batch) == examples_per_call:
-      correct, total, batch, gold = correct + flush(batch, gold), total + len(batch), [], []
-  if batch:
-    correct, total = correct + flush(batch, gold), total + len(batch)
+    if len(prompts) == examples_per_call:
+      correct, total = correct + flush(prompts, blanks, gold), total + len(prompts)
+      prompts, blanks, gold = [], [], []
+  if prompts:
+    correct, total = correct + flush(prompts, blanks, gold), total + len(prompts)
   if not total:
     raise ValueError("cloze_accuracy got no examples")
   return {"accuracy": correct / total, "num_examples": float(total)}

@@ -1,103 +1,101 @@
-"""Greedy blank infilling, left to right as GLM generates.
+"""Blank infilling of texts: the `infer` command's work, with the text conventions of THUDM's generate_samples.py.
 
-Part A = [CLS] + the text's tokens (masks included). For each mask in order of position: append [sop] at the
-mask's position with block position 1, then decode greedily (each new token keeps the mask's position, block
-positions 2, 3, ...) until [eop] or `max_span_length` tokens. Later spans see the earlier spans in Part B,
-as in training (the rows are glm_jax.data.example's). Every decoding step re-runs the full forward at one fixed
-padded length (one compilation, no cache); Part B is causal, so the padding after the current token does not
-change its logits.
+A text becomes a prompt (a Part A of token ids): [CLS] first; a text with no blank gets the generation mask
+appended ([gMASK] for a model trained with task masks, [MASK] for the others: GLMConfig.task_mask, which the
+checkpoint's config records); [eos] after Part A unless it ends with [gMASK]. glm_jax.infer.generate fills the
+blanks in position order; each span is decoded back into the text in place of its blank.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from etils import epath
+from tqdm import tqdm
 
-from glm_jax.data import example as example_lib
-from glm_jax.data.example import Span, SpecialIds
-from glm_jax.model import GLM, forward, mask_padded_vocab
+from glm_jax.data.example import SpecialIds
+from glm_jax.infer.decode import DecodeOptions, generate
+from glm_jax.model import GLM
 
 
-class DecodeInputs(NamedTuple):
-  """One row of model features [L] and the index of its last real token (whose logits are read)."""
+@dataclasses.dataclass(frozen=True)
+class Infilled:
+  """A text with its blanks filled: `output` (the text, each blank replaced by its span), the spans' texts and
+  scores (glm_jax.infer.Generation.scores)."""
 
-  features: dict[str, np.ndarray]
-  last: int
+  text: str
+  output: str
+  spans: list[str]
+  scores: list[float]
 
-
-def decode_inputs(part_a: Sequence[int], spans: Sequence[Span], ids: SpecialIds, length: int) -> DecodeInputs:
-  """The row of Part A followed by [sop] + tokens for each (mask position, generated tokens) span.
-
-  The last span is the one being decoded; its next token is predicted from the row's last real position.
-  """
-  example = example_lib.from_spans(part_a, spans, ids)
-  size = example["input_ids"].size
-  if size > length:
-    raise ValueError(
-      f"infilling needs {size} tokens but the decode length is {length} "
-      f"(shorten the text, lower max_span_length, or raise the model's max_length)"
-    )
-  return DecodeInputs(example_lib.pad(example, length), size - 1)
+  def as_json(self) -> dict:
+    return dataclasses.asdict(self)
 
 
-def make_next_token_fn(model: GLM, params) -> Callable[[DecodeInputs], int]:
-  """A greedy next-token function: argmax over the real vocabulary at the row's last real position."""
-  vocab_size = model.config.vocab_size
-
-  @jax.jit
-  def logits_at(params, features, last):  # params: an argument, not constants baked into the program
-    logits = forward(model, params, {name: value[None] for name, value in features.items()}, deterministic=True)
-    return mask_padded_vocab(logits[0, last], vocab_size)
-
-  def next_token(inputs: DecodeInputs) -> int:
-    return int(jnp.argmax(logits_at(params, inputs.features, jnp.int32(inputs.last))))
-
-  return next_token
+def prompt(token_ids: Sequence[int], ids: SpecialIds, task_mask: bool) -> tuple[list[int], bool]:
+  """(the prompt of a text's tokens, whether the generation mask was appended) by the reference's conventions."""
+  tokens = [ids.cls, *token_ids]
+  appended = not any(t in ids.masks for t in tokens)
+  if appended:
+    tokens.append(ids.gmask if task_mask else ids.mask)
+  if tokens[-1] != ids.gmask:
+    tokens.append(ids.eos)
+  return tokens, appended
 
 
-def fill_blanks(
-  next_token: Callable[[DecodeInputs], int],
-  token_ids: Sequence[int],
-  ids: SpecialIds,
-  length: int,
-  max_span_length: int = 32,
-) -> tuple[list[int], list[list[int]]]:
-  """Fills every mask in `token_ids` (the text's tokens, no [CLS]).
-
-  Returns (the tokens with each mask replaced by its span, the list of generated spans in mask order).
-  """
-  part_a = [ids.cls, *token_ids]
-  spans: list[tuple[int, list[int]]] = []
-  for mask_position in example_lib.blank_positions(part_a, ids):
-    span: list[int] = []
-    spans.append((mask_position, span))
-    while len(span) < max_span_length:
-      token = next_token(decode_inputs(part_a, spans, ids, length))
-      if token == ids.eop:
-        break
-      span.append(token)
-  filled: list[int] = []
-  generated = dict(spans)
-  for i, token in enumerate(part_a[1:], start=1):
-    filled.extend(generated[i] if i in generated else [token])
-  return filled, [span for _, span in spans]
-
-
-def infill_text(model: GLM, params, vocabulary, text: str, max_span_length: int = 32, length: int | None = None) -> str:
-  """The text with every [MASK] / [sMASK] / [gMASK] filled greedily (see the module docstring)."""
+def infill(
+  model: GLM,
+  params,
+  vocabulary,
+  texts: Sequence[str],
+  options: DecodeOptions,
+  batch_size: int = 8,
+  progress: Callable[[int], None] | None = None,
+) -> list[Infilled]:
+  """Fills the blanks of every text, `batch_size` texts per call of glm_jax.infer.generate (`progress(n)` after each
+  call). Raises ValueError naming the first text longer than the model."""
   ids = SpecialIds.from_vocabulary(vocabulary)
-  token_ids = list(vocabulary.encode(text))
-  num_masks = sum(t in ids.masks for t in token_ids)
-  length = length or min(model.config.max_length, 1 + len(token_ids) + num_masks * (max_span_length + 1))
-  filled, spans = fill_blanks(make_next_token_fn(model, params), token_ids, ids, length, max_span_length)
-  return splice_spans(text, vocabulary, ids, [vocabulary.decode(span).strip() for span in spans]) or vocabulary.decode(
-    filled
-  )
+  prompts = [prompt(vocabulary.encode(text), ids, model.config.task_mask) for text in texts]
+  for i, (tokens, _) in enumerate(prompts):
+    if len(tokens) > model.config.max_length:
+      raise ValueError(
+        f"text {i + 1} is {len(tokens)} tokens long with [CLS], its blanks and [eos], more than the model's "
+        f"max_length={model.config.max_length}: shorten it"
+      )
+  results = []
+  for start in range(0, len(texts), batch_size):
+    chunk = prompts[start : start + batch_size]
+    generations = generate(model, params, [tokens for tokens, _ in chunk], ids=ids, options=options)
+    for text, (tokens, appended), generation in zip(texts[start : start + batch_size], chunk, generations):
+      spans = [vocabulary.decode(span).strip() for span in generation.spans]
+      output = _output(text, appended, spans, vocabulary, ids)
+      if output is None:  # the mask tokens are not in the text one for one: decode the filled tokens instead
+        output = vocabulary.decode(filled_tokens(tokens, generation.spans, ids))
+      results.append(Infilled(text, output, spans, generation.scores))
+    if progress:
+      progress(len(chunk))
+  return results
+
+
+def _output(text: str, appended: bool, spans: list[str], vocabulary, ids: SpecialIds) -> str | None:
+  if appended:  # a continuation
+    return f"{text.rstrip()} {spans[0]}" if spans[0] else text
+  return splice_spans(text, vocabulary, ids, spans)
+
+
+def filled_tokens(prompt_tokens: Sequence[int], spans: Sequence[Sequence[int]], ids: SpecialIds) -> list[int]:
+  """The prompt's tokens without [CLS] and [eos], each blank replaced by its span."""
+  spans = iter(spans)
+  out: list[int] = []
+  for token in prompt_tokens:
+    if token in ids.masks:
+      out.extend(next(spans))
+    elif token not in (ids.cls, ids.eos):
+      out.append(token)
+  return out
 
 
 def splice_spans(text: str, vocabulary, ids: SpecialIds, spans: Sequence[str]) -> str | None:
@@ -115,3 +113,50 @@ def splice_spans(text: str, vocabulary, ids: SpecialIds, spans: Sequence[str]) -
   for span, piece in zip(spans, pieces[1:]):
     out += [span, piece]
   return "".join(out)
+
+
+def infer(
+  model: GLM,
+  params,
+  vocabulary,
+  options: DecodeOptions,
+  texts: Sequence[str] | None = None,
+  input_path: str | None = None,
+  output_path: str | None = None,
+  batch_size: int = 8,
+) -> list[Infilled]:
+  """The `infer` command's work: fills `texts`, or those of the JSON-lines file `input_path` (with a progress bar on
+  a terminal), and writes the results to `output_path` (JSON lines) when given."""
+  if bool(texts) == bool(input_path):
+    raise ValueError("infer takes its texts from --text (repeatable) or from --input FILE.jsonl: give one of the two")
+  texts = list(texts) if texts else read_texts(input_path)
+  with tqdm(total=len(texts), unit="text", disable=None if input_path else True) as bar:
+    results = infill(model, params, vocabulary, texts, options, batch_size, bar.update)
+  if output_path:
+    write_results(output_path, results)
+  return results
+
+
+def read_texts(path: str) -> list[str]:
+  """The texts of a JSON-lines file, one {"text": ...} object a line (blank lines skipped). Raises ValueError naming
+  the first line that is not such an object."""
+  texts = []
+  with epath.Path(path).open() as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{number} is not JSON ({e.msg}); expected one {{"text": ...}} object a line') from e
+      if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f'{path}:{number} has no "text" string; expected one {{"text": ...}} object a line')
+      texts.append(record["text"])
+  return texts
+
+
+def write_results(path: str, results: Sequence[Infilled]) -> None:
+  """One JSON object a line: text, output, spans, scores."""
+  with epath.Path(path).open("w") as f:
+    for result in results:
+      f.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")

@@ -1,19 +1,20 @@
 """Scoring candidate fills of a blank: GLM's cloze classification (verbalizers) and multiple choice.
 
-For a text with one mask token and candidates c_1..c_n (e.g. the verbalizers "great" / "terrible" of
+For a Part A with a blank and candidates c_1..c_n (e.g. the verbalizers "great" / "terrible" of
 "It was really [MASK]."), candidate c is scored by the log-likelihood GLM gives it as the blank's Part B:
 
-    log p(c | text) = sum_t log p(c_t | Part A, [sop], c_1..c_{t-1})     (+ log p([eop] | ..., c) with eop=True)
+    log p(c | A) = sum_t log p(c_t | A, [sop], c_1..c_{t-1})     (+ log p([eop] | A, [sop], c) with eop=True)
 
-the objective the model was pretrained on, read in one forward pass per candidate: the row is the GLM example
-(glm_jax.data.example) of Part A = [CLS] + the text's tokens and the one span c at the mask's position, its
-targets c (then [eop]). All candidates run as one batch at one padded length. The THUDM GLM code scores cloze
-candidates the same way (finetune_glm.py, its `cloze_eval` mode); `length_normalized` divides by the number of
-scored tokens, for candidates of different lengths. glm_jax.eval.cloze scores whole cloze Tasks with it.
+divided by (the number of scored tokens) ** length_penalty (0: the plain sum; 1: per token), as the reference's
+multi-token cloze does (THUDM model/downstream.py, GLMForMultiTokenClozeFast). `score_spans` encodes each Part A once
+into a key/value cache (glm_jax.model.cache, the prefill of glm_jax.infer.decode), repeats it per candidate and
+scores every candidate of every prompt in one batched pass over the cache. `candidate_rows` + `make_score_fn`, one
+full forward per candidate row, are its slow oracle. glm_jax.eval.cloze scores whole cloze Tasks with it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 
 from glm_jax.data import example as example_lib
 from glm_jax.data.example import SpecialIds
+from glm_jax.infer import decode
 from glm_jax.model import GLM, forward, mask_padded_vocab
 
 
@@ -70,11 +72,6 @@ def make_score_fn(model: GLM, params):
   return score
 
 
-def normalized(scores: np.ndarray, rows: dict[str, np.ndarray], length_normalized: bool) -> np.ndarray:
-  """The scores, divided by each row's number of scored tokens when `length_normalized`."""
-  return scores / rows["loss_mask"].sum(axis=-1) if length_normalized else scores
-
-
 def candidate_tokens(vocabulary, candidates: Sequence[str]) -> list[list[int]]:
   """The candidates' token ids; raises ValueError naming the candidates that encode to nothing."""
   tokens = [list(vocabulary.encode(c)) for c in candidates]
@@ -84,6 +81,77 @@ def candidate_tokens(vocabulary, candidates: Sequence[str]) -> list[list[int]]:
   return tokens
 
 
+def score_spans(
+  model: GLM,
+  params,
+  prompts: Sequence[Sequence[int]],
+  blanks: Sequence[int],
+  candidates: Sequence[Sequence[Sequence[int]]],
+  *,
+  ids: SpecialIds,
+  eop: bool = False,
+  length_penalty: float = 0.0,
+) -> list[np.ndarray]:
+  """Scores of candidates[i] (token lists) as the fill of the blank at index blanks[i] of prompts[i] (a Part A, its
+  [CLS] included): per prompt a float array with one score per candidate (see the module docstring)."""
+  if not prompts:
+    return []
+  if any(not c or any(len(t) == 0 for t in c) for c in candidates):
+    raise ValueError("every prompt needs candidates, and every candidate at least one token")
+  cfg = model.config
+  rows = decode.bucket(len(prompts), 1)
+  length = min(decode.bucket(max(map(len, prompts)), 16), cfg.max_length)
+  choices = max(map(len, candidates))
+  chunk = decode.bucket(max(len(t) for c in candidates for t in c) + int(eop), 1)
+  if max(map(len, prompts)) > cfg.max_length or chunk > cfg.max_length:
+    raise ValueError(
+      f"a prompt or a candidate is longer than the model's max_length={cfg.max_length} (shorten the text or the "
+      f"candidates)"
+    )
+  part_a = np.zeros((rows, length), np.int32)
+  part_a_len = np.ones((rows,), np.int32)
+  positions = np.zeros((rows,), np.int32)
+  inputs, targets = np.zeros((2, rows, choices, chunk), np.int32)
+  weights = np.zeros((rows, choices, chunk), np.float32)
+  for r, (p, blank, cands) in enumerate(zip(prompts, blanks, candidates)):
+    part_a[r, : len(p)], part_a_len[r], positions[r] = p, len(p), blank
+    for c, tokens in enumerate(cands):
+      scored = [*tokens, ids.eop] if eop else list(tokens)
+      inputs[r, c, : len(scored)] = [ids.sop, *scored[:-1]]
+      targets[r, c, : len(scored)] = scored
+      weights[r, c, : len(scored)] = 1.0
+  scores = np.asarray(
+    _score_program(
+      model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, capacity=length + chunk
+    )  # fmt: skip
+  )
+  return [scores[r, : len(c)] for r, c in enumerate(candidates)]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capacity"))
+def _score_program(model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, *, capacity):
+  """Scores [B, C] of candidate chunks (inputs, targets, weights [B, C, T]) after each row's Part A [B, A]."""
+  batch, choices, chunk = inputs.shape
+  cache = decode.prefill(model, 1, params, part_a, part_a_len, capacity=capacity)
+  cache = cache.take(jnp.repeat(jnp.arange(batch), choices))
+  flat = lambda x: x.reshape(batch * choices, chunk)  # noqa: E731
+  block = jnp.broadcast_to(jnp.arange(1, chunk + 1, dtype=jnp.int32), inputs.shape)
+  logits, _ = model.apply(
+    {"params": params},
+    flat(inputs),
+    flat(jnp.broadcast_to(positions[:, None, None], inputs.shape)),
+    flat(block),
+    sep=jnp.zeros((batch * choices,), jnp.int32),
+    segment_ids=flat((weights > 0).astype(jnp.int32)),
+    cache=cache,
+  )
+  log_probs = jax.nn.log_softmax(mask_padded_vocab(logits, model.config.vocab_size), axis=-1)
+  picked = jnp.take_along_axis(log_probs, flat(targets)[..., None], axis=-1)[..., 0]
+  total = jnp.sum(picked * flat(weights), axis=-1)
+  scored = jnp.maximum(jnp.sum(flat(weights), axis=-1), 1.0)
+  return (total / scored**length_penalty).reshape(batch, choices)
+
+
 def score_candidates(
   model: GLM,
   params,
@@ -91,19 +159,19 @@ def score_candidates(
   text: str,
   candidates: Sequence[str],
   eop: bool = False,
-  length_normalized: bool = False,
+  length_penalty: float = 0.0,
 ) -> list[float]:
   """Log-likelihood of each candidate string as the fill of the one mask token ([MASK], [sMASK] or [gMASK])
-  in `text`, per token when `length_normalized`. Raises ValueError unless `text` has exactly one mask."""
+  in `text` (Part A = [CLS] + its tokens), divided by its scored tokens ** length_penalty (1: per token). Raises
+  ValueError unless `text` has exactly one mask."""
   ids = SpecialIds.from_vocabulary(vocabulary)
   part_a = [ids.cls, *vocabulary.encode(text)]
   masks = example_lib.blank_positions(part_a, ids)
   if len(masks) != 1:
     raise ValueError(f"scoring needs exactly one [MASK], [sMASK] or [gMASK] in the text; found {len(masks)}")
   tokens = candidate_tokens(vocabulary, candidates)
-  length = min(model.config.max_length, len(part_a) + max(map(len, tokens)) + int(eop))
-  rows = candidate_rows(part_a, masks[0], tokens, ids, length, eop=eop)
-  return [float(s) for s in normalized(make_score_fn(model, params)(rows), rows, length_normalized)]
+  (scores,) = score_spans(model, params, [part_a], masks, [tokens], ids=ids, eop=eop, length_penalty=length_penalty)
+  return [float(s) for s in scores]
 
 
 def format_scores(candidates: Sequence[str], scores: Sequence[float]) -> str:

@@ -35,6 +35,9 @@ class GLMConfig:
   scan_layers: bool = True
   attention_implementation: str | None = None  # None: platform default (glm_jax.ops.attention)
   vocab_multiple: int = 128
+  # Trained with the task masks [sMASK] / [gMASK] (GLM-2B/10B, the Chinese models, every model trained here): a text
+  # with no blank is continued through an appended [gMASK]; without them (GLM-Base/Large/410M/515M/RoBERTa), [MASK].
+  task_mask: bool = True
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -68,29 +71,37 @@ class GLMConfig:
 
 
 # The one table of model shapes: layers, hidden size E, heads H, max_length, vocabulary rows and, for the published
-# THUDM GLM v1 checkpoints, their tokenizer family (glm_jax.data.tokenizers). Sources: the THUDM/GLM README and its
-# config_tasks/model_blocklm_*.sh (`--max-position-embeddings`, or `--max-sequence-length` = max length + 1 in the
-# older scripts). The vocabulary rows are the checkpoint's word-embedding rows: the tokenizer's size padded by the
-# reference (BERT 30522 + GLM's command tokens -> 30592; GPT-2 50257 and RoBERTa 50265 -> 50304; the Chinese
-# cog-pretrain 50000 -> 50048), so `padded_vocab_size == vocab_size`. Position tables have max_length + 1 rows.
-_SHAPES: dict[str, tuple[int, int, int, int, int, str | None]] = {
-  "tiny": (2, 128, 4, 256, 4096, None),  # the default 4,096-piece vocabulary (glm_jax.data.vocab)
-  "glm-base": (12, 768, 12, 512, 30592, "bert"),
-  "glm-large": (24, 1024, 16, 512, 30592, "bert"),
-  "glm-410m": (30, 1024, 16, 512, 30592, "bert"),
-  "glm-515m": (30, 1152, 18, 512, 30592, "bert"),
-  "glm-roberta-large": (24, 1024, 16, 512, 50304, "roberta"),
-  "glm-2b": (36, 2048, 32, 1024, 50304, "gpt2"),
-  "glm-10b": (48, 4096, 64, 1024, 50304, "gpt2"),
-  "glm-large-chinese": (24, 1024, 16, 1024, 50048, "chinese_sp"),
-  "glm-10b-chinese": (48, 4096, 64, 1024, 50048, "chinese_sp"),
+# THUDM GLM v1 checkpoints, their tokenizer family (glm_jax.data.tokenizers) and whether they were trained with task
+# masks (GLMConfig.task_mask). Sources: the THUDM/GLM README and its config_tasks/model_blocklm_*.sh
+# (`--max-position-embeddings`, or `--max-sequence-length` = max length + 1 in the older scripts; `--task-mask`). The
+# vocabulary rows are the checkpoint's word-embedding rows: the tokenizer's size padded by the reference (BERT 30522
+# + GLM's command tokens -> 30592; GPT-2 50257 and RoBERTa 50265 -> 50304; the Chinese cog-pretrain 50000 -> 50048),
+# so `padded_vocab_size == vocab_size`. Position tables have max_length + 1 rows.
+_SHAPES: dict[str, tuple[int, int, int, int, int, str | None, bool]] = {
+  "tiny": (2, 128, 4, 256, 4096, None, True),  # the default 4,096-piece vocabulary (glm_jax.data.vocab)
+  "glm-base": (12, 768, 12, 512, 30592, "bert", False),
+  "glm-large": (24, 1024, 16, 512, 30592, "bert", False),
+  "glm-410m": (30, 1024, 16, 512, 30592, "bert", False),
+  "glm-515m": (30, 1152, 18, 512, 30592, "bert", False),
+  "glm-roberta-large": (24, 1024, 16, 512, 50304, "roberta", False),
+  "glm-2b": (36, 2048, 32, 1024, 50304, "gpt2", True),
+  "glm-10b": (48, 4096, 64, 1024, 50304, "gpt2", True),
+  "glm-large-chinese": (24, 1024, 16, 1024, 50048, "chinese_sp", True),
+  "glm-10b-chinese": (48, 4096, 64, 1024, 50048, "chinese_sp", True),
 }
 PRESETS: dict[str, GLMConfig] = {
-  name: GLMConfig(vocab_size=rows, num_layers=layers, hidden_size=hidden, num_heads=heads, max_length=max_length)
-  for name, (layers, hidden, heads, max_length, rows, _) in _SHAPES.items()
+  name: GLMConfig(
+    vocab_size=rows,
+    num_layers=layers,
+    hidden_size=hidden,
+    num_heads=heads,
+    max_length=max_length,
+    task_mask=task_mask,
+  )
+  for name, (layers, hidden, heads, max_length, rows, _, task_mask) in _SHAPES.items()
 }
 # Published checkpoint -> its tokenizer family.
-PUBLISHED: dict[str, str] = {name: family for name, (*_, family) in _SHAPES.items() if family}
+PUBLISHED: dict[str, str] = {name: family for name, (*_, family, _) in _SHAPES.items() if family}
 # The short names of gin/models/*.gin.
 ALIASES = {
   "base": "glm-base",

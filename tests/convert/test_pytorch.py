@@ -407,3 +407,21 @@ def test_logits_match_the_logits_the_reference_code_produced(tmp_path):
     model = GLM(config.replace(attention_implementation=implementation))
     got = model.apply({"params": params}, inputs["input_ids"], positions[:, 0], positions[:, 1], sep=inputs["sep"])
     np.testing.assert_allclose(np.asarray(got)[..., : want.shape[-1]], want, atol=2e-5, rtol=1e-4)
+
+
+def test_converted_config_records_whether_the_model_has_task_masks():
+  from glm_jax.convert import pytorch
+  from glm_jax.model import PRESETS
+
+  def state_dict(layers, hidden, rows, max_length=512):
+    tensors = {
+      "word_embeddings.weight": np.zeros((rows, hidden), np.float32),
+      "transformer.position_embeddings.weight": np.zeros((max_length + 1, hidden), np.float32),
+    }
+    tensors.update({f"transformer.layers.{i}.input_layernorm.weight": np.zeros(hidden) for i in range(layers)})
+    return tensors
+
+  assert not pytorch.infer_config(state_dict(24, 1024, 30592)).task_mask  # glm-large
+  assert pytorch.infer_config(state_dict(24, 1024, 50048, 1024)).task_mask  # glm-large-chinese
+  assert pytorch.infer_config(state_dict(3, 64, 256), num_heads=4).task_mask  # not published: as trained here
+  assert PRESETS["glm-2b"].task_mask

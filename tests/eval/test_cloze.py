@@ -23,7 +23,7 @@ def test_cloze_accuracy_batches_examples_without_mixing_them_up(default_vocabula
         template,
         [{"sentence": s, "label": label}],
         examples_per_call=1,
-        length_normalized=True,
+        length_penalty=1.0,
       )["accuracy"]
       == 1
     )
@@ -31,15 +31,15 @@ def test_cloze_accuracy_batches_examples_without_mixing_them_up(default_vocabula
   ]
   assert len(set(predicted)) > 1, "a test of batching needs different predictions"
   examples = [{"sentence": s, "label": label} for s, label in zip(sentences, predicted)]
-  for per_call in (4, 16):  # 6 = 4 + a padded 2; one padded batch
+  for per_call in (4, 16):  # 6 = 4 + 2; one batch of 6
     result = cloze_eval.cloze_accuracy(
-      model, params, vocabulary, template, examples, examples_per_call=per_call, length_normalized=True
+      model, params, vocabulary, template, examples, examples_per_call=per_call, length_penalty=1.0
     )
     assert result == {"accuracy": 1.0, "num_examples": 6.0}
   flipped = [dict(ex, label=(ex["label"] + 1) % 3) for ex in examples]
   assert (
-    cloze_eval.cloze_accuracy(
-      model, params, vocabulary, template, flipped, examples_per_call=4, length_normalized=True
-    )["accuracy"]
+    cloze_eval.cloze_accuracy(model, params, vocabulary, template, flipped, examples_per_call=4, length_penalty=1.0)[
+      "accuracy"
+    ]
     == 0
   )

@@ -1,11 +1,12 @@
-"""Cloze scoring: candidate fills of a blank scored by their log-likelihood as Part B."""
+"""Cloze scoring: candidate fills of a blank scored by their log-likelihood as Part B, over the cache (score_spans)
+against one full forward per candidate row and a per-token teacher-forced oracle."""
 
 import jax
 import numpy as np
 import pytest
 
 from glm_jax.data.example import SpecialIds
-from glm_jax.infer import infilling, scoring
+from glm_jax.infer import recompute, scoring
 from glm_jax.model import GLM, GLMConfig
 
 IDS = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=6, gmask=7, sop=4, eop=5)
@@ -30,12 +31,12 @@ def test_candidate_rows_layout():
 
 
 def _teacher_forced_log_likelihood(model, params, part_a, mask_position, candidate, eop):
-  """The oracle: one forward per target token on the infilling decoder's rows (glm_jax.infer.infilling), each
+  """The oracle: one forward per target token on the recompute decoder's rows (glm_jax.infer.recompute), each
   exactly as long as its prefix, summing log p(next token) over the real vocabulary."""
   total = 0.0
   targets = [*candidate, IDS.eop] if eop else list(candidate)
   for t, target in enumerate(targets):
-    row = infilling.decode_inputs(part_a, [(mask_position, candidate[:t])], IDS, length=len(part_a) + t + 1)
+    row = recompute.decode_inputs(part_a, [(mask_position, candidate[:t])], IDS, length=len(part_a) + t + 1)
     logits = model.apply(
       {"params": params},
       row.features["input_ids"][None],
@@ -60,6 +61,27 @@ def test_scores_equal_the_teacher_forced_log_likelihood(eop):
   got = scoring.make_score_fn(model, params)(scoring.candidate_rows(part_a, 3, candidates, IDS, length=12, eop=eop))
   want = [_teacher_forced_log_likelihood(model, params, part_a, 3, c, eop) for c in candidates]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  (cached,) = scoring.score_spans(model, params, [part_a], [3], [candidates], ids=IDS, eop=eop)
+  np.testing.assert_allclose(cached, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eop", [False, True])
+def test_scores_over_the_cache_equal_one_full_forward_per_candidate(eop):
+  """A batch of prompts of different lengths, blanks and candidate counts: each prompt's Part A encoded once."""
+  cfg = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64)
+  model = GLM(cfg)
+  ids = np.zeros((1, 8), np.int32)
+  params = model.init(jax.random.key(6), ids, ids, ids, sep=np.array([8]))["params"]
+  prompts = [[2, 12, 13, 3, 14, 15], [2, 7, 16], [2, 17, 18, 19, 20, 6, 21, 22, 1]]
+  blanks = [3, 1, 5]
+  candidates = [[[20], [21, 22, 23], [24, 25]], [[26, 27]], [[28], [29, 30], [31], [32, 33, 34, 35]]]
+  score = scoring.make_score_fn(model, params)
+  for penalty in (0.0, 1.0, 0.5):
+    got = scoring.score_spans(model, params, prompts, blanks, candidates, ids=IDS, eop=eop, length_penalty=penalty)
+    for prompt, blank, cands, scores in zip(prompts, blanks, candidates, got):
+      rows = scoring.candidate_rows(prompt, blank, cands, IDS, length=16, eop=eop)
+      want = score(rows) / rows["loss_mask"].sum(axis=-1) ** penalty
+      np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
 
 
 def test_score_candidates_reads_one_mask_of_the_text(default_vocabulary_glm):
@@ -67,7 +89,7 @@ def test_score_candidates_reads_one_mask_of_the_text(default_vocabulary_glm):
   text = "The module provides functions for working with [MASK]."
   candidates = ["paths", "files and directories"]
   summed = scoring.score_candidates(model, params, vocabulary, text, candidates)
-  mean = scoring.score_candidates(model, params, vocabulary, text, candidates, length_normalized=True)
+  mean = scoring.score_candidates(model, params, vocabulary, text, candidates, length_penalty=1.0)
   lengths = [len(vocabulary.encode(c)) for c in candidates]
   assert all(s < 0 for s in summed)
   np.testing.assert_allclose(mean, np.asarray(summed) / lengths, rtol=1e-6)

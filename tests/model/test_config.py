@@ -105,3 +105,10 @@ def test_gin_file_selects_the_published_shapes(name):
     assert gin_config.model_preset() == preset(name)
   finally:
     gin.clear_config()
+
+
+def test_task_masks_follow_the_published_recipes():
+  """generate_samples.py's --task-mask: the 2B/10B and Chinese models were trained with [sMASK]/[gMASK]."""
+  with_task_masks = {name for name in PUBLISHED if preset(name).task_mask}
+  assert with_task_masks == {"glm-2b", "glm-10b", "glm-large-chinese", "glm-10b-chinese"}
+  assert preset("tiny").task_mask

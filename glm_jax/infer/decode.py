@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from collections.abc import Sequence
 
 import jax
@@ -89,6 +90,10 @@ class DecodeOptions:
     return (ids.eop, ids.eos) if self.stop_ids is None else self.stop_ids
 
 
+# The options the `infer` command takes as flags, with their defaults (all but stop_ids).
+OPTION_FLAGS = {f.name: f.default for f in dataclasses.fields(DecodeOptions) if f.name != "stop_ids"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Generation:
   """One prompt's fills: `spans`, one token list per blank in position order (no [sop], no end token); `scores`,
@@ -120,10 +125,10 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
 
   mesh = _mesh_of(params)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-  rows = _bucket(len(prompts), 1, multiple)
-  length = min(_bucket(max(map(len, prompts)), _MIN_LENGTH_BUCKET), cfg.max_length)
+  rows = bucket(len(prompts), 1, multiple)
+  length = min(bucket(max(map(len, prompts)), _MIN_LENGTH_BUCKET), cfg.max_length)
   num_blanks = max(map(len, blanks))
-  blank_slots = _bucket(num_blanks, 1)
+  blank_slots = bucket(num_blanks, 1)
   capacity = length + blank_slots * (span + 1)
 
   # Bucket rows beyond the prompts repeat prompt 0 with no blank to fill.
@@ -135,13 +140,20 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
     p, b = (prompts[r], blanks[r]) if r < len(prompts) else (prompts[0], [])
     part_a[r, : len(p)], part_a_len[r] = p, len(p)
     positions[r, : len(b)], counts[r] = b, len(b)
-  row_index = np.arange(rows, dtype=np.int32)
+  # A row's random stream depends on the seed, its prompt and how many equal prompts precede it, not on its place in
+  # the batch: a batch samples what its rows would alone, and repeated prompts sample independently.
+  seen: dict[tuple[int, ...], int] = {}
+  streams = np.zeros((rows, 2), np.uint32)
+  for r, p in enumerate(prompts):
+    occurrence = seen[tuple(p)] = seen.get(tuple(p), -1) + 1
+    streams[r] = zlib.crc32(np.asarray(p, np.int32).tobytes()), occurrence
 
   static = dataclasses.replace(options, seed=0)
   programs = _programs(model, static, options.stops(ids), ids.sop, mesh)
   place = programs.place
   cache = programs.prefill(params, place(part_a), place(part_a_len), capacity=capacity)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(options.seed), i))(row_index)
+  base = jax.random.key(options.seed)
+  keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(base, s[0]), s[1]))(jnp.asarray(streams))
   spans: list[list[list[int]]] = [[] for _ in prompts]
   scores: list[list[float]] = [[] for _ in prompts]
   for j in range(num_blanks):
@@ -157,7 +169,7 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
   return [Generation(s, c) for s, c in zip(spans, scores)]
 
 
-def _bucket(n: int, minimum: int, multiple: int = 1) -> int:
+def bucket(n: int, minimum: int, multiple: int = 1) -> int:
   """The power of two >= max(n, minimum), rounded up to a multiple of `multiple`."""
   size = 1 << (max(n, minimum) - 1).bit_length()
   return -(-size // multiple) * multiple
@@ -184,7 +196,7 @@ def _programs(model: GLM, options: DecodeOptions, stops: tuple[int, ...], sop: i
   """The jitted prefill and blank-filling programs of a model and options (jax.jit keeps one per bucket shape)."""
   wrap = (lambda fn: fn) if mesh is None else (lambda fn: with_mesh_rules(fn, mesh))
   beams = options.num_beams if options.strategy == "beam" else 1
-  prefill = jax.jit(wrap(functools.partial(_prefill, model, beams)), static_argnames="capacity")
+  prefill_program = jax.jit(wrap(functools.partial(prefill, model, beams)), static_argnames="capacity")
   fill = jax.jit(
     wrap(functools.partial(_fill_blank, model, options, stops, sop)), static_argnames="commit", donate_argnums=1
   )
@@ -193,10 +205,10 @@ def _programs(model: GLM, options: DecodeOptions, stops: tuple[int, ...], sop: i
   else:
     rows = NamedSharding(mesh, P(BATCH_AXES))
     place = functools.partial(jax.device_put, device=rows)
-  return _Programs(prefill, fill, place)
+  return _Programs(prefill_program, fill, place)
 
 
-def _prefill(model: GLM, beams: int, params, part_a, part_a_len, *, capacity: int) -> KVCache:
+def prefill(model: GLM, beams: int, params, part_a, part_a_len, *, capacity: int) -> KVCache:
   """The cache of Part A (int [B, A], real tokens first, `part_a_len` [B] of them), each row repeated `beams` times."""
   batch, length = part_a.shape
   index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))

@@ -1,0 +1,120 @@
+"""Decoding benchmark: tokens/s of glm_jax.infer.generate against the full-recompute path and the memory bound.
+
+    PYTHONPATH=. python benchmarks/decode.py                        # CPU, GLM-Base shape, batch 1, 8, 32
+    PYTHONPATH=. python benchmarks/decode.py --platform gpu         # the same on a GPU, cache and compute in bf16
+    PYTHONPATH=. python benchmarks/decode.py --preset tiny --prompt_length 32 --new_tokens 8   (a quick check)
+
+A random model of the preset's shape fills one [gMASK] at the end of a prompt of --prompt_length tokens with
+exactly --new_tokens tokens (greedy; no stop token, so every row decodes the same number). For each batch size it
+reports the decode throughput (new tokens of all rows per second of the steady-state call), the time of the first
+call (compilation included), and the ratio against the baseline in the same process: the full-recompute greedy
+path (glm_jax.infer.recompute: one forward over the whole padded row per new token, batch 1), the path `infer`
+took before the cache. The bound is the time to read, per decoding step, the weights once and every row's cache
+(its mean length over the span) at the memory bandwidth measured here (a large array summed once, best of 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"])
+  parser.add_argument("--preset", default="glm-base")
+  parser.add_argument("--prompt_length", type=int, default=256)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--batch_sizes", default="1,8,32")
+  parser.add_argument("--dtype", default=None, help="compute and cache dtype (default: float32 on CPU, else bf16)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
+  parser.add_argument("--skip_baseline", action="store_true")
+  return parser.parse_args(argv)
+
+
+def memory_bandwidth(jax, jnp) -> float:
+  """Bytes per second of one read of a 512 MiB float32 array (a reduction), best of 5."""
+  x = jnp.ones((128 * 1024 * 1024,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()
+  best = min(_timed(lambda: total(x).block_until_ready()) for _ in range(5))
+  return x.nbytes / best
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import os
+
+  os.environ.setdefault("JAX_PLATFORMS", args.platform if args.platform != "gpu" else "cuda")
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from glm_jax.data.example import SpecialIds
+  from glm_jax.infer import recompute
+  from glm_jax.infer.decode import DecodeOptions, generate
+  from glm_jax.model import GLM, preset
+  from glm_jax.model.config import num_params
+
+  dtype = args.dtype or ("float32" if args.platform == "cpu" else "bfloat16")
+  config = preset(args.preset, dtype=dtype, param_dtype=dtype)
+  model = GLM(config)
+  ids = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
+  dummy = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(lambda key: model.init(key, dummy, dummy, dummy, sep=jnp.array([4]))["params"])(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  bandwidth = memory_bandwidth(jax, jnp)
+  cache_bytes_per_token = 2 * config.num_layers * config.hidden_size * jnp.dtype(dtype).itemsize
+  mean_cache = args.prompt_length + 1 + args.new_tokens / 2
+  options = DecodeOptions(max_span_length=args.new_tokens, stop_ids=())
+
+  def prompt():
+    body = rng.integers(10, config.vocab_size, args.prompt_length - 2).tolist()
+    return [ids.cls, *body, ids.gmask]
+
+  print(f"# {args.preset}: {num_params(config) / 1e6:.0f}M params ({weight_bytes / 1e9:.2f} GB {dtype}), "
+        f"prompt {args.prompt_length}, {args.new_tokens} new tokens per row, greedy")  # fmt: skip
+  print(f"# {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, {platform.machine()}, "
+        f"measured memory bandwidth {bandwidth / 1e9:.1f} GB/s, jax {jax.__version__}")  # fmt: skip
+  baseline = None
+  if not args.skip_baseline:
+    next_token = recompute.make_next_token_fn(model, params)
+    row = prompt()
+    length = len(row) + args.new_tokens + 1
+
+    def recompute_once():
+      recompute.fill_blanks(next_token, row[1:], ids, length, args.new_tokens, stop_ids=())
+
+    first = _timed(recompute_once)
+    steady = statistics.median(_timed(recompute_once) for _ in range(max(1, args.repeats - 1)))
+    baseline = args.new_tokens / steady
+    print(f"full recompute (baseline), batch 1: {baseline:8.2f} tokens/s   first call {first:6.1f} s")
+  print("| batch | tokens/s | vs full recompute | vs batch 1 | bound tokens/s | of bound | first call s |")
+  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  batch_one = None
+  for batch in (int(b) for b in args.batch_sizes.split(",")):
+    prompts = [prompt() for _ in range(batch)]
+    first = _timed(lambda: generate(model, params, prompts, ids=ids, options=options))
+    steady = statistics.median(
+      _timed(lambda: generate(model, params, prompts, ids=ids, options=options)) for _ in range(args.repeats)
+    )
+    rate = batch * args.new_tokens / steady
+    batch_one = batch_one or rate
+    step_bytes = weight_bytes + batch * mean_cache * cache_bytes_per_token
+    bound = batch * bandwidth / step_bytes
+    versus = f"{rate / baseline:.1f}x" if baseline else "-"
+    print(f"| {batch} | {rate:.1f} | {versus} | {rate / batch_one:.1f}x | {bound:.1f} | {rate / bound:.0%} | "
+          f"{first:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+  main()
