@@ -33,8 +33,9 @@ class KVCache:
   def allocate(cls, config: GLMConfig, batch: int, capacity: int, dtype=None) -> "KVCache":
     """An empty cache of `capacity` entries per row, in the model's compute dtype unless `dtype` is given."""
     shape = (config.num_layers, batch, capacity, config.num_heads, config.head_dim)
-    zeros = jnp.zeros(shape, dtype or config.jnp_dtype)
-    return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32), fresh=True)
+    dtype = dtype or config.jnp_dtype
+    # Two buffers, never one shared: a caller may donate the cache, and k and v are updated separately.
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32), fresh=True)
 
   @property
   def capacity(self) -> int:
