@@ -260,6 +260,15 @@ def banned_tokens(span, length, vocab: int, options: DecodeOptions, stops: tuple
   return banned
 
 
+def _without_banned(log_probs, span, length, options: DecodeOptions, stops: tuple[int, ...]):
+  """log_probs [R, V] with the banned tokens at -inf; without a ban in the options, log_probs as they are (no
+  [R, V] mask built on every step)."""
+  if not (options.min_span_length > 0 and stops) and not options.no_repeat_ngram_size:
+    return log_probs
+  banned = banned_tokens(span, length, log_probs.shape[-1], options, stops)
+  return jnp.where(banned, -jnp.inf, log_probs)
+
+
 def sample_logits(log_probs, keys, temperature: float, top_k: int, top_p: float):
   """One token per row drawn from softmax(log_probs / temperature) truncated to its top_k tokens (0: all), then to
   the smallest prefix of them whose probability reaches top_p (1: all); log_probs [R, V], keys [R] -> int32 [R]."""
@@ -315,14 +324,13 @@ def _commit(model: GLM, sop, params, cache: KVCache, positions, tokens, lengths,
 def _single(model: GLM, options, stops, sop, params, cache, positions, active, keys, blank):
   """Greedy or sampled decoding of one blank per row (one row per prompt)."""
   batch, span = positions.shape[0], options.max_span_length
-  vocab = model.config.padded_vocab_size
   stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
   keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, blank)
 
   def body(state):
     t, cache, token, tokens, length, score, done = state
     log_probs, cache = _step(model, params, cache, token, positions, jnp.full((batch,), t + 1), ~done)
-    allowed = jnp.where(banned_tokens(tokens, length, vocab, options, stops), -jnp.inf, log_probs)
+    allowed = _without_banned(log_probs, tokens, length, options, stops)
     if options.strategy == "greedy":
       chosen = jnp.argmax(allowed, axis=-1).astype(jnp.int32)
     else:
@@ -378,7 +386,7 @@ def _beam_search(model: GLM, options, stops, sop, params, cache, positions, acti
     token = jnp.where(t == 0, sop, beam_tokens[:, :, jnp.maximum(t - 1, 0)].reshape(rows))
     log_probs, cache = _step(model, params, cache, token, row_positions, jnp.full((rows,), t + 1), live)
     flat_tokens = beam_tokens.reshape(rows, span)
-    log_probs = jnp.where(banned_tokens(flat_tokens, jnp.full((rows,), t), vocab, options, stops), -jnp.inf, log_probs)
+    log_probs = _without_banned(log_probs, flat_tokens, jnp.full((rows,), t), options, stops)
     candidates = (beam_scores[:, :, None] + log_probs.reshape(batch, beams, vocab)).reshape(batch, beams * vocab)
     top, index = jax.lax.top_k(candidates, 2 * beams)  # sorted, best first
     token_of, beam_of = index % vocab, index // vocab

@@ -49,13 +49,17 @@ def _teacher_forced_log_likelihood(model, params, part_a, mask_position, candida
   return total
 
 
+def _random_glm(seed):
+  """A random 2-layer GLM over 40 ids (64 rows), and its params."""
+  model = GLM(GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64))
+  ids = np.zeros((1, 8), np.int32)
+  return model, model.init(jax.random.key(seed), ids, ids, ids, sep=np.array([8]))["params"]
+
+
 @pytest.mark.slow  # the oracle compiles once per prefix length
 @pytest.mark.parametrize("eop", [False, True])
 def test_scores_equal_the_teacher_forced_log_likelihood(eop):
-  cfg = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64)
-  model = GLM(cfg)
-  ids = np.zeros((1, 8), np.int32)
-  params = model.init(jax.random.key(5), ids, ids, ids, sep=np.array([8]))["params"]
+  model, params = _random_glm(5)
   part_a = [2, 12, 13, 3, 14, 15]
   candidates = [[20], [21, 22, 23], [24, 25]]  # different lengths: padded rows of one batch
   got = scoring.make_score_fn(model, params)(scoring.candidate_rows(part_a, 3, candidates, IDS, length=12, eop=eop))
@@ -68,10 +72,7 @@ def test_scores_equal_the_teacher_forced_log_likelihood(eop):
 @pytest.mark.parametrize("eop", [False, True])
 def test_scores_over_the_cache_equal_one_full_forward_per_candidate(eop):
   """A batch of prompts of different lengths, blanks and candidate counts: each prompt's Part A encoded once."""
-  cfg = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64)
-  model = GLM(cfg)
-  ids = np.zeros((1, 8), np.int32)
-  params = model.init(jax.random.key(6), ids, ids, ids, sep=np.array([8]))["params"]
+  model, params = _random_glm(6)
   prompts = [[2, 12, 13, 3, 14, 15], [2, 7, 16], [2, 17, 18, 19, 20, 6, 21, 22, 1]]
   blanks = [3, 1, 5]
   candidates = [[[20], [21, 22, 23], [24, 25]], [[26, 27]], [[28], [29, 30], [31], [32, 33, 34, 35]]]
