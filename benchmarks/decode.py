@@ -6,16 +6,21 @@
 
 A random model of the preset's shape fills one [gMASK] at the end of a prompt of --prompt_length tokens with
 exactly --new_tokens tokens (greedy; no stop token, so every row decodes the same number). For each batch size it
-reports the decode throughput (new tokens of all rows per second of the steady-state call), the time of the first
-call (compilation included), and the ratio against the baseline in the same process: the full-recompute greedy
-path (glm_jax.infer.recompute: one forward over the whole padded row per new token, batch 1), the path `infer`
-took before the cache. The bound is the time to read, per decoding step, the weights once and every row's cache
-(its mean length over the span) at the memory bandwidth measured here (a large array summed once, best of 5).
+reports, from steady-state calls (after a first call that compiles, whose time is reported too):
+- decode tokens/s: the rate of the decoding steps alone, B * (N - 1) / (time of an N-token call - time of a
+  1-token call), so the prefill of Part A, the same in both, cancels;
+- prefill s: the time of the 1-token call (Part A through the model once, one step);
+- end to end tokens/s: B * N / time of the N-token call;
+and the ratios of decode tokens/s against batch 1 and against the baseline in the same process: the full-recompute
+greedy path (glm_jax.infer.recompute: one forward over the whole padded row per new token, batch 1), the path
+`infer` took before the cache. The bound is the time to read, per decoding step, the weights once and every row's
+cache (its mean length over the span) at the memory bandwidth measured here (a large array summed once, best of 5).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
@@ -98,22 +103,25 @@ def main(argv=None):
     steady = statistics.median(_timed(recompute_once) for _ in range(max(1, args.repeats - 1)))
     baseline = args.new_tokens / steady
     print(f"full recompute (baseline), batch 1: {baseline:8.2f} tokens/s   first call {first:6.1f} s")
-  print("| batch | tokens/s | vs full recompute | vs batch 1 | bound tokens/s | of bound | first call s |")
-  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  print("| batch | decode tokens/s | vs full recompute | vs batch 1 | bound tokens/s | of bound | prefill s "
+        "| end to end tokens/s | first call s |")  # fmt: skip
+  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  one_token = dataclasses.replace(options, max_span_length=1)
   batch_one = None
   for batch in (int(b) for b in args.batch_sizes.split(",")):
     prompts = [prompt() for _ in range(batch)]
-    first = _timed(lambda: generate(model, params, prompts, ids=ids, options=options))
-    steady = statistics.median(
-      _timed(lambda: generate(model, params, prompts, ids=ids, options=options)) for _ in range(args.repeats)
-    )
-    rate = batch * args.new_tokens / steady
+    call = lambda o: generate(model, params, prompts, ids=ids, options=o)  # noqa: E731
+    first = _timed(lambda: call(options))
+    call(one_token)  # compiles the 1-token program
+    whole = statistics.median(_timed(lambda: call(options)) for _ in range(args.repeats))
+    prefill = statistics.median(_timed(lambda: call(one_token)) for _ in range(args.repeats))
+    rate = batch * (args.new_tokens - 1) / max(whole - prefill, 1e-9)
     batch_one = batch_one or rate
     step_bytes = weight_bytes + batch * mean_cache * cache_bytes_per_token
     bound = batch * bandwidth / step_bytes
     versus = f"{rate / baseline:.1f}x" if baseline else "-"
     print(f"| {batch} | {rate:.1f} | {versus} | {rate / batch_one:.1f}x | {bound:.1f} | {rate / bound:.0%} | "
-          f"{first:.1f} |")  # fmt: skip
+          f"{prefill:.2f} | {batch * args.new_tokens / whole:.1f} | {first:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ import functools
 import zlib
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from glm_jax.data.example import SpecialIds
-from glm_jax.model import GLM, mask_padded_vocab
+from glm_jax.model import GLM, mask_padded_vocab, unstack_layers
 from glm_jax.model.cache import KVCache
 from glm_jax.model.sharding import BATCH_AXES, with_mesh_rules
 
@@ -149,6 +150,7 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
     streams[r] = zlib.crc32(np.asarray(p, np.int32).tobytes()), occurrence
 
   static = dataclasses.replace(options, seed=0)
+  model, params = decoding_layout(model, params)
   programs = _programs(model, static, options.stops(ids), ids.sop, mesh)
   place = programs.place
   cache = programs.prefill(params, place(part_a), place(part_a_len), capacity=capacity)
@@ -173,6 +175,25 @@ def bucket(n: int, minimum: int, multiple: int = 1) -> int:
   """The power of two >= max(n, minimum), rounded up to a multiple of `multiple`."""
   size = 1 << (max(n, minimum) - 1).bit_length()
   return -(-size // multiple) * multiple
+
+
+def decoding_layout(model: GLM, params):
+  """(model, params) as the decode loop runs them: on XLA:CPU a scanned model's layers are unrolled (its params
+  unstacked once per call, a copy of the weights), because there each step of a scanned loop copies every layer's
+  weights and cache out of the stack before its matmuls (about half of a GLM-Base step); GPU and TPU keep the scan,
+  and its slices, as they are."""
+  leaf = jax.tree.leaves(params)[0]
+  platform = next(iter(leaf.devices())).platform if isinstance(leaf, jax.Array) else jax.default_backend()
+  if platform != "cpu" or not model.config.scan_layers:
+    return model, params
+  unrolled = GLM(dataclasses.replace(model.config, scan_layers=False))
+  return unrolled, _unstack(params, model.config.num_layers)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(params, num_layers: int):
+  # Boxed params (nn.LogicallyPartitioned) name the stacked axes; the slices keep their arrays' shardings instead.
+  return unstack_layers(nn.unbox(params), num_layers)
 
 
 def _mesh_of(params) -> Mesh | None:
@@ -214,6 +235,7 @@ def prefill(model: GLM, beams: int, params, part_a, part_a_len, *, capacity: int
   index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
   segment_ids = (index < part_a_len[:, None]).astype(jnp.int32)
   cache = KVCache.allocate(model.config, batch, capacity)
+  cache = cache if model.config.scan_layers else cache.layered()  # unrolled layers: one buffer each, no slicing
   _, cache = model.apply(
     {"params": params}, part_a, index, jnp.zeros_like(index), sep=part_a_len, segment_ids=segment_ids, cache=cache
   )

@@ -10,6 +10,7 @@ in glm_jax/train/partitioning.py maps them to mesh axes. Model code never names 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax import ops
-from glm_jax.model.cache import CACHE_AXES, KVCache
+from glm_jax.model.cache import CACHE_AXES, KVCache, write_chunk
 from glm_jax.model.config import GLMConfig
 from glm_jax.ops import mask as mask_lib
 
@@ -91,13 +92,15 @@ class Attention(nn.Module):
 
   config: GLMConfig
   deterministic: bool = True
+  in_place: bool = False
 
   @nn.compact
   def __call__(self, x, sep, segment_ids, layer_cache=None, cache_lengths=None):
     """x [B, L, E] -> ([B, L, E] in the compute dtype, this chunk's (k, v) [B, L, H, D] each).
 
-    With `layer_cache` ((k, v) [B, C, H, D] of this layer's cache) and `cache_lengths` [B], the chunk's queries also
-    attend every valid cache entry (glm_jax.ops.attention_cache)."""
+    With `layer_cache` ((k, v) [B, H, C, D] of this layer's cache) and `cache_lengths` [B], the chunk's queries also
+    attend every valid cache entry (glm_jax.ops.attention_cache). `in_place`: the chunk is first written into
+    `layer_cache` and attended there; returns the updated buffers instead of the chunk's (k, v)."""
     cfg = self.config
     e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     dtypes = dict(dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
@@ -112,6 +115,13 @@ class Attention(nn.Module):
       name="query_key_value",
     )(x)  # [B, L, 3, H, D]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    cache = {}
+    if layer_cache is not None:
+      if self.in_place:
+        write = functools.partial(write_chunk, lengths=cache_lengths, fresh=False, axes=CACHE_AXES[1:])
+        layer_cache = (write(layer_cache[0], k), write(layer_cache[1], v))
+      k_cache, v_cache = layer_cache
+      cache = dict(k_cache=k_cache, v_cache=v_cache, cache_lengths=cache_lengths, chunk_in_cache=self.in_place)
     dropout_rate = 0.0 if self.deterministic else cfg.attention_dropout
     out = ops.attention(
       q,
@@ -123,9 +133,7 @@ class Attention(nn.Module):
       dropout_rate=dropout_rate,
       dropout_rng=self.make_rng("dropout") if dropout_rate > 0 else None,
       partition_spec=nn.logical_to_mesh_axes(("activation_batch", "activation_length", "heads", "kv")),
-      **(
-        {} if layer_cache is None else dict(k_cache=layer_cache[0], v_cache=layer_cache[1], cache_lengths=cache_lengths)
-      ),
+      **cache,
     )
     out = EinsumProjection(
       "blhd,hde->ble",
@@ -137,7 +145,7 @@ class Attention(nn.Module):
       **dtypes,
       name="dense",
     )(out)
-    return out, (k, v)
+    return out, (layer_cache if self.in_place else (k, v))
 
 
 class MLP(nn.Module):
@@ -173,12 +181,13 @@ class Block(nn.Module):
   config: GLMConfig
   deterministic: bool = True
   return_kv: bool = False
+  in_place: bool = False
 
   @nn.compact
   def __call__(self, x, sep, segment_ids, layer_cache=None, cache_lengths=None):
     cfg = self.config
     dropout = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
-    attn, kv = Attention(cfg, self.deterministic, name="attention")(
+    attn, kv = Attention(cfg, self.deterministic, self.in_place, name="attention")(
       LayerNorm(cfg, name="input_layernorm")(x), sep, segment_ids, layer_cache, cache_lengths
     )
     x = x + dropout(attn)
@@ -246,6 +255,8 @@ class GLM(nn.Module):
 
     # A fresh cache is filled by the ordinary attention (the flash kernels); a filled one is attended.
     layer_cache = None if cache is None or cache.fresh else (cache.k, cache.v)
+    if cache is not None and cache.is_layered and cfg.scan_layers:
+      raise ValueError("a layered cache (one buffer per layer) is for a model with scan_layers=False")
     lengths = None if layer_cache is None else cache.lengths
     block = Block
     if cfg.remat_policy != "none":
@@ -261,14 +272,19 @@ class GLM(nn.Module):
       )
       x, kv = stack(cfg, deterministic, cache is not None, name="layers")(x, sep, segment_ids, layer_cache, lengths)
     else:
+      # A filled layered cache is written and attended layer by layer, each buffer updated in place.
+      in_place = layer_cache is not None and cache.is_layered
       kvs = []
       for i in range(cfg.num_layers):
         this_layer = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
-        x, layer_kv = block(cfg, deterministic, cache is not None, name=f"layers_{i}")(
+        x, layer_kv = block(cfg, deterministic, cache is not None, in_place, name=f"layers_{i}")(
           x, sep, segment_ids, this_layer, lengths
         )
         kvs.append(layer_kv)
-      kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
+      if in_place:
+        kv = (tuple(k for k, _ in kvs), tuple(v for _, v in kvs))
+      else:
+        kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
 
     x = LayerNorm(cfg, name="final_layernorm")(x)
     table = word_embeddings.embedding.astype(cfg.jnp_dtype)
@@ -279,22 +295,21 @@ class GLM(nn.Module):
 
 
 def _write(cache: KVCache, kv, segment_ids) -> KVCache:
-  """`cache` with the chunk's keys and values (k, v [layers, B, L, H, D]) written at each row's length, and each
-  length advanced by the row's real tokens (segment != 0, which come first)."""
-  k, v = (nn.with_logical_constraint(x.astype(cache.k.dtype), CACHE_AXES) for x in kv)
-  batch, length = segment_ids.shape
+  """`cache` with the chunk's keys and values (k, v [layers, B, L, H, D], as the layers return them; for a filled
+  layered cache, the layers' buffers with the chunk already written) at each row's length, and each length advanced
+  by the row's real tokens (segment != 0, which come first)."""
+  length = segment_ids.shape[1]
   if length > cache.capacity:
     raise ValueError(f"a chunk of {length} tokens does not fit a cache of {cache.capacity} entries per row")
-  if cache.fresh:  # every length is 0
-    k_all = jax.lax.dynamic_update_slice(cache.k, k, (0,) * 5)
-    v_all = jax.lax.dynamic_update_slice(cache.v, v, (0,) * 5)
-  else:
-    rows = jnp.arange(batch)[:, None]
-    slots = cache.lengths[:, None] + jnp.arange(length)[None, :]  # [B, L]; past the capacity: dropped
-    k_all = cache.k.at[:, rows, slots].set(k, mode="drop")
-    v_all = cache.v.at[:, rows, slots].set(v, mode="drop")
   lengths = cache.lengths + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)
-  return KVCache(nn.with_logical_constraint(k_all, CACHE_AXES), nn.with_logical_constraint(v_all, CACHE_AXES), lengths)
+  if cache.is_layered and not cache.fresh:
+    return KVCache(tuple(kv[0]), tuple(kv[1]), lengths)
+  write = functools.partial(write_chunk, lengths=cache.lengths, fresh=cache.fresh)
+  if cache.is_layered:
+    put = lambda old, new: tuple(write(o, new[i], axes=CACHE_AXES[1:]) for i, o in enumerate(old))  # noqa: E731
+  else:
+    put = lambda old, new: write(old, new, axes=CACHE_AXES)  # noqa: E731
+  return KVCache(put(cache.k, kv[0]), put(cache.v, kv[1]), lengths)
 
 
 def forward(model: GLM, params, batch: dict, *, deterministic: bool, dropout_rng=None) -> jax.Array:

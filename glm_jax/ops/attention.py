@@ -66,6 +66,7 @@ def attention(
   k_cache=None,
   v_cache=None,
   cache_lengths=None,
+  chunk_in_cache: bool = False,
   **backend_options,
 ):
   """GLM attention: A bidirectional, B causal, per-example `sep`, packed segments.
@@ -80,10 +81,12 @@ def attention(
     partition_spec: how q, k, v [B, L, H, D] are split over the context mesh, e.g. P(("data", "fsdp"), None,
       "tensor", None); L and D must be unsplit. Used by the Pallas backends under a multi-device mesh (see the
       module docstring), ignored by the others.
-    k_cache, v_cache, cache_lengths: optional [B, Lc, H, D], [B, Lc, H, D] and int [B]: the keys and values of each
+    k_cache, v_cache, cache_lengths: optional [B, H, Lc, D], [B, H, Lc, D] and int [B]: the keys and values of each
       row's earlier tokens, valid below cache_lengths. q, k, v are then a chunk of Lq new tokens after them (Lq + Lc
       keys in all), each seeing every valid cache entry and, within the chunk, the rule of `sep` and `segment_ids`
       (the chunk's own: sep 0 for Part B tokens).
+    chunk_in_cache: the chunk's k, v were already written into the cache at entries cache_lengths ..
+      cache_lengths + Lq - 1 (k and v are then not read again): a decode loop's in-place update.
     **backend_options: passed to the backend (block sizes, interpret mode, ...).
   Returns:
     [B, L, H, D] in q.dtype; padding rows are zero.
@@ -97,7 +100,9 @@ def attention(
     raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
   sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, q.shape[1])
   if k_cache is not None or v_cache is not None or cache_lengths is not None:
-    return _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate)
+    return _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate, chunk_in_cache)
+  if chunk_in_cache:
+    raise ValueError("chunk_in_cache needs k_cache, v_cache and cache_lengths")
   backend = importlib.import_module(_MODULES[implementation])
   call = functools.partial(backend.attention, dropout_rate=dropout_rate, **backend_options)
   mesh = jax.sharding.get_abstract_mesh()
@@ -106,38 +111,24 @@ def attention(
   return call(q, k, v, sep=sep, segment_ids=segment_ids, dropout_rng=dropout_rng)
 
 
-def _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate):
+def _against_cache(q, k, v, k_cache, v_cache, cache_lengths, sep, segment_ids, dropout_rate, chunk_in_cache):
   if k_cache is None or v_cache is None or cache_lengths is None:
     raise ValueError("attention against a cache needs all of k_cache, v_cache and cache_lengths")
   batch, _, heads, head_dim = q.shape
-  if (
-    k_cache.ndim != 4
-    or k_cache.shape != v_cache.shape
-    or (k_cache.shape[0], *k_cache.shape[2:])
-    != (
-      batch,
-      heads,
-      head_dim,
-    )
-  ):
+  layout = (batch, heads, head_dim)  # of [B, H, Lc, D]
+  if k_cache.ndim != 4 or k_cache.shape != v_cache.shape or (*k_cache.shape[:2], k_cache.shape[3]) != layout:
     raise ValueError(
-      f"k_cache and v_cache must share one [B, Lc, H, D] shape with B, H, D of q {q.shape}; got {k_cache.shape}, "
+      f"k_cache and v_cache must share one [B, H, Lc, D] shape with B, H, D of q {q.shape}; got {k_cache.shape}, "
       f"{v_cache.shape}"
     )
   if jnp.shape(cache_lengths) != (batch,):
     raise ValueError(f"cache_lengths has shape {jnp.shape(cache_lengths)}; expected [B] = ({batch},)")
   if dropout_rate > 0.0:
     raise ValueError("attention against a cache is for inference: dropout_rate must be 0")
-  return attention_cache.attention(
-    q,
-    k,
-    v,
-    k_cache=k_cache,
-    v_cache=v_cache,
-    cache_lengths=jnp.asarray(cache_lengths, jnp.int32),
-    sep=sep,
-    segment_ids=segment_ids,
-  )
+  cache = dict(k_cache=k_cache, v_cache=v_cache, cache_lengths=jnp.asarray(cache_lengths, jnp.int32))
+  if chunk_in_cache:
+    return attention_cache.attention_in_cache(q, sep=sep, segment_ids=segment_ids, **cache)
+  return attention_cache.attention(q, k, v, sep=sep, segment_ids=segment_ids, **cache)
 
 
 def _per_shard(call, mesh, partition_spec: P | None, implementation: str):

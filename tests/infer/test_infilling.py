@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from glm_jax.data.example import SpecialIds
@@ -46,7 +47,11 @@ def test_infill_fills_blanks_and_continues_texts_without_one(default_vocabulary_
   assert len(first.spans) == 2 and first.output.startswith("The ") and first.output.endswith(" paths.")
   assert "[MASK]" not in first.output
   assert len(second.spans) == 1 and second.output == f"A text to continue {second.spans[0]}"
-  assert infilling.infill(model, params, vocabulary, texts, options, batch_size=2) == results
+  # Batched: the same texts; the scores agree to float rounding (a batch of 2 sums in another order).
+  batched = infilling.infill(model, params, vocabulary, texts, options, batch_size=2)
+  assert [(r.text, r.output, r.spans) for r in batched] == [(r.text, r.output, r.spans) for r in results]
+  for got, want in zip(batched, results):
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
   with pytest.raises(ValueError, match="text 2 is .* tokens long .* more than the model's max_length=128"):
     infilling.infill(model, params, vocabulary, ["a [MASK]", "word " * 200], options)
 

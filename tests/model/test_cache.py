@@ -1,5 +1,7 @@
 """The model call with a KVCache: a prefilled Part A then Part B fed token by token (or as chunks) gives the full
-forward's logits at every position, in both layer layouts; the cache's bookkeeping (lengths, stale entries)."""
+forward's logits at every position, in every layout (scanned layers with a stacked cache; unrolled layers with a
+stacked cache, or a layered one, which each layer writes and then attends in place); the cache's bookkeeping
+(lengths, stale entries)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,14 @@ def _model(scan_layers=True):
   return model, model.init(jax.random.key(0), ids, ids, ids, sep=jnp.array([4]))["params"]
 
 
+LAYOUTS = ["scanned", "unrolled", "unrolled-layered"]
+
+
+def _allocate(model, layout, batch, capacity):
+  cache = KVCache.allocate(model.config, batch, capacity)
+  return cache.layered() if layout.endswith("layered") else cache
+
+
 def _rows():
   """Two GLM examples (Part A with blanks of every kind, Part B spans) of different lengths."""
   first = example_lib.from_spans([2, 10, 3, 11, 12, 5, 1], [(2, [20, 21]), (5, [22, 23, 24])], IDS)
@@ -30,9 +40,9 @@ def _rows():
   return first, second
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_cached_logits_equal_the_full_forward_at_every_step(scan_layers):
-  model, params = _model(scan_layers)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cached_logits_equal_the_full_forward_at_every_step(layout):
+  model, params = _model(layout == "scanned")
   apply = jax.jit(lambda p, *a, **k: model.apply({"params": p}, *a, **k))
   first, second = _rows()
   rows = [first, second]
@@ -52,7 +62,7 @@ def test_cached_logits_equal_the_full_forward_at_every_step(scan_layers):
   a_width = max(part_a)
   a_batch = {k: v[:, :a_width] for k, v in batch.items()}
   a_batch["segment_ids"] = (np.arange(a_width)[None] < np.array(part_a)[:, None]).astype(np.int32)
-  cache = KVCache.allocate(model.config, 2, 32)
+  cache = _allocate(model, layout, 2, 32)
   logits, cache = apply(
     params, a_batch["input_ids"], a_batch["position_ids"], a_batch["block_position_ids"], sep=np.array(part_a),
     segment_ids=a_batch["segment_ids"], cache=cache,
@@ -77,13 +87,14 @@ def test_cached_logits_equal_the_full_forward_at_every_step(scan_layers):
   np.testing.assert_array_equal(cache.lengths, [r["input_ids"].size for r in rows])
 
 
-def test_a_chunk_of_part_b_equals_the_token_by_token_steps():
-  model, params = _model()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_chunk_of_part_b_equals_the_full_forward(layout):
+  model, params = _model(layout == "scanned")
   first, _ = _rows()
   a = int(first["sep"][0])
   f = {k: v[None] for k, v in first.items()}
   full = model.apply({"params": params}, f["input_ids"], f["position_ids"], f["block_position_ids"], sep=f["sep"])
-  cache = KVCache.allocate(model.config, 1, 32)
+  cache = _allocate(model, layout, 1, 32)
   _, cache = model.apply(
     {"params": params}, f["input_ids"][:, :a], f["position_ids"][:, :a], f["block_position_ids"][:, :a],
     sep=np.array([a]), cache=cache,
@@ -95,12 +106,13 @@ def test_a_chunk_of_part_b_equals_the_token_by_token_steps():
   np.testing.assert_allclose(logits[0], full[0, a:], atol=1e-5, rtol=0)
 
 
-def test_lowered_lengths_forget_the_entries_above():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lowered_lengths_forget_the_entries_above(layout):
   """A discarded beam's tokens above a row's length are stale: feeding after them equals never having fed them."""
-  model, params = _model()
+  model, params = _model(layout == "scanned")
   ids = np.array([[2, 10, 3, 11]])
   position, zeros = np.arange(4)[None], np.zeros((1, 4), np.int32)
-  fresh = KVCache.allocate(model.config, 1, 16)
+  fresh = _allocate(model, layout, 1, 16)
   _, prefilled = model.apply({"params": params}, ids, position, zeros, sep=np.array([4]), cache=fresh)
   step = lambda cache, token, block: model.apply(  # noqa: E731
     {"params": params}, np.array([[token]]), np.array([[2]]), np.array([[block]]), sep=np.array([0]), cache=cache
@@ -117,3 +129,16 @@ def test_a_chunk_larger_than_the_cache_is_refused():
   ids = np.ones((1, 8), np.int32)
   with pytest.raises(ValueError, match="does not fit a cache of 4 entries"):
     model.apply({"params": params}, ids, ids, ids, sep=np.array([8]), cache=KVCache.allocate(model.config, 1, 4))
+
+
+def test_a_layered_cache_round_trips_and_needs_unrolled_layers():
+  model, params = _model()
+  cache = KVCache.allocate(model.config, 2, 8)
+  cache = KVCache(cache.k + jnp.arange(8.0), cache.v - 1.0, jnp.array([3, 5], jnp.int32))
+  layered = cache.layered()
+  assert layered.is_layered and len(layered.k) == 2 and layered.capacity == cache.capacity == 8
+  np.testing.assert_array_equal(layered.stacked().k, cache.k)
+  np.testing.assert_array_equal(layered.take(jnp.array([1, 1, 0])).stacked().k, cache.take(jnp.array([1, 1, 0])).k)
+  ids = np.ones((1, 1), np.int32)
+  with pytest.raises(ValueError, match="layered cache .* scan_layers=False"):
+    model.apply({"params": params}, ids, ids, ids, sep=np.array([0]), cache=layered.take(jnp.array([0])))
