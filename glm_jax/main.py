@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
   add = command("train", "train (or resume) a model", gin, hosts)
   add("--model_dir", required=True, help="checkpoints, metrics, TensorBoard events, loss curve")
+  add("--allow_config_change", action="store_true", help="resume although the model or data bindings changed")
+  add("--break_lock", action="store_true", help="take over the model_dir's lease from a run that is dead")
   add = command("eval", "a checkpoint's loss and accuracy on the experiment's eval split", gin, hosts)
   add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
   add("--cloze", type=int, metavar="N", help="also a cloze Task's accuracy on N examples (0: all)")
@@ -112,7 +114,8 @@ def run(argv: list[str], command_line: bool = False):
     gin_config.parse_gin(args.gin_file, args.gin_bindings + bindings, args.gin_search_paths)
   match args.command:  # each command's work (in the library), what it prints, and its result
     case "train":
-      result = experiment.train(args.model_dir, gin_config.experiment(), operative_config=gin_config.operative_config)
+      result = experiment.train(args.model_dir, gin_config.experiment(), operative_config=gin_config.operative_config,
+                                allow_config_change=args.allow_config_change, break_lock=args.break_lock)  # fmt: skip
       print(experiment.format_summary(result, args.model_dir))
     case "eval":
       result = evaluate.evaluate(args.checkpoint, gin_config.experiment(), args.cloze)

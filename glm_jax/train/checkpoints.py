@@ -149,7 +149,13 @@ def absolute(directory: str) -> str:
 def make_manager(directory: str, save_every: int = 1000, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
   """An asynchronous CheckpointManager saving every `save_every` steps and keeping the newest `max_to_keep`."""
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, save_interval_steps=save_every, create=True, enable_async_checkpointing=True
+    max_to_keep=max_to_keep,
+    save_interval_steps=save_every,
+    create=True,
+    enable_async_checkpointing=True,
+    # A save killed mid-write leaves a full-size DIR/<step>.orbax-checkpoint-tmp-*; remove them at start, or
+    # repeated preemptions fill the disk.
+    cleanup_tmp_directories=True,
   )
   # Every item's handler is named, so a restore of some items does not warn about the others.
   return ocp.CheckpointManager(
@@ -180,7 +186,38 @@ def save(
   items = {"state": ocp.args.StandardSave(state), "model_config": ocp.args.JsonSave(dataclasses.asdict(model_config))}
   if data_iterator is not None:
     items[DATA_ITEM] = DataIteratorSave(data_iterator)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  try:  # orbax raises an earlier background save's failure here
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  except Exception as e:  # noqa: BLE001
+    raise _failed_save(manager, e) from e
+
+
+def _failed_save(manager: ocp.CheckpointManager, error: Exception) -> OSError:
+  """The one-line error of a failed save. The steps are listed again from the directory: orbax before 0.12.10 can
+  drop earlier steps from its own list after a failed async save."""
+  manager.reload()
+  steps = manager.all_steps()
+  newest = f"step {max(steps)}" if steps else "none"
+  return OSError(
+    f"saving a checkpoint under {manager.directory} failed ({_reason(error)}); the newest complete checkpoint is "
+    f"{newest}: free space on (or fix) that filesystem and rerun the command to resume from it"
+  )
+
+
+def raise_failed_save(manager: ocp.CheckpointManager) -> None:
+  """Raises (one line, naming the newest complete step) if a background save has failed; never waits."""
+  try:
+    manager.check_for_errors()
+  except Exception as e:  # noqa: BLE001
+    raise _failed_save(manager, e) from e
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Waits for the saves in flight; a failure is raised as `raise_failed_save` does."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _failed_save(manager, e) from e
 
 
 def _reason(e: Exception) -> str:
@@ -196,6 +233,26 @@ def _all_processes_ok(ok: bool) -> bool:
   return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def _out_of_memory(e: Exception) -> bool:
+  """Whether a restore failed for want of memory (host or device): a fault of this process, not of the checkpoint."""
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)
+
+
+def agreed_steps(steps) -> list[int]:
+  """The steps every process walks, newest first: the union of the processes' listings (which can differ: NFS
+  caching, per-host local directories). A step missing on some process fails to read there and is skipped by all
+  (_read_everywhere), so every host restores the same step instead of its own newest."""
+  local = sorted({int(s) for s in steps}, reverse=True)
+  if jax.process_count() == 1:
+    return local
+  counts = multihost_utils.process_allgather(np.int32(len(local)))
+  width = max(int(np.max(counts)), 1)
+  padded = np.full((width,), -1, np.int64)
+  padded[: len(local)] = local
+  every = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1)
+  return sorted({int(s) for s in every if s >= 0}, reverse=True)
+
+
 def _read_everywhere(read):
   """Runs `read()` on this process and agrees on the outcome with the others: (its result, None) when it
   succeeded on every process, else (None, the reason). Every process must call this the same number of times.
@@ -205,10 +262,18 @@ def _read_everywhere(read):
   (whose restore reads this process's own shards and synchronizes nothing) rather than CheckpointManager.restore,
   which ends with a barrier.
   """
+  fatal = None
   try:
     result, error = read(), None
   except Exception as e:  # noqa: BLE001  (any failure to read a step makes that step unusable)
     result, error = None, _reason(e)
+    fatal = e if _out_of_memory(e) else None
+  # Out of memory is this run's fault, not the checkpoint's: it stops every process and moves nothing aside.
+  if not _all_processes_ok(fatal is None):
+    raise MemoryError(
+      f"restoring a checkpoint ran out of memory ({error or 'on another process'}); the checkpoint is left as it "
+      f"is: free memory (a smaller batch, more devices) and rerun"
+    ) from fatal
   if _all_processes_ok(error is None):
     return result, None
   return None, error or "it failed on another process"
@@ -248,7 +313,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
   manager.wait_until_finished()
   manager.reload()
   failures: list[tuple[int, str]] = []
-  for step in sorted(manager.all_steps(), reverse=True):
+  for step in agreed_steps(manager.all_steps()):
     has_data = (manager.directory / str(step) / DATA_ITEM).exists()
 
     def read(step=step, has_data=has_data):
@@ -374,7 +439,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None):
   # Shardings from the target, never from the checkpoint's own (its devices may be another host's).
   restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
   with _reader(directory) as manager:
-    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    steps = agreed_steps(manager.all_steps()) if step is None else [step]
     if not steps:
       raise FileNotFoundError(_no_checkpoint(directory))
     failures = []

@@ -82,6 +82,24 @@ class TrainConfig:
   # whose model_dir holds no checkpoint yet: fine-tuning. Only the params are read (placed with this run's
   # shardings); the optimizer state is fresh and the step is 0. Ignored once model_dir has a checkpoint (resume).
   init_checkpoint: str | None = None
+  # The steps the learning-rate schedule spans (its decay ends there unless OptimizerConfig.decay_steps says
+  # otherwise); None: num_steps. A resumed run keeps the value it started with (glm_jax/train/experiment.py), so
+  # raising num_steps at resume trains on at the schedule's floor instead of silently rescaling it.
+  schedule_steps: int | None = None
+
+  def __post_init__(self):
+    if self.max_to_keep is not None and self.max_to_keep < 1:
+      raise ValueError(
+        f"TrainConfig.max_to_keep={self.max_to_keep} would delete every checkpoint right after it is written (a "
+        f"preemption's save included); keep at least 1, or None to keep them all"
+      )
+    for name in ("num_steps", "batch_size", "length", "log_every", "eval_every", "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be at least 1")
+
+  @property
+  def total_schedule_steps(self) -> int:
+    return self.schedule_steps or self.num_steps
 
 
 def init_from_checkpoint(
@@ -102,7 +120,12 @@ def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) ->
       break
     out = jax.device_get(eval_step(params, partitioning.global_batch(batch, mesh)))
     sums = {k: sums[k] + float(out[k]) for k in sums}
-  tokens = max(sums["num_tokens"], 1.0)
+  if sums["num_tokens"] == 0:
+    raise ValueError(
+      "the eval split gave no target token (it is empty, or holds fewer rows than one batch): check the Task's "
+      "eval split (`python -m glm_jax.main inspect --split ...`), or set DataConfig.eval_split = None"
+    )
+  tokens = sums["num_tokens"]
   return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens}
 
 
@@ -151,8 +174,8 @@ def train_program(
       f"(make it a multiple of {batch_devices})"
     )
   model = GLM(model_config)
-  tx = optimizer.make_optimizer(optimizer_config, tc.num_steps)
-  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.num_steps)
+  tx = optimizer.make_optimizer(optimizer_config, tc.total_schedule_steps)
+  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.total_schedule_steps)
   shardings = partitioning.state_shardings(partitioning.abstract_boxed_params(model, tc.length), tx, mesh)
   train_step = step_lib.jit_train_step(
     step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
@@ -192,16 +215,18 @@ def train(
   program = train_program(model_config, tc, optimizer_config, mesh)
   model, tx, shardings, train_step = program.model, program.tx, program.shardings, program.train_step
   root_rng = jax.random.key(tc.seed)
-  state, _ = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length, shardings)
   manager = checkpoints.make_manager(model_dir, tc.checkpoint_every, tc.max_to_keep)
-  restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state, shardings), data_iterator)
-  if restored is not None:
-    state = restored
+  # Restored straight into the state's shapes and shardings: a resume holds one state, never a fresh one beside it.
+  abstract, _ = partitioning.abstract_state(model, tx, mesh, tc.length, shardings)
+  state = checkpoints.restore_latest(manager, abstract, data_iterator)
+  if state is not None:
     log.info("restored step %d from %s", int(state.step), model_dir)
     if tc.init_checkpoint:
       log.info("init_checkpoint %s is not read: the run resumes from its own checkpoint", tc.init_checkpoint)
-  elif tc.init_checkpoint:
-    state = init_from_checkpoint(tc.init_checkpoint, state, shardings, tx)
+  else:
+    state, _ = partitioning.init_state(model, tx, mesh, jax.random.fold_in(root_rng, 0), tc.length, shardings)
+    if tc.init_checkpoint:
+      state = init_from_checkpoint(tc.init_checkpoint, state, shardings, tx)
   if jax.process_index() == 0:
     (epath.Path(model_dir) / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2))
 
@@ -242,7 +267,14 @@ def train(
   window_start, window_steps = time.perf_counter(), 0
   try:
     for step in range(start, tc.num_steps):
-      state, metrics = train_step(state, partitioning.global_batch(next(train_batches), mesh), dropout_rng)
+      try:
+        batch = next(train_batches)
+      except StopIteration:
+        raise ValueError(
+          f"the training input ran out at step {step} (an empty train split, or fewer rows than one batch of "
+          f"{tc.batch_size}): check the Task's train split (`python -m glm_jax.main inspect --split ...`)"
+        ) from None
+      state, metrics = train_step(state, partitioning.global_batch(batch, mesh), dropout_rng)
       step_done = step + 1
       finite.update(step_done, metrics)
       window_steps += 1
@@ -267,6 +299,7 @@ def train(
         if is_chief:
           metrics_lib.append_jsonl(metrics_path, record)
         finite.check(manager, step_done)
+        checkpoints.raise_failed_save(manager)  # a background save that failed, without waiting for the next
         postfix = {"loss": f"{metrics['loss']:.3f}", "lr": f"{metrics['learning_rate']:.2e}"}
         if "tokens_per_second" in record:
           postfix["tok/s"] = f"{tokens_per_second:,.0f}"
@@ -291,7 +324,7 @@ def train(
         checkpoints.save(manager, state, model_config, data_iterator=data_iterator, step=step_done, force=True)
       summary["steps"] = step_done
       if preempted:
-        manager.wait_until_finished()
+        checkpoints.wait_for_saves(manager)
         log.warning(
           "preempted at step %d: checkpoint saved in %s; rerun the same command to resume", step_done, model_dir
         )
@@ -300,8 +333,10 @@ def train(
   finally:
     preemption.close()
     bar.close()
-    manager.wait_until_finished()
-    manager.close()
+    try:
+      checkpoints.wait_for_saves(manager)
+    finally:
+      manager.close()
     writer.flush()
     writer.close()
   if is_chief:

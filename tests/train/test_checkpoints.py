@@ -229,9 +229,10 @@ def test_seqio_stream_is_deterministic_and_a_restored_position_continues_it_exac
 
 
 # Two real processes (jax.distributed on localhost, one CPU device each) restoring the same directory, where
-# process 1 cannot read the newest step (a host's failed read of a torn or half-copied step). Run as a script,
-# this file is one of those processes.
-FLAKY_STEP = 2
+# process 1 cannot read the newest steps (a host's failed read of a torn or half-copied step) and its listing of the
+# directory lacks the newest one (NFS caching, a per-host copy). Run as a script, this file is one of those processes.
+FLAKY_STEP = 2  # process 1 reads no step from this one on
+UNLISTED_STEP = 3  # and does not list this one
 
 
 def _restore_in_process(directory: str, coordinator: str, process_id: int, out: str) -> None:
@@ -244,11 +245,13 @@ def _restore_in_process(directory: str, coordinator: str, process_id: int, out: 
     original = ocp.PyTreeCheckpointHandler.restore
 
     def flaky_restore(self, directory, *args, **kwargs):
-      if directory.parent.name == str(FLAKY_STEP):
-        raise OSError(f"simulated: process 1 cannot read step {FLAKY_STEP}")
+      if directory.parent.name.isdigit() and int(directory.parent.name) >= FLAKY_STEP:
+        raise OSError(f"simulated: process 1 cannot read step {directory.parent.name}")
       return original(self, directory, *args, **kwargs)
 
+    listed = ocp.CheckpointManager.all_steps
     ocp.PyTreeCheckpointHandler.restore = flaky_restore
+    ocp.CheckpointManager.all_steps = lambda self, *a, **k: [s for s in listed(self, *a, **k) if s != UNLISTED_STEP]
   replicated = jax.sharding.NamedSharding(jax.make_mesh((2,), ("data",)), jax.sharding.PartitionSpec())
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), _small_state(0))
   params = checkpoints.restore_params(directory, target.params)
@@ -270,7 +273,7 @@ def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_pa
 
   directory = tmp_path / "ckpt"
   manager = checkpoints.make_manager(str(directory), save_every=1)
-  for s in (1, FLAKY_STEP):
+  for s in (1, FLAKY_STEP, UNLISTED_STEP):
     checkpoints.save(manager, _small_state(s), CONFIG, step=s, force=True)
   manager.wait_until_finished()
   manager.close()
@@ -305,9 +308,12 @@ def test_processes_agree_on_an_older_step_when_one_cannot_read_the_newest(tmp_pa
   for i in range(2):
     result = json.loads((tmp_path / f"{i}.json").read_text())
     assert result == {"params_w": want, "latest_step": 1, "latest_w": want}, (i, result)
-  assert "skipping newer unreadable steps: step 2: it failed on another process" in logs[0]
+  # Both walked the union of their listings, 3, 2, 1 (each walking its own would pair process 0's step 3 with
+  # process 1's step 2 and end on different steps).
+  assert "skipping newer unreadable steps: step 3: it failed on another process; step 2: it failed" in logs[0]
   assert "simulated: process 1 cannot read step 2" in logs[1]
-  assert not (directory / "2").exists() and (directory / f"2{checkpoints.UNRESTORABLE_SUFFIX}").exists()
+  for s in (FLAKY_STEP, UNLISTED_STEP):
+    assert not (directory / str(s)).exists() and (directory / f"{s}{checkpoints.UNRESTORABLE_SUFFIX}").exists()
 
 
 if __name__ == "__main__":
@@ -357,3 +363,62 @@ def test_a_gs_model_dir_keeps_its_tokenizer_in_the_bucket(fake_bucket):
   assert (fake_bucket / "run" / "tokenizer" / vocab.MANIFEST).exists() and not os.path.exists("gs:")
   loaded = checkpoints.load_vocabulary("gs://bucket/run")
   assert vocab.fingerprint(loaded) == vocab.fingerprint(vocab.default_vocabulary())
+
+
+def test_out_of_memory_at_restore_stops_and_moves_no_checkpoint_aside(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  for s in (1, 2):
+    checkpoints.save(manager, _small_state(s), CONFIG, step=s, force=True)
+  manager.wait_until_finished()
+  original = ocp.StandardCheckpointHandler.restore
+
+  def exhausted(self, directory, *args, **kwargs):
+    if directory.parent.name == "2":
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8589934592 bytes.")
+    return original(self, directory, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", exhausted)
+  with pytest.raises(MemoryError, match="ran out of memory .* the checkpoint is left as it is"):
+    checkpoints.restore_latest(manager, _target(_small_state(0)))
+  assert (tmp_path / "2").exists() and not list(tmp_path.glob(f"*{checkpoints.UNRESTORABLE_SUFFIX}*"))
+  manager.close()
+
+
+def test_a_failed_background_save_is_one_line_naming_the_newest_complete_step(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  checkpoints.save(manager, _small_state(1), CONFIG, step=1, force=True)
+  checkpoints.wait_for_saves(manager)
+
+  class NoSpace:
+    def result(self, timeout=None):
+      raise OSError(28, "No space left on device")
+
+  original = ocp.StandardCheckpointHandler.async_save
+
+  async def out_of_space(self, *args, **kwargs):  # the arrays' writes in the background fail
+    return [*((await original(self, *args, **kwargs)) or []), NoSpace()]
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", out_of_space)
+  checkpoints.save(manager, _small_state(2), CONFIG, step=2, force=True)
+  with pytest.raises(OSError, match=r"No space left on device\); the newest complete checkpoint is step 1: free"):
+    checkpoints.wait_for_saves(manager)
+  assert manager.all_steps() == [1]
+  manager.close()
+
+
+def test_killed_saves_leave_no_temporary_directories_behind(tmp_path):
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)
+  checkpoints.save(manager, _small_state(1), CONFIG, step=1, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  torn = tmp_path / "2.orbax-checkpoint-tmp"  # what a save killed mid-write leaves (orbax 0.12's name)
+  (torn / "state").mkdir(parents=True)
+  (torn / "state" / "big").write_bytes(b"\0" * 4096)
+  manager = checkpoints.make_manager(str(tmp_path), save_every=1)  # the next run's start
+  checkpoints.restore_latest(manager, _target(_small_state(0)))  # waits for the manager's background work
+  assert not torn.exists() and manager.all_steps() == [1]
+  manager.close()

@@ -173,3 +173,20 @@ def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoin
   assert "is not read: the run resumes from its own checkpoint" in caplog.text
   for got, want in zip(jax.tree.leaves(summary["state"].params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_config_that_would_keep_no_checkpoint_is_refused():
+  with pytest.raises(ValueError, match="max_to_keep=0 would delete every checkpoint .* keep at least 1, or None"):
+    loop.TrainConfig(max_to_keep=0)
+  with pytest.raises(ValueError, match="TrainConfig.checkpoint_every=0 must be at least 1"):
+    loop.TrainConfig(checkpoint_every=0)
+  assert loop.TrainConfig(max_to_keep=None).max_to_keep is None
+
+
+def test_empty_train_and_eval_inputs_fail_naming_the_split(tmp_path):
+  tc = loop.TrainConfig(num_steps=2, batch_size=8, length=LENGTH)
+  oc = optimizer.OptimizerConfig(warmup_steps=1)
+  with pytest.raises(ValueError, match="the training input ran out at step 0 .* train split"):
+    loop.train(CONFIG, tc, oc, partitioning.MeshConfig(data=-1), iter([]), str(tmp_path), progress=False)
+  with pytest.raises(ValueError, match="the eval split gave no target token"):  # not a loss of 0.0
+    loop._eval(None, None, iter([]), 10, None)
