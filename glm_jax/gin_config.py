@@ -66,9 +66,18 @@ def split_gin_args(argv: list[str]) -> tuple[list[str], list[str]]:
   return bindings, rest
 
 
-def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str = REPO_ROOT) -> None:
+# The packages a gin file may import: a gin `import` runs that module's code, and gin files come from checkpoints
+# (convert's model.gin) and other people. Anything else needs --gin_allow_import.
+TRUSTED_IMPORTS = ("glm_jax", "tasks")
+
+
+def parse_gin(
+  gin_files: list[str], bindings: list[str], search_paths: str = REPO_ROOT, allow_imports: tuple[str, ...] = ()
+) -> None:
   """Parses the files then the bindings into an emptied, then locked, gin config (so one process can run several
-  commands: a notebook, a test). A file that does not exist is named with the search paths tried."""
+  commands: a notebook, a test). A file that does not exist is named with the search paths tried. A gin `import`
+  (in a file, an included file or a binding) of a module outside TRUSTED_IMPORTS and `allow_imports` (top-level
+  package names) is refused naming it, before that module is imported."""
   gin.clear_config()
   roots = [path for path in search_paths.split(",") if path]
   for path in roots:
@@ -76,7 +85,24 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: str = REP
   for file in gin_files:
     if not any(os.path.exists(os.path.join(root, file)) for root in ["", *roots]):
       raise FileNotFoundError(f"--gin_file={file}: no such file (relative paths are tried under {', '.join(roots)})")
-  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
+  allowed = {*TRUSTED_IMPORTS, *allow_imports}
+  process_import = gin.config.ParseContext.process_import
+
+  def guarded(context, statement):
+    package = statement.module.split(".")[0]
+    if package not in allowed and not statement.module.startswith("__gin__."):
+      where = statement.location
+      raise ValueError(
+        f"{where.filename}:{where.line_num}: gin `import {statement.module}` would run that module's code; gin "
+        f"files may import only {', '.join(TRUSTED_IMPORTS)} unless you pass --gin_allow_import={package}"
+      )
+    return process_import(context, statement)
+
+  gin.config.ParseContext.process_import = guarded
+  try:
+    gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
+  finally:
+    gin.config.ParseContext.process_import = process_import
 
 
 def operative_config() -> str:

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
   gin.add_argument("--gin_file", action="append", default=[], help="gin file(s), parsed in order")
   gin.add_argument("--gin_bindings", action="append", default=[], help="extra bindings NAME=VALUE")
   gin.add_argument("--gin_search_paths", default=gin_config.REPO_ROOT, help="comma-separated roots of includes")
+  gin.add_argument("--gin_allow_import", action="append", default=[], metavar="PACKAGE",
+                   help="a package gin files may import besides glm_jax and tasks (its code runs)")  # fmt: skip
   for flag, kind, text in distributed.COMMAND_LINE_FLAGS:  # multi-host; none of them on a TPU VM pod or SLURM
     env = f"GLM_JAX_{flag.upper()}"
     hosts.add_argument(f"--{flag}", type=kind, default=os.environ.get(env), help=f"{text} (env {env})")
@@ -111,7 +113,8 @@ def run(argv: list[str], command_line: bool = False):
       raise SystemExit("compile needs the deviceless compilers (glm_jax/deviceless.py): run it as a command")
     deviceless.reexec_in_environment(["-m", "glm_jax.main", *argv])
   if takes_gin:
-    gin_config.parse_gin(args.gin_file, args.gin_bindings + bindings, args.gin_search_paths)
+    gin_config.parse_gin(args.gin_file, args.gin_bindings + bindings, args.gin_search_paths,
+                         tuple(args.gin_allow_import))  # fmt: skip
   match args.command:  # each command's work (in the library), what it prints, and its result
     case "train":
       result = experiment.train(args.model_dir, gin_config.experiment(), operative_config=gin_config.operative_config,

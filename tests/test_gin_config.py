@@ -20,3 +20,16 @@ def test_gin_flags_become_bindings():
 def test_a_missing_gin_file_is_named_with_where_it_was_looked_for():
   with pytest.raises(FileNotFoundError, match="--gin_file=gin/pretrain/nope.gin: no such file .* under "):
     gin_config.parse_gin(["gin/pretrain/nope.gin"], [])
+
+
+def test_a_gin_import_outside_glm_jax_and_tasks_is_refused_before_it_runs(tmp_path, monkeypatch):
+  marker = tmp_path / "ran"
+  (tmp_path / "planted_gin_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gin_file = tmp_path / "model.gin"  # e.g. a checkpoint's model.gin, edited by someone else
+  gin_file.write_text("import tasks\nimport planted_gin_module\n")
+  with pytest.raises(ValueError, match=r"model.gin:2: gin `import planted_gin_module` would run .* --gin_allow_import"):
+    gin_config.parse_gin([str(gin_file)], [])
+  assert not marker.exists()
+  gin_config.parse_gin([str(gin_file)], [], allow_imports=("planted_gin_module",))
+  assert marker.exists()

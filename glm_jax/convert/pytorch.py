@@ -21,9 +21,11 @@ torch is imported lazily, only by the functions that read or write .bin/.pt file
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import pathlib
+import pickle
 import re
 from collections.abc import Mapping
 
@@ -321,18 +323,45 @@ def import_torch():
   return torch
 
 
-def _torch_load(file: pathlib.Path, allow_pickle: bool):
-  torch = import_torch()
+# What Megatron/DeepSpeed checkpoints carry besides tensors (their saved `args`): safe to rebuild, no code runs.
+_SAFE_GLOBALS = (argparse.Namespace,)
 
+
+def _torch_load(file: pathlib.Path, allow_pickle: bool):
+  """torch.load with weights_only=True (tensors, containers and _SAFE_GLOBALS; nothing runs) unless allow_pickle.
+  Raises FileNotFoundError for a missing file, ValueError (one line) for a file that is not a readable torch
+  checkpoint (truncated, corrupt) or that holds other Python objects (then naming --allow_pickle)."""
+  torch = import_torch()
+  if not file.is_file():
+    raise FileNotFoundError(f"{file} does not exist (a shard or rank file of the checkpoint is missing)")
+  if allow_pickle:
+    return torch.load(file, map_location="cpu", weights_only=False)
   try:
-    return torch.load(file, map_location="cpu", weights_only=not allow_pickle)
-  except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on the content
-    if allow_pickle:
-      raise
-    raise ValueError(
-      f"{file} holds Python objects besides tensors (e.g. saved args) and was not loaded with "
-      f"weights_only=True; if you trust the file, pass allow_pickle=True (--allow_pickle): {err}"
-    ) from err
+    with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+      return torch.load(file, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as err:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found:
+      raise ValueError(
+        f"{file} holds a Python object of type {found.group(1)} besides tensors, which loading it would run as "
+        f"code; if you trust the file, pass --allow_pickle (allow_pickle=True)"
+      ) from None
+    raise ValueError(f"{file} is not a readable PyTorch checkpoint ({_first_line(err)}): copy it again") from None
+  except (RuntimeError, EOFError, OSError) as err:  # a truncated zip archive, a torn legacy file
+    raise ValueError(f"{file} is not a readable PyTorch checkpoint ({_first_line(err)}): copy it again") from None
+
+
+def _first_line(err: Exception) -> str:
+  lines = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _inside(root: pathlib.Path, named: str, source: pathlib.Path) -> pathlib.Path:
+  """root / named, refused (ValueError) when it resolves outside root: a tracker or index file names a path."""
+  target = (root / named).resolve()
+  if not target.is_relative_to(root.resolve()):
+    raise ValueError(f"{source} names {named!r}, outside {root}; refused (a checkpoint reads only its own folder)")
+  return target
 
 
 def _to_numpy(state_dict) -> dict[str, np.ndarray]:
@@ -350,7 +379,7 @@ def _megatron_rank_files(directory: pathlib.Path) -> list[pathlib.Path]:
   tag_dir = directory
   for tracker in _TRACKER_FILES:
     if (directory / tracker).is_file():
-      tag_dir = directory / (directory / tracker).read_text().strip()
+      tag_dir = _inside(directory, (directory / tracker).read_text().strip(), directory / tracker)
       break
   files = sorted(tag_dir.glob("mp_rank_*_model_states.pt")) or sorted(tag_dir.glob("mp_rank_*/model_optim_rng.pt"))
   return files
@@ -373,7 +402,7 @@ def read_state_dict(
   if path.is_dir() and (path / "pytorch_model.bin").is_file():
     files = [path / "pytorch_model.bin"]
   elif path.is_dir() and index.is_file():  # HF sharded: each file holds whole tensors, merged by key
-    files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = [_inside(path, f, index) for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     merge = lambda shards: {k: v for shard in shards for k, v in shard.items()}  # noqa: E731
   elif path.is_dir():
     files = _megatron_rank_files(path)

@@ -355,15 +355,54 @@ def test_chinese_10b_gmask_row_is_copied(tmp_path):
   np.testing.assert_array_equal(untouched["word_embeddings"]["embedding"], original)
 
 
-def test_pickled_objects_need_allow_pickle(tmp_path):
+def test_saved_args_load_safely_and_other_objects_need_allow_pickle(tmp_path):
   sd = reference_model().state_dict()
   directory = write_megatron(tmp_path / "mp", sd, 1)
   file = directory / "1000" / "mp_rank_00_model_states.pt"
+  # Megatron/DeepSpeed's saved args: an argparse.Namespace, rebuilt by the safe loader (no allow_pickle).
   torch.save({"module": dict(sd), "args": argparse.Namespace(num_layers=LAYERS)}, file)
-  with pytest.raises(ValueError, match="allow_pickle"):
+  _, params = convert.from_pytorch(directory, num_heads=H)
+  assert params["word_embeddings"]["embedding"].shape == (V, E)
+  # Any other object would run code to load: refused, naming its type and the flag.
+  torch.save({"module": dict(sd), "where": pathlib.PurePosixPath("/x")}, file)
+  with pytest.raises(ValueError, match="object of type pathlib.PurePosixPath .* pass --allow_pickle"):
     convert.from_pytorch(directory, num_heads=H)
   _, params = convert.from_pytorch(directory, num_heads=H, allow_pickle=True)
   assert params["word_embeddings"]["embedding"].shape == (V, E)
+
+
+def test_missing_or_truncated_files_are_named_without_suggesting_allow_pickle(tmp_path):
+  sd = reference_model().state_dict()
+  directory = write_megatron(tmp_path / "mp", sd, 1)
+  file = directory / "1000" / "mp_rank_00_model_states.pt"
+  whole = file.read_bytes()
+  file.write_bytes(whole[: len(whole) // 2])
+  with pytest.raises(ValueError, match=r"mp_rank_00_model_states.pt is not a readable PyTorch checkpoint .* copy it"):
+    convert.from_pytorch(directory, num_heads=H)
+  try:
+    convert.from_pytorch(directory, num_heads=H)
+  except ValueError as e:
+    assert "allow_pickle" not in str(e) and len(str(e).splitlines()) == 1
+  hf = write_hf(tmp_path / "hf", sd)
+  (hf / "pytorch_model.bin").rename(hf / "part-1.bin")
+  (hf / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "part-1.bin", "b": "part-2.bin"}}))
+  with pytest.raises(FileNotFoundError, match="part-2.bin does not exist"):
+    convert.from_pytorch(hf, num_heads=H)
+
+
+def test_tracker_and_index_files_cannot_name_paths_outside_the_checkpoint(tmp_path):
+  sd = reference_model().state_dict()
+  outside = write_megatron(tmp_path / "elsewhere", sd, 1)
+  directory = tmp_path / "mp"
+  directory.mkdir()
+  (directory / "latest_checkpointed_iteration.txt").write_text(f"../{outside.name}/1000")
+  with pytest.raises(ValueError, match=r"names '\.\./elsewhere/1000', outside .*; refused"):
+    convert.from_pytorch(directory, num_heads=H)
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": str(outside / "1000" / "x.pt")}}))
+  with pytest.raises(ValueError, match="outside .*; refused"):
+    convert.from_pytorch(hf, num_heads=H)
 
 
 def test_import_glm_jax_does_not_import_torch():
