@@ -5,13 +5,15 @@
 #       --gin_file gin/pretrain/large.gin --model_dir gs://BUCKET/glm-large [--gin.BINDING=VALUE ...]
 #
 # Steps: create the TPU VM (skipped with --reuse), copy this checkout to every worker, install glm-jax with the
-# TPU build of jax, then start `python -m glm_jax.main train` on all workers at once (jax.distributed picks up
-# the TPU topology by itself, so no coordinator flags are needed). `--dry_run` prints the gcloud commands
-# instead of running them. Logs of the training command go to ~/glm_jax_train.log on each worker.
+# TPU build of jax into a Python 3.11 virtualenv made by uv (TPU VM images ship Python 3.10, which pyproject.toml
+# does not accept; uv fetches 3.11 where the image has none), then start `python -m glm_jax.main train` on all
+# workers at once (jax.distributed picks up the TPU topology by itself, so no coordinator flags are needed).
+# `--dry_run` prints every command (gcloud's, the archive's, the workers' setup) instead of running them. Logs
+# of the training command go to ~/glm_jax_train.log on each worker.
 set -euo pipefail
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -59,6 +61,12 @@ if [[ ! -f "$REPO_ROOT/$GIN_FILE" ]]; then
   echo "launch_tpu.sh: gin file '$GIN_FILE' not found under $REPO_ROOT" >&2
   exit 2
 fi
+# The Python the workers run: the one pyproject.toml accepts (requires-python = ">=3.11,<3.12").
+PYTHON_VERSION="3.11"
+if ! grep -Eq "^requires-python = \">=${PYTHON_VERSION}(,<[0-9.]+)?\"" "$REPO_ROOT/pyproject.toml"; then
+  echo "launch_tpu.sh: pyproject.toml's requires-python no longer starts at $PYTHON_VERSION; update PYTHON_VERSION here" >&2
+  exit 2
+fi
 
 GCLOUD=(gcloud compute tpus tpu-vm)
 COMMON=(--zone "$ZONE")
@@ -78,14 +86,24 @@ if [[ "$REUSE" == 0 ]]; then
   run "${create[@]}"
 fi
 
-ARCHIVE="/tmp/glm_jax_$NAME.tar.gz"
-run tar -czf "$ARCHIVE" -C "$REPO_ROOT" --exclude=.git --exclude=runs --exclude='*.egg-info' .
+# The checkout's archive, in a private temporary directory removed on exit (whatever happens).
+STAGING="$(mktemp -d "${TMPDIR:-/tmp}/glm_jax_launch.XXXXXXXX")"
+trap 'rm -rf "$STAGING"' EXIT
+ARCHIVE="$STAGING/glm_jax.tar.gz"
+run tar -czf "$ARCHIVE" -C "$REPO_ROOT" --exclude=.git --exclude=runs --exclude=.venv --exclude='*.egg-info' .
 run "${GCLOUD[@]}" scp "$ARCHIVE" "$NAME:~/glm_jax.tar.gz" "${COMMON[@]}" --worker=all
 
-SETUP='mkdir -p ~/glm_jax && tar -xzf ~/glm_jax.tar.gz -C ~/glm_jax && cd ~/glm_jax && python3 -m pip install -q -e . "jax[tpu]>=0.10.2,<0.11"'
+# On each worker: unpack, get uv (unless the image has it), make a Python $PYTHON_VERSION virtualenv, check it,
+# install glm-jax with the TPU build of jax into it, remove the archive.
+SETUP="set -euo pipefail; mkdir -p ~/glm_jax && tar -xzf ~/glm_jax.tar.gz -C ~/glm_jax && rm -f ~/glm_jax.tar.gz"
+SETUP+=" && cd ~/glm_jax && export PATH=\"\$HOME/.local/bin:\$PATH\""
+SETUP+=" && { command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; }"
+SETUP+=" && uv venv --allow-existing --python $PYTHON_VERSION .venv"
+SETUP+=" && .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (${PYTHON_VERSION/./, }), sys.version'"
+SETUP+=" && uv pip install --python .venv/bin/python -q -e . 'jax[tpu]>=0.10.2,<0.11'"
 run "${GCLOUD[@]}" ssh "$NAME" "${COMMON[@]}" --worker=all --command "$SETUP"
 
-TRAIN="cd ~/glm_jax && nohup python3 -m glm_jax.main train --gin_file=$(printf '%q' "$GIN_FILE") --model_dir=$(printf '%q' "$MODEL_DIR")"
+TRAIN="cd ~/glm_jax && nohup .venv/bin/python -m glm_jax.main train --gin_file=$(printf '%q' "$GIN_FILE") --model_dir=$(printf '%q' "$MODEL_DIR")"
 for binding in "${EXTRA[@]+"${EXTRA[@]}"}"; do
   TRAIN+=" $(printf '%q' "$binding")"
 done

@@ -1,10 +1,13 @@
 """THUDM PyTorch checkpoints -> glm-jax: both formats, model-parallel merge, export, and logits parity.
 
-The oracle is `ReferenceGLM` below, a small PyTorch model written from the THUDM GLMModel facts (pre-LN, fused
+Two oracles. `ReferenceGLM` below is our own reading of the THUDM GLMModel, written for these tests (pre-LN, fused
 QKV with rows Q|K|V, ltor mask with Part A opened per example, scores scaled by 1/sqrt(D) and masked with
--10000, tanh GELU, LayerNorm eps 1e-5, tied output). The reference masks with -10000 where glm-jax uses the
-float32 minimum; every row sees at least its own position, so exp(-10000 - max) underflows to exactly 0 in
-float32 and both give the same probabilities.
+-10000, tanh GELU, LayerNorm eps 1e-5, tied output): it checks both checkpoint formats and the model-parallel
+merge, but an error in our reading would be in both sides. The independent one is the fixture the reference code
+itself produced (../shared/fixtures/thudm_glm_tiny: its weights and its logits,
+test_logits_match_the_logits_the_reference_code_produced), skipped where that folder is absent.
+The reference masks with -10000 where glm-jax uses the float32 minimum; every row sees at least its own position,
+so exp(-10000 - max) underflows to exactly 0 in float32 and both give the same probabilities.
 """
 
 from __future__ import annotations
