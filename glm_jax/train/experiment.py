@@ -14,7 +14,9 @@ What a resume keeps (model_dir/run_config.json records the run's model, data and
 - The learning-rate schedule spans the steps it started with: raising num_steps trains on at the schedule's end;
   binding TrainConfig.schedule_steps asks for another span.
 - Each start's operative config is model_dir/operative_config.gin; one that differs from the earlier start's moves
-  that one aside to operative_config.until_step_<N>.gin (N: the step it trained to), never overwriting it.
+  that one aside to operative_config.until_step_<N>.gin (N: the step it trained to), never overwriting it; so
+  does run_config.json after an allowed change. (Each checkpoint step also holds the model config it was saved
+  with.)
 """
 
 from __future__ import annotations
@@ -107,17 +109,24 @@ def check_resume(model_dir: str, exp: Experiment, allow_config_change: bool = Fa
   return exp
 
 
-def _keep_operative_config(model_dir: str, text: str) -> None:
-  """Writes this start's operative config; an earlier start's that differs is moved aside, never overwritten."""
-  path = epath.Path(model_dir) / OPERATIVE_CONFIG_FILE
+def _keep_earlier(model_dir: str, name: str, text: str, step: int | None) -> None:
+  """Writes model_dir/name (e.g. operative_config.gin); an earlier start's that differs is moved aside to
+  <stem>.until_step_<N><suffix> (N: `step`, the newest checkpoint's, which it trained to), never overwritten. Runs
+  on process 0 alone, so it reads no checkpoint itself (orbax's managers synchronize all processes)."""
+  path = epath.Path(model_dir) / name
   if path.exists() and path.read_text() != text:
-    step = checkpoints.latest_step(model_dir) or 0
-    target, n = path.parent / f"operative_config.until_step_{step}.gin", 1
+    step = step or 0
+    stem, suffix = name.rsplit(".", 1)
+    target, n = path.parent / f"{stem}.until_step_{step}.{suffix}", 1
     while target.exists():
-      target, n = path.parent / f"operative_config.until_step_{step}.{n}.gin", n + 1
+      target, n = path.parent / f"{stem}.until_step_{step}.{n}.{suffix}", n + 1
     path.rename(target)
-    log.info("the earlier operative config is kept as %s", target)
+    log.info("the earlier %s is kept as %s", name, target)
   path.write_text(text)  # local or gs://
+
+
+def _keep_operative_config(model_dir: str, text: str, step: int | None = None) -> None:
+  _keep_earlier(model_dir, OPERATIVE_CONFIG_FILE, text, step)
 
 
 def train(
@@ -156,10 +165,11 @@ def train(
       def eval_batches():
         return inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
 
+    step = checkpoints.latest_step(model_dir)  # on every process: orbax's managers synchronize them
     if jax.process_index() == 0:
-      (epath.Path(model_dir) / RUN_CONFIG_FILE).write_text(json.dumps(_run_record(exp), indent=2))
+      _keep_earlier(model_dir, RUN_CONFIG_FILE, json.dumps(_run_record(exp), indent=2), step)
       if operative_config is not None:
-        _keep_operative_config(model_dir, operative_config())
+        _keep_operative_config(model_dir, operative_config(), step)
     log.info("training %s on %s in %s", _describe(exp.model), data.mixture_or_task_name, model_dir)
     return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches, progress=progress)
 

@@ -4,11 +4,12 @@
       ...train...
 
 Process 0 writes model_dir/LEASE.json (owner id, host, pid, time) and rewrites it every `refresh_every` seconds
-from a daemon thread; a lease whose time is older than `stale_after` belongs to a dead run and is taken over. A
-second run on the same model_dir therefore refuses to start (naming the holder) instead of overwriting the first
-run's checkpoints. `break_lock` takes over a live-looking lease (a run that died on a host whose clock or disk
-the holder's refreshes no longer reach). On exit the lease is removed if it is still this run's. With several
-processes, process 0 decides and the others follow (they raise too, so no host waits for a collective alone).
+from a daemon thread; a lease whose time is older than `stale_after`, or whose process on this host is gone (a
+`kill -9`, a crash: rerunning the command resumes at once), belongs to a dead run and is taken over. A second run
+on the same model_dir therefore refuses to start (naming the holder) instead of overwriting the first run's
+checkpoints. `break_lock` takes over a live-looking lease (a run that died on another host within `stale_after`).
+On exit the lease is removed if it is still this run's. With several processes, process 0 decides and the others
+follow (they raise too, so no host waits for a collective alone).
 
 Local directories are claimed with an exclusive create (two runs starting together cannot both win); on an object
 store (gs://) the claim is written and read back, which narrows the race to the store's write latency.
@@ -84,18 +85,37 @@ class Lease:
     age = time.time() - float(record.get("time", 0.0))
     return f"pid {record.get('pid', '?')} on {record.get('host', '?')} (lease refreshed {age:.0f} s ago)"
 
+  @staticmethod
+  def _gone(record: dict) -> bool:
+    """Whether the holder is a process of this host that no longer runs (a `kill -9`, a crash): its lease is dead
+    at once, so rerunning the command right away resumes."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+      return False
+    try:
+      os.kill(record["pid"], 0)
+    except ProcessLookupError:
+      return True
+    except PermissionError:  # alive, another user's
+      return False
+    return False
+
   def _acquire_here(self) -> str | None:
     """Takes the lease (process 0); returns why not, or None."""
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if not self._claim_new():
       record = self._read() or {}
       age = time.time() - float(record.get("time", 0.0))
+      if self._gone(record):
+        age = float("inf")
       if record and age < self.stale_after and not self.break_lock:
         return (
           f"{self.path.parent} is in use by another run: {self._holder(record)}; wait for it to end, train in "
           f"another --model_dir, or pass --break_lock if that run is dead"
         )
-      reason = "broken (--break_lock)" if age < self.stale_after else f"stale ({age:.0f} s old)"
+      if age == float("inf"):
+        reason = "its process is gone"
+      else:
+        reason = "broken (--break_lock)" if age < self.stale_after else f"stale ({age:.0f} s old)"
       holder = self._holder(record) if record else "unreadable"
       log.warning("taking over the lease of %s, %s: %s", self.path.parent, reason, holder)
       self._write()

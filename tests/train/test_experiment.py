@@ -102,10 +102,11 @@ def test_a_resume_keeps_the_schedule_it_started_with_unless_asked(tmp_path):
 
 def test_an_earlier_operative_config_is_kept_not_overwritten(tmp_path):
   run = _resumable(tmp_path, _experiment())
-  experiment._keep_operative_config(run, "first\n")
-  experiment._keep_operative_config(run, "first\n")  # the same bindings: nothing to keep
-  experiment._keep_operative_config(run, "second\n")
-  experiment._keep_operative_config(run, "third\n")
+  step = checkpoints.latest_step(run)
+  experiment._keep_operative_config(run, "first\n", step)
+  experiment._keep_operative_config(run, "first\n", step)  # the same bindings: nothing to keep
+  experiment._keep_operative_config(run, "second\n", step)
+  experiment._keep_operative_config(run, "third\n", step)
   assert (tmp_path / "run" / experiment.OPERATIVE_CONFIG_FILE).read_text() == "third\n"
   kept = sorted(p.name for p in (tmp_path / "run").glob("operative_config.until_step_*"))
   assert kept == ["operative_config.until_step_0.1.gin", "operative_config.until_step_0.gin"]

@@ -41,3 +41,16 @@ def test_a_torn_lease_file_does_not_block_a_run(tmp_path):
   (tmp_path / lease.LEASE_FILE).write_text('{"owner": "x", "ti')
   with lease.Lease(str(tmp_path)) as held:
     assert json.loads((tmp_path / lease.LEASE_FILE).read_text())["owner"] == held.owner
+
+
+def test_a_lease_whose_process_on_this_host_is_gone_is_taken_at_once(tmp_path, caplog):
+  import socket
+  import subprocess
+  import sys
+
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  record = {"owner": "killed", "host": socket.gethostname(), "pid": int(dead.stdout), "time": time.time()}
+  (tmp_path / lease.LEASE_FILE).write_text(json.dumps(record))  # as a `kill -9`ed run leaves it, just refreshed
+  with lease.Lease(str(tmp_path)):
+    pass
+  assert "its process is gone" in caplog.text
