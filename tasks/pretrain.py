@@ -5,7 +5,9 @@ Tasks (`glm_{objective}_{source}`, objective in token / sentence / document):
   glm_*_text      the user's .txt / .jsonl files: glob from $GLM_JAX_TEXT_FILES (validation split: a hashed 5%
                   of the documents, or the files of $GLM_JAX_TEXT_VALIDATION_FILES), or the gin bindings
                   `text_files_config.pattern = '...'`, `text_files_config.validation_pattern = '...'`
-  glm_*_c4        TFDS c4/en:3.0.1, read from $TFDS_DATA_DIR when a dataset is made (prepare it first)
+  glm_*_c4        TFDS c4/en at `c4_config.version` (default 3.1.0, what TFDS 4.9 builds; a prepared 3.0.1, as T5X
+                  and MaxText read, loads too) from `c4_config.data_dir` (default $TFDS_DATA_DIR), checked at the
+                  first read (prepare it first: `tfds build c4/en:3.1.0 --data_dir=DIR`)
 Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one source at the rates of
 `glm_mixture_rates` (GLM-10B's 0.5 token / 0.3 sentence / 0.2 document by default).
 `register_tfds_tasks(source_name, tfds_name)` adds the same Tasks and Mixture over any other TFDS text dataset.
@@ -16,6 +18,7 @@ Gin (bindings apply when a dataset is made, so they may follow `import tasks` in
   SentenceObjective.mask_ratio / .max_length
   DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
   glm_mixture_rates.token / .sentence / .document
+  c4_config.version / .data_dir
 The sequence length L comes from `seqio.get_dataset(task_feature_lengths=task_feature_lengths(L))`; an
 objective's max_length (default None) can only lower it (glm_jax.data.preprocessors.resolve_max_length).
 """
@@ -100,6 +103,12 @@ def text_files_config(
   )
 
 
+@gin.configurable
+def c4_config(version: str = "3.1.0", data_dir: str | None = None) -> tuple[str, str | None]:
+  """The TFDS name (with its version) and data_dir of the glm_*_c4 Tasks, read at their first use."""
+  return f"c4/en:{version}", data_dir
+
+
 def objective_preprocessor(
   dataset: tf.data.Dataset, sequence_length, output_features, *, objective: str
 ) -> tf.data.Dataset:
@@ -129,13 +138,16 @@ def register_tasks(source_name: str, source: seqio.DataSource, first_preprocesso
   )
 
 
-def register_tfds_tasks(source_name: str, tfds_name: str, text_key: str = "text") -> None:
-  """The GLM Tasks and Mixture over a TFDS text dataset (nothing is read before a dataset is made)."""
+def register_tfds_tasks(source_name: str, tfds_name, text_key: str = "text") -> None:
+  """The GLM Tasks and Mixture over a TFDS text dataset: `tfds_name` ("wiki40b/en:1.3.0"), or a function returning
+  (name, data_dir), read at the first use. Nothing is read before a dataset is made; then a dataset that TFDS
+  cannot load prepared fails with one line saying how to prepare it (glm_jax.data.sources.CheckedTfdsSource)."""
+  config = tfds_name if callable(tfds_name) else (lambda: (tfds_name, None))
   register_tasks(
-    source_name, sources.tfds_source(tfds_name), [functools.partial(sources.rename_text, text_key=text_key)]
+    source_name, sources.CheckedTfdsSource(config), [functools.partial(sources.rename_text, text_key=text_key)]
   )
 
 
 register_tasks("embedded", sources.EmbeddedCorpusSource())
 register_tasks("text", sources.TextFilesSource(text_files_config))
-register_tfds_tasks("c4", "c4/en:3.0.1")
+register_tfds_tasks("c4", c4_config)

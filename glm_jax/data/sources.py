@@ -8,7 +8,8 @@
   (b) The user's text files (`TextFilesSource`): `.txt` (documents separated by blank lines) and `.jsonl`
       (one {"text": ...} object a line). A document goes to `validation` by a hash of its text (so the split
       is stable across runs and file orders) unless a separate validation glob is given.
-  (c) Any TFDS text dataset by name (`tfds_source`, e.g. "c4/en:3.0.1"), via seqio.TfdsDataSource.
+  (c) Any TFDS text dataset by name (`tfds_source`, e.g. "c4/en:3.1.0"), via seqio.TfdsDataSource; the glm_*_c4
+      Tasks use `CheckedTfdsSource`, which resolves the version at the first read and checks it is loadable.
 
 Malformed input is skipped and counted in glm_jax.data.counters, never raised.
 """
@@ -311,6 +312,70 @@ def tfds_source(name: str, *, splits: Sequence[str] = SPLITS, data_dir: str | No
   `data_dir`; a Task over it starts with `rename_text` if its text feature is not called "text".
   """
   return seqio.TfdsDataSource(tfds_name=name, splits={s: s for s in splits}, tfds_data_dir=data_dir)
+
+
+class CheckedTfdsSource(seqio.DataSource):
+  """A TFDS dataset whose name (version included) and data_dir are read at its first use, from `config()` ->
+  (name, data_dir or None), so gin bindings made after the Task's registration apply (`c4_config.version`).
+  The first read checks that TFDS can load that version and that it is prepared, and otherwise fails with one
+  line naming the versions this TFDS has and how to prepare one (a prepared directory of a version TFDS no
+  longer builds, e.g. c4/en:3.0.1 as T5X and MaxText read it, still loads)."""
+
+  def __init__(self, config: Callable[[], tuple[str, str | None]], splits: Sequence[str] = SPLITS):
+    super().__init__(splits=splits)
+    self._config = config
+    self._source: seqio.TfdsDataSource | None = None
+    self._resolved: tuple[str, str | None] | None = None
+
+  def _checked(self) -> seqio.TfdsDataSource:
+    resolved = self._config()  # each use: a binding changed since the last one applies
+    if self._source is None or resolved != self._resolved:
+      name, data_dir = resolved
+      _check_tfds_dataset(name, data_dir)
+      self._source = seqio.TfdsDataSource(tfds_name=name, splits={s: s for s in self.splits}, tfds_data_dir=data_dir)
+      self._resolved = resolved
+    return self._source
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return self._checked().list_shards(split)
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None, shard_info=None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1):  # fmt: skip
+    del sequence_length, use_cached
+    return self._checked().get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info, num_epochs=num_epochs)
+
+
+def _check_tfds_dataset(name: str, data_dir: str | None) -> None:
+  """Raises ValueError (one line) unless TFDS loads the prepared dataset `name` ("c4/en:3.1.0") from data_dir."""
+  import tempfile
+
+  where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  try:
+    builder, problem = tfds.builder(name, data_dir=data_dir), None
+  except Exception as e:  # noqa: BLE001  (TFDS raises AssertionError or its own errors for an unknown version)
+    builder, problem = None, "TFDS cannot build that version and no prepared copy of it is there"
+    del e
+  if builder is not None and not builder.is_prepared():
+    problem = "it is not prepared there"
+  if problem is None:
+    return
+  base = name.split(":")[0]
+  try:
+    with tempfile.TemporaryDirectory() as empty:
+      versions = [str(v) for v in tfds.builder(base, data_dir=empty).versions]
+  except Exception:  # noqa: BLE001
+    versions = []
+  offered = f"TFDS {tfds.__version__} builds {base} at {', '.join(versions)}" if versions else f"TFDS has no {base}"
+  newest = versions[0] if versions else "VERSION"
+  raise ValueError(
+    f"cannot read TFDS dataset {name!r} from {where}: {problem} ({offered}); prepare one with `tfds build "
+    f"{base}:{newest} --data_dir={where}` (or copy a prepared directory there) and bind its version "
+    f"(e.g. c4_config.version = '{newest}') and directory (c4_config.data_dir)"
+  )
 
 
 def rename_text(ds: tf.data.Dataset, text_key: str = "text") -> tf.data.Dataset:

@@ -61,7 +61,7 @@ def test_fixed_names_are_registered_and_tfds_is_not_read(glm_tasks):
   for mixture in ("glm_embedded", "glm_text", "glm_c4"):
     assert len(seqio.get_mixture_or_task(mixture).tasks) == 3
   c4 = seqio.get_mixture_or_task("glm_token_c4").source
-  assert isinstance(c4, seqio.TfdsDataSource) and c4.tfds_dataset.name == "c4/en:3.0.1"
+  assert isinstance(c4, sources.CheckedTfdsSource) and c4._source is None  # resolved and checked at first use
   features = seqio.get_mixture_or_task("glm_token_embedded").output_features
   assert set(features) == set(feature_converter.GLMFeatureConverter.TASK_FEATURES)
 
@@ -190,3 +190,54 @@ def test_data_gin_files_bind_the_objectives(glm_tasks, clean_gin):
   assert glm_tasks.glm_mixture_rates() == {"token": 0.5, "sentence": 0.3, "document": 0.4}
   assert glm_tasks.TokenObjective().poisson_lambda == 3.0 and glm_tasks.DocumentObjective().min_ratio == 0.5
   assert glm_tasks.text_files_config().pattern == "corpus/*.txt,corpus/*.jsonl"
+
+
+def _prepare_tiny_c4(data_dir, version: str, documents: list[str]) -> None:
+  """A prepared TFDS c4/en directory of `version` with these documents (what `tfds build` would leave there)."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core import registered
+
+  with registered.skip_registration():
+
+    class C4(tfds.core.GeneratorBasedBuilder):
+      VERSION = tfds.core.Version(version)
+      BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="en")]
+      url_infos = None  # no checksums file to look up beside this test's code (nothing is downloaded)
+
+      def _info(self):
+        features = tfds.features.FeaturesDict({"text": tfds.features.Text(), "url": tfds.features.Text()})
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+      def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(documents), "validation": self._generate_examples(documents[:1])}
+
+      def _generate_examples(self, texts):
+        for i, text in enumerate(texts):
+          yield i, {"text": text, "url": f"u{i}"}
+
+    C4(config="en", data_dir=str(data_dir)).download_and_prepare()
+
+
+def test_the_c4_version_is_a_binding_and_an_unloadable_one_fails_at_the_first_read(glm_tasks, clean_gin, tmp_path):
+  del glm_tasks
+  lengths = feature_converter.task_feature_lengths(L)
+  converter = feature_converter.GLMFeatureConverter(pack=False)
+  read = lambda: next(  # noqa: E731
+    iter(seqio.get_dataset("glm_document_c4", lengths, converter, dataset_split="train", shuffle=False))
+  )
+  with gin.unlock_config():
+    gin.bind_parameter("c4_config.data_dir", str(tmp_path))
+  # Not prepared: one line naming what this TFDS builds and how to prepare it.
+  with pytest.raises(ValueError, match=r"'c4/en:3.1.0' .* not prepared there \(TFDS .* builds c4/en at 3.1.0, "
+                     r"2.3.1.*\); prepare one with `tfds build c4/en:3.1.0 --data_dir="):  # fmt: skip
+    read()
+  # A prepared 3.0.1 directory (as T5X and MaxText read it), which this TFDS no longer builds, loads once bound.
+  _prepare_tiny_c4(tmp_path, "3.0.1", ["A first document. It has two sentences.", "A second one."])
+  with gin.unlock_config():
+    gin.bind_parameter("c4_config.version", "3.0.1")
+  row = read()
+  assert int(np.count_nonzero(row["segment_ids"])) > 0
+  with gin.unlock_config():
+    gin.bind_parameter("c4_config.version", "9.9.9")
+  with pytest.raises(ValueError, match="TFDS cannot build that version and no prepared copy of it is there"):
+    read()
