@@ -15,7 +15,7 @@ Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one sourc
 Gin (bindings apply when a dataset is made, so they may follow `import tasks` in a gin file):
   task_vocabulary.checkpoint   the tokenizer of a converted checkpoint instead of the default vocabulary
   TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length
-  SentenceObjective.mask_ratio / .max_length
+  SentenceObjective.mask_ratio / .max_length / .split ('tokens': the reference's split of the document's tokens)
   DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
   glm_mixture_rates.token / .sentence / .document
   c4_config.version / .data_dir

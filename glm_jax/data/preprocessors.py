@@ -4,8 +4,9 @@ Each takes documents {"text": tf.string} and yields corrupted examples with the 
 glm_jax.data.example (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep), one
 document giving one example per piece (a long document gives many). Per document:
   1. UTF-8 check in-graph (invalid documents are skipped and counted, never fed to the tokenizer);
-  2. tokenization with the output feature's vocabulary (`encode_tf`, tensorflow_text ops); the sentence
-     objective first splits the text into sentences and tokenizes each;
+  2. tokenization with the output feature's vocabulary (`encode_tf`, tensorflow_text ops), of the whole document
+     (the sentence objective then splits it after every token whose string holds a sentence-end mark, as the
+     reference does; `SentenceObjective.split = "text"` splits the text first and tokenizes each sentence);
   3. one `tf.numpy_function` call that corrupts the tokens with a generator seeded from the document's own
      seqio seed (`seqio.map_over_dataset(num_seeds=1)`): the same `seqio.get_dataset(..., seed=s)` gives the
      same examples;
@@ -68,14 +69,31 @@ class TokenObjective:
     )
 
 
+# A token ends a sentence when its string holds one of these (THUDM's blocklm_utils.py contains_sentence_end: a
+# substring test on the token's string, so `."`, `...` and GPT-2's `Ġ.` count).
+SENTENCE_END_MARKS = (".", "?", "!", ";", ":", "\u3002", "\uff1f", "\uff01", "\uff1b", "\u2026", "\n")
+SPLITS = ("tokens", "text")
+
+
 @dataclasses.dataclass(frozen=True)
 class SentenceObjective:
-  """Sentence-level blank infilling: whole sentences covering mask_ratio, each replaced by [sMASK]."""
+  """Sentence-level blank infilling: whole sentences covering mask_ratio, each replaced by [sMASK].
+
+  split: "tokens" (the reference's way, the default): the document is tokenized once and a sentence ends after every
+    token whose string holds one of SENTENCE_END_MARKS, so the document's tokens are kept exactly (with a BPE
+    vocabulary every sentence keeps its leading-space token); "text": the text is split at terminal punctuation
+    and blank lines and each sentence tokenized alone.
+  """
 
   mask_ratio: float = 0.15
   max_length: int | None = None
+  split: str = "tokens"
 
   name = "sentence"
+
+  def __post_init__(self):
+    if self.split not in SPLITS:
+      raise ValueError(f"SentenceObjective.split={self.split!r}; expected one of {SPLITS}")
 
   def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
     return blank_infilling.corrupt_sentences(
@@ -138,17 +156,46 @@ def split_sentences(text: tf.Tensor) -> tf.Tensor:
   return tf.strings.split(text, _BREAK)
 
 
+def sentence_end_ids(vocabulary: seqio.Vocabulary) -> np.ndarray:
+  """bool [vocab_size]: the ids whose token string (the id decoded alone) holds a sentence-end mark; the special
+  tokens never do. Computed once per vocabulary object (a LazyVocabulary's current one)."""
+  base = getattr(vocabulary, "vocabulary", vocabulary)
+  cached = _SENTENCE_ENDS.get(id(base))
+  if cached is None or cached[0] is not base:
+    special = {v for v in dataclasses.astuple(SpecialIds.from_vocabulary(base)) if v is not None}
+    ends = np.zeros(base.vocab_size, bool)
+    for i in range(base.vocab_size):
+      if i not in special:
+        ends[i] = any(mark in base.decode([i]) for mark in SENTENCE_END_MARKS)
+    cached = _SENTENCE_ENDS[id(base)] = (base, ends)
+  return cached[1]
+
+
+_SENTENCE_ENDS: dict[int, tuple[object, np.ndarray]] = {}
+
+
+def sentence_lengths_of(tokens: np.ndarray, ends: np.ndarray) -> np.ndarray:
+  """int64 [S]: the lengths of the sentences of `tokens` [N], each ending after a token marked in `ends` (the last one
+  wherever the document ends); they sum to N."""
+  cuts = np.flatnonzero(ends[tokens]) + 1
+  bounds = np.concatenate([[0], cuts[cuts < tokens.size], [tokens.size]]) if tokens.size else np.zeros(1, np.int64)
+  return np.diff(bounds).astype(np.int64)
+
+
 def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
   """A generator from seqio's per-document seed (a pair of int64 that may be negative)."""
   return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
 
 
-def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds) -> Callable:
-  """The numpy function of one document: flat features of all its pieces and the pieces' lengths."""
+def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends: np.ndarray | None = None) -> Callable:
+  """The numpy function of one document: flat features of all its pieces and the pieces' lengths. With `ends` (the
+  sentence-end ids), the sentence lengths are found in the tokens."""
   prefix = objective.name + "/"
 
   def corrupt(tokens, sentence_lengths, valid_utf8, seed):
     counters.increment(prefix + "documents")
+    if ends is not None:
+      sentence_lengths = sentence_lengths_of(tokens, ends)
     examples = []
     if not valid_utf8:
       counters.increment(prefix + "invalid_utf8")
@@ -174,7 +221,9 @@ def blank_infilling_preprocessor(
   """Documents {"text"} -> corrupted examples of `objective` (a seqio preprocessor once `objective` is bound)."""
   vocabulary = output_features["input_ids"].vocabulary
   special = SpecialIds.from_vocabulary(vocabulary)
-  corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special)
+  by_text = isinstance(objective, SentenceObjective) and objective.split == "text"
+  ends = sentence_end_ids(vocabulary) if isinstance(objective, SentenceObjective) and not by_text else None
+  corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special, ends)
   out_types = [tf.int32] + [tf.float32 if name == "loss_mask" else tf.int32 for name in FEATURES]
 
   @seqio.map_over_dataset(num_seeds=1)
@@ -183,7 +232,7 @@ def blank_infilling_preprocessor(
     # Transcoding drops invalid bytes, so a valid document is the only one that comes back unchanged.
     valid_utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore"), text)
     text = tf.where(valid_utf8, text, "")
-    if isinstance(objective, SentenceObjective):
+    if by_text:
       sentences = vocabulary.encode_tf(split_sentences(text))
       tokens, sentence_lengths = sentences.flat_values, sentences.row_lengths()
     else:

@@ -45,7 +45,16 @@ DOCUMENTS = [
   "A second paragraph.\n\nStarts here and ends here.",
 ]
 VALID = [d for d in DOCUMENTS if isinstance(d, str) and d.strip()]
-OBJECTIVES = [preprocessors.TokenObjective(), preprocessors.SentenceObjective(), preprocessors.DocumentObjective()]
+OBJECTIVES = [
+  preprocessors.TokenObjective(),
+  preprocessors.SentenceObjective(),
+  preprocessors.SentenceObjective(split="text"),
+  preprocessors.DocumentObjective(),
+]
+
+
+def _objective_id(objective) -> str:
+  return objective.name + ("-text" if getattr(objective, "split", "tokens") == "text" else "")
 
 
 def _run(objective, vocabulary, seed=7, documents=DOCUMENTS, length=L):
@@ -56,14 +65,15 @@ def _run(objective, vocabulary, seed=7, documents=DOCUMENTS, length=L):
 
 
 def _doc_tokens(objective, vocabulary, text: str) -> np.ndarray:
-  """The oracle: the document's tokens as the objective tokenizes it (sentence by sentence for sentences)."""
-  if isinstance(objective, preprocessors.SentenceObjective):
+  """The oracle: the document's tokens as the objective tokenizes it (the whole document; sentence by sentence for
+  SentenceObjective(split="text"))."""
+  if isinstance(objective, preprocessors.SentenceObjective) and objective.split == "text":
     sentences = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
     return np.array(sum((vocabulary.encode(s) for s in sentences), []), np.int32)
   return np.array(vocabulary.encode(text), np.int32)
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=_objective_id)
 def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective, default_vocab):
   counters.reset()
   examples = _run(objective, default_vocab)
@@ -87,7 +97,7 @@ def test_examples_reconstruct_every_document_and_bad_input_is_counted(objective,
   }
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=_objective_id)
 def test_same_seed_same_examples(objective, default_vocab):
   first, again, other = (_run(objective, default_vocab, seed) for seed in (1, 1, 2))
   assert len(first) == len(again)
@@ -128,3 +138,44 @@ def test_split_sentences():
   got = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
   assert got == ["One.", "Two!", '"Three?"', "Four (five.)", "Six", "Seven e.g.", "3.5 stays"]
   assert unicodedata.normalize("NFC", " ".join(got)) == " ".join(text.split())
+
+
+def test_sentences_end_after_the_tokens_holding_an_end_mark(default_vocab):
+  ends = preprocessors.sentence_end_ids(default_vocab)
+  special = example.SpecialIds.from_vocabulary(default_vocab)
+  ids = [special.cls, special.eos, special.mask, special.smask, special.gmask, special.sop, special.eop]
+  assert not ends[ids].any()
+  tokens = np.array(default_vocab.encode("One cat sat. Two sat! Why? Because: fine; end"), np.int32)
+  lengths = preprocessors.sentence_lengths_of(tokens, ends)
+  assert lengths.sum() == tokens.size
+  pieces = np.split(tokens, np.cumsum(lengths)[:-1])
+  assert [default_vocab.decode(p.tolist()).strip() for p in pieces] == ["One cat sat.", "Two sat!", "Why?", "Because:",
+                                                                        "fine;", "end"]  # fmt: skip
+  assert preprocessors.sentence_lengths_of(np.zeros(0, np.int32), ends).tolist() == []
+  with pytest.raises(ValueError, match="split='words'"):
+    preprocessors.SentenceObjective(split="words")
+
+
+GPT2_FILES = [os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "vocab", f) for f in
+              ("gpt2-vocab.json", "gpt2-merges.txt")]  # fmt: skip
+
+
+@pytest.mark.skipif(not os.path.exists(GPT2_FILES[0]), reason="the GPT-2 vocabulary is not in ../shared/vocab")
+def test_with_gpt2_bpe_the_sentence_objective_keeps_the_documents_tokens_exactly():
+  """The reference tokenizes a document once and splits it on token strings; tokenizing each sentence alone would
+  drop the leading-space token of every sentence but the first ('ĠThe' -> 'The')."""
+  pytest.importorskip("tokenizers")
+  from glm_jax.data import tokenizers
+
+  gpt2 = tokenizers.gpt2_bpe(*GPT2_FILES)
+  text = "The first sentence ends here. The second one too! And a third?"
+  special = example.SpecialIds.from_vocabulary(gpt2)
+  examples = _run(preprocessors.SentenceObjective(), gpt2, documents=[text], length=64)
+  rebuilt = np.concatenate([example.reconstruct(ex, special) for ex in examples])
+  np.testing.assert_array_equal(rebuilt, gpt2.encode(text))
+  assert sum(len(ex["input_ids"]) for ex in examples) > 0 and any(
+    np.any(ex["input_ids"] == special.smask) for ex in examples
+  )
+  # What tokenizing each sentence alone gives instead: other tokens.
+  sentences = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
+  assert sum((gpt2.encode(s) for s in sentences), []) != gpt2.encode(text)
