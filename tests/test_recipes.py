@@ -28,11 +28,16 @@ REFERENCE = {
           1e-8, 0.1),
   "10b_chinese": (48, 4096, 64, 512, (0.5, 0.3, 0.2), (0.25, 0.5), 1e-4, "cosine", 120000, 0.1, 4800, 150000, 21 * 256,
                   0.95, 1e-8, 0.1),
-  "10b_longer": (48, 4096, 64, 1024, (0.4, 0.3, 0.3), (0.25, 0.5), 3e-5, "linear", 50000, 0.1, 250, 250000, 8 * 256,
-                 0.95, 1e-8, 0.1),
+  "10b_longer": (48, 4096, 64, 1024, (0.43, 0.285, 0.285), (0.25, 0.5), 3e-5, "linear", 50000, 0.1, 250, 250000,
+                 8 * 256, 0.95, 1e-8, 0.1),
   "roberta_large": (24, 1024, 16, 512, "glm_token_embedded", None, 4e-4, "linear", 500000, 0.025, 30000, 500000,
                     16 * 8 * 256, 0.98, 1e-6, 0.01),
 }  # fmt: skip
+
+
+# --short-seq-prob and --single-span-prob of each recipe (single span: as a share of the token examples).
+SHORT_AND_SINGLE = {"large_chinese": (0.02, 0.0), "10b": (0.02, 0.0), "10b_chinese": (0.02, 0.0),
+                    "10b_longer": (0.5, 0.05 / 0.43)}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -60,6 +65,12 @@ def test_each_recipe_holds_its_reference_scripts_settings(name):
   assert (t.num_steps, t.batch_size, o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm) == (steps, batch, 0.9, b2,
                                                                                               eps, wd, 1.0)  # fmt: skip
   assert t.batch_size % t.accumulation_steps == 0
+  import tasks
+
+  short, single = SHORT_AND_SINGLE.get(name, (0.0, 0.0))
+  objectives = (tasks.pretrain.TokenObjective(), tasks.pretrain.SentenceObjective(), tasks.pretrain.DocumentObjective())
+  assert [o.short_seq_prob for o in objectives] == [short] * 3
+  assert objectives[0].single_span_prob == pytest.approx(single, abs=1e-4)
 
 
 def test_every_reference_script_has_a_recipe_and_a_table():

@@ -175,12 +175,14 @@ def corrupt_tokens(
   mask_ratio: float = 0.15,
   poisson_lambda: float = 3.0,
   max_span_length: int = 39,
+  single_span_prob: float = 0.0,
   stats: CorruptionStats | None = None,
 ) -> list[dict[str, np.ndarray]]:
   """Token-level blank infilling: Poisson(λ) spans (truncated to 1..max_span_length) until >= mask_ratio of
   each piece is covered, placed uniformly with >= 1 unmasked token between them, each replaced by `[MASK]`.
   The coverage is guaranteed for mask_ratio <= 0.5; above that the gaps can make it unreachable in a piece
-  (spans are then clipped to what fits).
+  (spans are then clipped to what fits). With probability single_span_prob a piece (of max_length - 3 tokens)
+  gets exactly one Poisson span instead (the reference's --single-span-prob, drawn there per micro-batch).
 
   Args:
     tokens: int [N] document token ids.
@@ -198,14 +200,20 @@ def corrupt_tokens(
       f"need max_span_length >= 1 and poisson_lambda > 0; got max_span_length={max_span_length} "
       f"poisson_lambda={poisson_lambda}"
     )
+  if not 0.0 <= single_span_prob <= 1.0:
+    raise ValueError(f"single_span_prob={single_span_prob} must be in [0, 1]")
   examples = []
   cursor = 0
   while cursor < tokens.size:
     remaining = tokens.size - cursor
     # Each span covers >= 1 token, so a piece of at most max_length - 3 tokens never needs more spans.
     budget_tokens = min(remaining, max_length - _CLS_COST - _SPAN_COST)
-    span_lengths = sample_span_lengths(rng, _need(mask_ratio, budget_tokens), poisson_lambda, max_span_length)
-    n, k = _token_piece(span_lengths, remaining, max_length, mask_ratio)
+    if single_span_prob > 0.0 and rng.random() < single_span_prob:
+      n, span_lengths = budget_tokens, sample_span_lengths(rng, 1, poisson_lambda, max_span_length)
+      k = 1
+    else:
+      span_lengths = sample_span_lengths(rng, _need(mask_ratio, budget_tokens), poisson_lambda, max_span_length)
+      n, k = _token_piece(span_lengths, remaining, max_length, mask_ratio)
     lengths = _fit_spans(span_lengths[:k], n)
     starts = place_spans(rng, lengths, n)
     examples.append(assemble(tokens[cursor : cursor + n], starts, lengths, special.mask, special, rng))

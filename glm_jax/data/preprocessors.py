@@ -52,6 +52,8 @@ class TokenObjective:
   poisson_lambda: float = 3.0
   max_span_length: int = 39
   max_length: int | None = None  # None: the task's sequence length
+  single_span_prob: float = 0.0  # a piece with one Poisson span (the reference's --single-span-prob)
+  short_seq_prob: float = 0.0  # see short_budget
 
   name = "token"
 
@@ -65,6 +67,7 @@ class TokenObjective:
       mask_ratio=self.mask_ratio,
       poisson_lambda=self.poisson_lambda,
       max_span_length=self.max_span_length,
+      single_span_prob=self.single_span_prob,
       stats=stats,
     )
 
@@ -88,6 +91,7 @@ class SentenceObjective:
   mask_ratio: float = 0.15
   max_length: int | None = None
   split: str = "tokens"
+  short_seq_prob: float = 0.0  # see short_budget
 
   name = "sentence"
 
@@ -110,6 +114,7 @@ class DocumentObjective:
   max_ratio: float = 1.0
   suffix_prob: float = 1.0
   max_length: int | None = None
+  short_seq_prob: float = 0.0  # see short_budget
 
   name = "document"
 
@@ -182,6 +187,23 @@ def sentence_lengths_of(tokens: np.ndarray, ends: np.ndarray) -> np.ndarray:
   return np.diff(bounds).astype(np.int64)
 
 
+# The shortest budget of a short document (the reference's split_samples draws windows of 32..L-2 tokens).
+SHORT_MIN_LENGTH = 32
+
+
+def short_budget(objective: Objective, max_length: int, rng: np.random.Generator) -> int:
+  """The budget of one document: with probability objective.short_seq_prob a uniform length in
+  SHORT_MIN_LENGTH..max_length-2 (so the model also learns from short contexts: the reference's --short-seq-prob,
+  which cuts a whole micro-batch into windows of that many tokens), else max_length. No draw when the
+  probability is 0, so the other examples do not change."""
+  p = objective.short_seq_prob
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"{type(objective).__name__}.short_seq_prob={p} must be in [0, 1]")
+  if p == 0.0 or max_length - 2 < SHORT_MIN_LENGTH or rng.random() >= p:
+    return max_length
+  return int(rng.integers(SHORT_MIN_LENGTH, max_length - 1))
+
+
 def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
   """A generator from seqio's per-document seed (a pair of int64 that may be negative)."""
   return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
@@ -201,7 +223,9 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
       counters.increment(prefix + "invalid_utf8")
     else:
       stats = blank_infilling.CorruptionStats()
-      examples = objective.corrupt(tokens, sentence_lengths, _seeded_rng(seed), max_length, special, stats)
+      rng = _seeded_rng(seed)
+      budget = short_budget(objective, max_length, rng)
+      examples = objective.corrupt(tokens, sentence_lengths, rng, budget, special, stats)
       counters.increment(prefix + "empty_documents", stats.empty_documents)
       counters.increment(prefix + "long_documents", int(tokens.size > LONG_DOCUMENT_FACTOR * max_length))
       counters.increment(prefix + "examples", len(examples))

@@ -169,6 +169,23 @@ def test_span_lengths_follow_truncated_poisson():
   assert coverage.min() >= 0.15 and coverage.mean() < 0.17
 
 
+def test_single_span_pieces_come_at_their_rate_with_one_poisson_span():
+  """--single-span-prob: a piece with exactly one span of Poisson(3) length (at L=128 a covering piece needs 19
+  tokens, so one span alone practically never covers it: single-span pieces are the option's)."""
+  rng = np.random.default_rng(5)
+  doc = np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + 125 * 2000, dtype=np.int32)
+  examples = bi.corrupt_tokens(doc, rng, max_length=128, special=SPECIAL, single_span_prob=0.3)
+  single = [span_lengths_of(ex) for ex in examples if len(span_lengths_of(ex)) == 1]
+  assert abs(len(single) / len(examples) - 0.3) < 0.05, len(single) / len(examples)
+  lengths = np.array([s[0] for s in single])
+  assert lengths.min() >= 1 and lengths.max() <= 39 and abs(lengths.mean() - 3.16) < 0.35  # truncated Poisson(3)
+  sizes = [example.reconstruct(ex, SPECIAL).size for ex in examples[:-1] if len(span_lengths_of(ex)) == 1]
+  assert set(sizes) == {125}  # a single-span piece fills the budget: 128 - [CLS] - one mask - one [sop]
+  np.testing.assert_array_equal(np.concatenate([example.reconstruct(ex, SPECIAL) for ex in examples]), doc)
+  with pytest.raises(ValueError, match="single_span_prob"):
+    bi.corrupt_tokens(doc[:10], rng, max_length=128, special=SPECIAL, single_span_prob=1.5)
+
+
 def test_document_span_ratio_is_uniform_and_suffix_prob_is_honoured():
   rng = np.random.default_rng(2)
   doc = np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + 1001 * 3000, dtype=np.int32)

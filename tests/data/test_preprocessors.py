@@ -179,3 +179,21 @@ def test_with_gpt2_bpe_the_sentence_objective_keeps_the_documents_tokens_exactly
   # What tokenizing each sentence alone gives instead: other tokens.
   sentences = [s.decode() for s in preprocessors.split_sentences(tf.constant(text)).numpy()]
   assert sum((gpt2.encode(s) for s in sentences), []) != gpt2.encode(text)
+
+
+def test_short_documents_come_at_their_rate_with_uniform_budgets(default_vocab):
+  """--short-seq-prob: a document's budget is U{32..L-2} with this probability, else L; none drawn at 0."""
+  objective = preprocessors.TokenObjective(short_seq_prob=0.25)
+  rng = np.random.default_rng(3)
+  budgets = np.array([preprocessors.short_budget(objective, 512, rng) for _ in range(8000)])
+  short = budgets[budgets < 512]
+  assert abs(short.size / budgets.size - 0.25) < 0.02
+  assert short.min() >= 32 and short.max() <= 510 and abs(short.mean() - (32 + 510) / 2) < 8
+  untouched = np.random.default_rng(3)
+  assert preprocessors.short_budget(preprocessors.TokenObjective(), 512, untouched) == 512
+  assert untouched.random() == np.random.default_rng(3).random()  # no draw at probability 0
+  # Through the preprocessor: every example of a short document fits its budget.
+  examples = _run(preprocessors.TokenObjective(short_seq_prob=1.0), default_vocab, documents=[LONG], length=128)
+  assert max(ex["input_ids"].size for ex in examples) <= 126
+  with pytest.raises(ValueError, match="short_seq_prob=2"):
+    preprocessors.short_budget(preprocessors.DocumentObjective(short_seq_prob=2), 512, rng)
