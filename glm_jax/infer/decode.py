@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import zlib
 from collections.abc import Sequence
 
@@ -181,13 +182,25 @@ def decoding_layout(model: GLM, params):
   """(model, params) as the decode loop runs them: on XLA:CPU a scanned model's layers are unrolled (its params
   unstacked once per call, a copy of the weights), because there each step of a scanned loop copies every layer's
   weights and cache out of the stack before its matmuls (about half of a GLM-Base step); GPU and TPU keep the scan,
-  and its slices, as they are."""
+  and its slices, as they are. The copy is skipped (the scan kept) when the weights take more than a quarter of the
+  machine's memory; `checkpoints.load_for_inference` hands CPU callers unrolled params to begin with."""
   leaf = jax.tree.leaves(params)[0]
   platform = next(iter(leaf.devices())).platform if isinstance(leaf, jax.Array) else jax.default_backend()
   if platform != "cpu" or not model.config.scan_layers:
     return model, params
+  weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nn.unbox(params)))
+  if weights > _host_memory() / 4:
+    return model, params
   unrolled = GLM(dataclasses.replace(model.config, scan_layers=False))
   return unrolled, _unstack(params, model.config.num_layers)
+
+
+def _host_memory() -> int:
+  """Bytes of physical memory (unknown: as if unbounded)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 1 << 62
 
 
 @functools.partial(jax.jit, static_argnums=1)

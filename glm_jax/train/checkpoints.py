@@ -46,7 +46,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from glm_jax.data import vocab as vocab_lib
-from glm_jax.model import GLM, GLMConfig
+from glm_jax.model import GLM, GLMConfig, unstack_layers
 from glm_jax.train import partitioning
 
 log = logging.getLogger(__name__)
@@ -590,4 +590,9 @@ def load_for_inference(directory: str) -> tuple[GLM, dict, object]:
       f"{model.config.vocab_size}: the tokenizer in {TOKENIZER_DIR}/ is not the model's"
     )
   abstract = nn.unbox(partitioning.abstract_boxed_params(model, 8))
-  return model, jax.device_get(restore_params(directory, abstract)), vocabulary
+  params = jax.device_get(restore_params(directory, abstract))
+  if model.config.scan_layers and jax.default_backend() == "cpu":
+    # Decoding on XLA:CPU runs the layers unrolled (glm_jax/infer/decode.py); host arrays unstack as views, no copy.
+    model = GLM(model.config.replace(scan_layers=False))
+    params = unstack_layers(params, model.config.num_layers)
+  return model, params, vocabulary

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,3 +279,15 @@ def test_decoding_on_an_8_device_mesh_equals_one_device(tiny):
     got = generate(model, sharded, prompts, ids=IDS, options=options)
     assert [g.spans for g in got] == [g.spans for g in want]
     np.testing.assert_allclose([s for g in got for s in g.scores], [s for g in want for s in g.scores], atol=1e-4)
+
+
+def test_cpu_decoding_unrolls_a_scanned_model_unless_its_weights_would_not_fit_twice(monkeypatch):
+  model, params = _model()
+  assert model.config.scan_layers
+  unrolled, unstacked = decode.decoding_layout(model, params)
+  assert not unrolled.config.scan_layers and "layers_0" in unstacked and "layers" not in unstacked
+  stacked = nn.unbox(params)["layers"]["mlp"]["dense_h_to_4h"]["kernel"]
+  np.testing.assert_array_equal(unstacked["layers_1"]["mlp"]["dense_h_to_4h"]["kernel"], stacked[1])
+  assert decode.decoding_layout(unrolled, unstacked)[0] is unrolled  # already unrolled: as it is
+  monkeypatch.setattr(decode, "_host_memory", lambda: 1024)  # a machine too small for a second copy
+  assert decode.decoding_layout(model, params)[0] is model
