@@ -70,6 +70,7 @@ def test_each_recipe_holds_its_reference_scripts_settings(name):
   short, single = SHORT_AND_SINGLE.get(name, (0.0, 0.0))
   objectives = (tasks.pretrain.TokenObjective(), tasks.pretrain.SentenceObjective(), tasks.pretrain.DocumentObjective())
   assert [o.short_seq_prob for o in objectives] == [short] * 3
+  assert all(o.eos for o in objectives)  # documents end with [eos]
   assert objectives[0].single_span_prob == pytest.approx(single, abs=1e-4)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import blank_infilling, counters
+from glm_jax.data import blank_infilling, counters, example as example_lib
 from glm_jax.data.example import DTYPES, FEATURES, SpecialIds
 
 # A document longer than this many times max_length is counted (it is still used, cut into pieces).
@@ -54,6 +54,7 @@ class TokenObjective:
   max_length: int | None = None  # None: the task's sequence length
   single_span_prob: float = 0.0  # a piece with one Poisson span (the reference's --single-span-prob)
   short_seq_prob: float = 0.0  # see short_budget
+  eos: bool = False  # see with_eos
 
   name = "token"
 
@@ -92,6 +93,7 @@ class SentenceObjective:
   max_length: int | None = None
   split: str = "tokens"
   short_seq_prob: float = 0.0  # see short_budget
+  eos: bool = False  # see with_eos
 
   name = "sentence"
 
@@ -115,6 +117,7 @@ class DocumentObjective:
   suffix_prob: float = 1.0
   max_length: int | None = None
   short_seq_prob: float = 0.0  # see short_budget
+  eos: bool = False  # see with_eos
 
   name = "document"
 
@@ -204,6 +207,25 @@ def short_budget(objective: Objective, max_length: int, rng: np.random.Generator
   return int(rng.integers(SHORT_MIN_LENGTH, max_length - 1))
 
 
+def with_eos(examples: list[dict[str, np.ndarray]], special: SpecialIds) -> list[dict[str, np.ndarray]]:
+  """The examples of a document that ends with [eos], as the reference's documents do (datasets.py:684-689; the
+  examples were made with a budget one token smaller): the [eos] closes the last piece. A [gMASK] suffix of the last
+  piece ends with it in place of [eop] (the reference's suffix target ends with the document's last token,
+  blocklm_utils.py:411-419); otherwise it is appended to the last piece's Part A, never masked (the reference keeps
+  a document's last token out of every span, blocklm_utils.py:128-129)."""
+  if not examples:
+    return examples
+  last = dict(examples[-1])
+  sep = int(last["sep"][0])
+  if last["input_ids"][sep - 1] == special.gmask and int(np.count_nonzero(last["block_position_ids"] == 1)) == 1:
+    last["target_ids"] = last["target_ids"].copy()
+    last["target_ids"][-1] = special.eos
+  else:
+    part_a, spans = example_lib.split(last)
+    last = example_lib.from_spans([*part_a.tolist(), special.eos], [(p, t.tolist()) for p, t in spans], special)
+  return [*examples[:-1], last]
+
+
 def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
   """A generator from seqio's per-document seed (a pair of int64 that may be negative)."""
   return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
@@ -224,8 +246,10 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
     else:
       stats = blank_infilling.CorruptionStats()
       rng = _seeded_rng(seed)
-      budget = short_budget(objective, max_length, rng)
+      budget = short_budget(objective, max_length, rng) - int(objective.eos)  # room for the [eos]
       examples = objective.corrupt(tokens, sentence_lengths, rng, budget, special, stats)
+      if objective.eos:
+        examples = with_eos(examples, special)
       counters.increment(prefix + "empty_documents", stats.empty_documents)
       counters.increment(prefix + "long_documents", int(tokens.size > LONG_DOCUMENT_FACTOR * max_length))
       counters.increment(prefix + "examples", len(examples))

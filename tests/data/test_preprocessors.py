@@ -197,3 +197,36 @@ def test_short_documents_come_at_their_rate_with_uniform_budgets(default_vocab):
   assert max(ex["input_ids"].size for ex in examples) <= 126
   with pytest.raises(ValueError, match="short_seq_prob=2"):
     preprocessors.short_budget(preprocessors.DocumentObjective(short_seq_prob=2), 512, rng)
+
+
+@pytest.mark.parametrize(
+  "objective",
+  [
+    preprocessors.TokenObjective(eos=True),
+    preprocessors.SentenceObjective(eos=True),
+    preprocessors.DocumentObjective(eos=True, suffix_prob=1.0),
+    preprocessors.DocumentObjective(eos=True, suffix_prob=0.0, max_ratio=0.5),
+  ],
+  ids=["token", "sentence", "document-suffix", "document-infill"],
+)
+def test_documents_end_with_eos_unmasked_or_as_the_suffix_end(objective, default_vocab):
+  special = example.SpecialIds.from_vocabulary(default_vocab)
+  documents = [VALID[0], LONG]
+  examples = _run(objective, default_vocab, documents=documents)
+  assert max(ex["input_ids"].size for ex in examples) <= L
+  # Each document's examples: the last one carries the [eos], no other does.
+  ends = [i for i, ex in enumerate(examples) if special.eos in ex["input_ids"] or special.eos in ex["target_ids"]]
+  assert len(ends) == len(documents) and ends[-1] == len(examples) - 1
+  suffix = objective.name == "document" and objective.suffix_prob == 1.0
+  rebuilt = []
+  for i, ex in enumerate(examples):
+    sep = int(ex["sep"][0])
+    if i in ends and suffix:  # the [gMASK] suffix's target ends with [eos] in place of [eop]
+      assert ex["target_ids"][-1] == special.eos and ex["input_ids"][sep - 1] == special.gmask
+    elif i in ends:  # the [eos] closes Part A, unmasked, and no span's target ends with it
+      assert ex["input_ids"][sep - 1] == special.eos and special.eos not in ex["target_ids"][sep:]
+    rebuilt.append(example.reconstruct(ex, special))
+  expected = [np.array(default_vocab.encode(d), np.int32) for d in documents]
+  if not suffix:
+    expected = [np.append(e, special.eos) for e in expected]
+  np.testing.assert_array_equal(np.concatenate(rebuilt), np.concatenate(expected))
