@@ -203,7 +203,9 @@ def test_sampling_frequencies_match_the_truncated_distribution(top_k, top_p):
   assert stats.chisquare(counts[keep], expected[keep] * draws).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+@pytest.mark.parametrize(
+  "strategy", ["greedy", pytest.param("sample", marks=pytest.mark.slow), pytest.param("beam", marks=pytest.mark.slow)]
+)
 def test_a_batch_equals_its_rows_decoded_one_by_one(tiny, strategy):
   model, params = tiny
   options = DecodeOptions(strategy=strategy, num_beams=2, max_span_length=4, stop_ids=STOPS, seed=5)
@@ -262,6 +264,7 @@ def test_errors_name_the_prompt(tiny):
     DecodeOptions(strategy="top")
 
 
+@pytest.mark.slow
 def test_decoding_on_an_8_device_mesh_equals_one_device(tiny):
   from glm_jax.train import partitioning
 
