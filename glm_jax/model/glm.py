@@ -281,10 +281,7 @@ class GLM(nn.Module):
           x, sep, segment_ids, this_layer, lengths
         )
         kvs.append(layer_kv)
-      if in_place:
-        kv = (tuple(k for k, _ in kvs), tuple(v for _, v in kvs))
-      else:
-        kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
+      kv = None if cache is None else (tuple(k for k, _ in kvs), tuple(v for _, v in kvs))  # one entry per layer
 
     x = LayerNorm(cfg, name="final_layernorm")(x)
     table = word_embeddings.embedding.astype(cfg.jnp_dtype)
@@ -295,9 +292,10 @@ class GLM(nn.Module):
 
 
 def _write(cache: KVCache, kv, segment_ids) -> KVCache:
-  """`cache` with the chunk's keys and values (k, v [layers, B, L, H, D], as the layers return them; for a filled
-  layered cache, the layers' buffers with the chunk already written) at each row's length, and each length advanced
-  by the row's real tokens (segment != 0, which come first)."""
+  """`cache` with the chunk's keys and values written at each row's length, and each length advanced by the row's
+  real tokens (segment != 0, which come first). `kv`: (k, v) as the layers return them, [layers, B, L, H, D] from a
+  scan, tuples of [B, L, H, D] per layer from unrolled layers; for a filled layered cache, the layers' own buffers
+  with the chunk already written."""
   length = segment_ids.shape[1]
   if length > cache.capacity:
     raise ValueError(f"a chunk of {length} tokens does not fit a cache of {cache.capacity} entries per row")
@@ -306,9 +304,10 @@ def _write(cache: KVCache, kv, segment_ids) -> KVCache:
     return KVCache(tuple(kv[0]), tuple(kv[1]), lengths)
   write = functools.partial(write_chunk, lengths=cache.lengths, fresh=cache.fresh)
   if cache.is_layered:
-    put = lambda old, new: tuple(write(o, new[i], axes=CACHE_AXES[1:]) for i, o in enumerate(old))  # noqa: E731
+    put = lambda old, new: tuple(write(o, n, axes=CACHE_AXES[1:]) for o, n in zip(old, new))  # noqa: E731
   else:
-    put = lambda old, new: write(old, new, axes=CACHE_AXES)  # noqa: E731
+    stack = lambda new: jnp.stack(new) if isinstance(new, tuple) else new  # noqa: E731
+    put = lambda old, new: write(old, stack(new), axes=CACHE_AXES)  # noqa: E731
   return KVCache(put(cache.k, kv[0]), put(cache.v, kv[1]), lengths)
 
 

@@ -61,7 +61,16 @@ def _oracle(model, params):
   return log_probs
 
 
-def test_cached_greedy_equals_full_recompute_token_for_token(tiny):
+@pytest.fixture(params=["unrolled", "scanned"])
+def decode_layout(request, monkeypatch):
+  """Both decode loops: on CPU generate unrolls a scanned model's layers; "scanned" keeps the scan, as GPU and TPU
+  (and a CPU too small for a second copy of the weights) run it."""
+  if request.param == "scanned":
+    monkeypatch.setattr(decode, "_host_memory", lambda: 0)
+  return request.param
+
+
+def test_cached_greedy_equals_full_recompute_token_for_token(tiny, decode_layout):
   model, params = tiny
   prompts = _prompts(0, 5)
   generations = generate(model, params, prompts, ids=IDS, options=DecodeOptions(max_span_length=6, stop_ids=STOPS))
@@ -265,7 +274,7 @@ def test_errors_name_the_prompt(tiny):
 
 
 @pytest.mark.slow
-def test_decoding_on_an_8_device_mesh_equals_one_device(tiny):
+def test_decoding_on_an_8_device_mesh_equals_one_device(tiny, decode_layout):
   from glm_jax.train import partitioning
 
   model, params = tiny
