@@ -356,9 +356,8 @@ def _check_tfds_dataset(name: str, data_dir: str | None) -> None:
   where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   try:
     builder, problem = tfds.builder(name, data_dir=data_dir), None
-  except Exception as e:  # noqa: BLE001  (TFDS raises AssertionError or its own errors for an unknown version)
+  except Exception:  # noqa: BLE001  (TFDS raises AssertionError or its own errors for an unknown version)
     builder, problem = None, "TFDS cannot build that version and no prepared copy of it is there"
-    del e
   if builder is not None and not builder.is_prepared():
     problem = "it is not prepared there"
   if problem is None:
