@@ -14,7 +14,7 @@ Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one sourc
 
 Gin (bindings apply when a dataset is made, so they may follow `import tasks` in a gin file):
   task_vocabulary.checkpoint   the tokenizer of a converted checkpoint instead of the default vocabulary
-  TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length / .single_span_prob
+  TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length / .single_span_prob / .block_mask_prob
   SentenceObjective.mask_ratio / .max_length / .split ('tokens': the reference's split of the document's tokens)
   DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
   (every objective) .short_seq_prob (a document's budget U{32..L-2} at that rate) / .eos (documents end with [eos])

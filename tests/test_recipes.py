@@ -40,6 +40,10 @@ SHORT_AND_SINGLE = {"large_chinese": (0.02, 0.0), "10b": (0.02, 0.0), "10b_chine
                     "10b_longer": (0.5, 0.05 / 0.43)}  # fmt: skip
 
 
+# --block-mask-prob of each recipe (the others leave it at 0).
+BLOCK_MASK = {"large_chinese": 0.1, "10b": 0.1, "10b_chinese": 0.1, "10b_longer": 0.1}
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_each_recipe_holds_its_reference_scripts_settings(name):
   (layers, hidden, heads, length, data, document, lr, style, decay, floor, warmup, steps, batch, b2, eps,
@@ -72,6 +76,7 @@ def test_each_recipe_holds_its_reference_scripts_settings(name):
   assert [o.short_seq_prob for o in objectives] == [short] * 3
   assert all(o.eos for o in objectives)  # documents end with [eos]
   assert objectives[0].single_span_prob == pytest.approx(single, abs=1e-4)
+  assert objectives[0].block_mask_prob == BLOCK_MASK.get(name, 0.0)
 
 
 def test_every_reference_script_has_a_recipe_and_a_table():

@@ -103,6 +103,21 @@ def assemble(
   return example_lib.from_piece(piece, starts, lengths, mask_id, special, rng.permutation(starts.size))
 
 
+def mask_part_b_inputs(
+  example: dict[str, np.ndarray], prob: float, dblock: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+  """The example with each Part B input after a span's `[sop]` replaced by `[dBLOCK]` with probability `prob`
+  (the reference's --block-mask-prob, blocklm_utils.py:195-198): the model then predicts some span tokens without
+  seeing the one before. Targets, positions and `[sop]` are unchanged."""
+  candidates = np.flatnonzero(example["block_position_ids"] >= 2)
+  chosen = candidates[rng.random(candidates.size) < prob]
+  if not chosen.size:
+    return example
+  input_ids = example["input_ids"].copy()
+  input_ids[chosen] = dblock
+  return {**example, "input_ids": input_ids}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Token level: Poisson spans, [MASK].
 

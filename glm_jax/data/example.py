@@ -197,14 +197,16 @@ def from_piece(
 def split(example: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
   """Part A input ids [sep] and the B spans as (index of the span's blank in A, span tokens) in B order.
 
-  Takes one unpadded example (one segment of a packed row, without its padding).
+  Takes one unpadded example (one segment of a packed row, without its padding). A span's tokens are read from its
+  targets (all but the end token), so Part B inputs replaced by `[dBLOCK]` do not change them.
   """
   input_ids = np.asarray(example["input_ids"])
+  target_ids = np.asarray(example["target_ids"])
   sep = int(np.asarray(example["sep"]).reshape(-1)[0])
   starts = sep + np.flatnonzero(np.asarray(example["block_position_ids"])[sep:] == 1)
   ends = np.append(starts[1:], input_ids.size)
   position_ids = np.asarray(example["position_ids"])
-  spans = [(int(position_ids[s]), input_ids[s + 1 : e]) for s, e in zip(starts, ends)]
+  spans = [(int(position_ids[s]), target_ids[s : e - 1]) for s, e in zip(starts, ends)]
   return input_ids[:sep], spans
 
 

@@ -55,8 +55,13 @@ class TokenObjective:
   single_span_prob: float = 0.0  # a piece with one Poisson span (the reference's --single-span-prob)
   short_seq_prob: float = 0.0  # see short_budget
   eos: bool = False  # see with_eos
+  block_mask_prob: float = 0.0  # Part B inputs -> [dBLOCK] at this rate (blank_infilling.mask_part_b_inputs)
 
   name = "token"
+
+  def __post_init__(self):
+    if not 0.0 <= self.block_mask_prob <= 1.0:
+      raise ValueError(f"TokenObjective.block_mask_prob={self.block_mask_prob} must be in [0, 1]")
 
   def corrupt(self, tokens, sentence_lengths, rng, max_length, special, stats):
     del sentence_lengths
@@ -235,6 +240,12 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
   """The numpy function of one document: flat features of all its pieces and the pieces' lengths. With `ends` (the
   sentence-end ids), the sentence lengths are found in the tokens."""
   prefix = objective.name + "/"
+  block_mask_prob = getattr(objective, "block_mask_prob", 0.0)
+  if block_mask_prob and special.dblock is None:
+    raise ValueError(
+      f"{type(objective).__name__}.block_mask_prob={block_mask_prob} needs a [dBLOCK] token, which this vocabulary "
+      "lacks; use one that has it (the default vocabulary, BERT, GPT-2, Chinese SentencePiece) or set it to 0"
+    )
 
   def corrupt(tokens, sentence_lengths, valid_utf8, seed):
     counters.increment(prefix + "documents")
@@ -250,6 +261,8 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
       examples = objective.corrupt(tokens, sentence_lengths, rng, budget, special, stats)
       if objective.eos:
         examples = with_eos(examples, special)
+      if block_mask_prob:
+        examples = [blank_infilling.mask_part_b_inputs(ex, block_mask_prob, special.dblock, rng) for ex in examples]
       counters.increment(prefix + "empty_documents", stats.empty_documents)
       counters.increment(prefix + "long_documents", int(tokens.size > LONG_DOCUMENT_FACTOR * max_length))
       counters.increment(prefix + "examples", len(examples))

@@ -276,8 +276,9 @@ def roberta_bpe(vocab_json: str, merges_txt: str, *, embedding_rows: int = 50304
 
 def chinese_sentencepiece(model_file: str, *, embedding_rows: int = 50048) -> GLMVocabulary:
   """cog-pretrain.model (GLM Large/10B Chinese), n = 50000 pieces: [pad] = [eos] n, [SEP] n+1, [CLS] n+2,
-  [MASK] n+3, [UNK] n+4, [sop] n+6, [eop] n+7, [sMASK] n+8, [gMASK] n+9 (the reference's fixed command
-  tokens; glm-10b-chinese was trained with [gMASK] at n+7, which import fixes by copying that row)."""
+  [MASK] n+3, [UNK] n+4, [sop] n+6, [eop] n+7, [sMASK] n+8, [gMASK] n+9, [dBLOCK] n+10 (the reference's fixed
+  command tokens, [dBLOCK] as its recipes with --block-mask-prob add it; glm-10b-chinese was trained with [gMASK] at
+  n+7, which import fixes by copying that row)."""
   text = _SentencePieceText(model_file)
   n = text.vocab_size
   commands = [
@@ -288,6 +289,7 @@ def chinese_sentencepiece(model_file: str, *, embedding_rows: int = 50048) -> GL
     CommandToken("[MASK]", "[MASK]", n + 3, lstrip=True),
     CommandToken("[UNK]", "[UNK]", n + 4),
     *_block_commands(n + 5, task_mask_order=("[sMASK]", "[gMASK]"), gap=1, lstrip=True),
+    CommandToken("[dBLOCK]", "[dBLOCK]", n + 10),
   ]
   return GLMVocabulary(text, commands, embedding_rows=embedding_rows, name="chinese_sp")
 

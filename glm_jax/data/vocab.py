@@ -2,7 +2,8 @@
 and load of every vocabulary family (this one and the THUDM tokenizers of glm_jax.data.tokenizers).
 
 Every GLM vocabulary exposes `special_ids: Mapping[str, int]` with at least the DESIGN names `[pad]`, `[eos]`,
-`[CLS]` (alias `[ENC]`), `[MASK]`, `[sMASK]`, `[gMASK]`, `[sop]`, `[eop]`, `[UNK]`; glm_jax.data.example's
+`[CLS]` (alias `[ENC]`), `[MASK]`, `[sMASK]`, `[gMASK]`, `[sop]`, `[eop]`, `[UNK]`, and `[dBLOCK]` where the
+vocabulary has it (the default one does; it replaces Part B inputs, TokenObjective.block_mask_prob); glm_jax.data.example's
 `special_id(vocab, name)` and `SpecialIds.from_vocabulary(vocab)` are the only ways code looks one up.
 
 The SentencePiece vocabularies trained here: pad=0 (`[pad]`), eos=1 (`[eos]`), unk=2 (`[UNK]`) as seqio
@@ -35,8 +36,10 @@ from etils import epath
 from glm_jax.data import cache_dir, file_lock, tokenizers
 
 PAD, EOS, UNK = "[pad]", "[eos]", "[UNK]"
-USER_DEFINED_SPECIALS = ("[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]")
+USER_DEFINED_SPECIALS = ("[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]", "[dBLOCK]")
 SPECIAL_TOKENS = (PAD, EOS, UNK, *USER_DEFINED_SPECIALS)
+# Vocabularies trained before [dBLOCK] joined the specials (2026-12) lack it and still load, without it.
+OPTIONAL_SPECIALS = ("[dBLOCK]",)
 ALIASES = {"[ENC]": "[CLS]"}
 DEFAULT_VOCAB_SIZE = 4096  # the embedded corpus supports at most ~4.5k unigram pieces; trains in about a second
 
@@ -60,9 +63,11 @@ class GLMSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     for name in SPECIAL_TOKENS:
       i = model.piece_to_id(name)
       if model.id_to_piece(i) != name:
+        if name in OPTIONAL_SPECIALS:
+          continue
         raise ValueError(
           f"{self._sentencepiece_model_file} has no piece {name!r}; train the vocabulary with "
-          "python -m glm_jax.data.vocab"
+          "python -m glm_jax.main vocab"
         )
       ids[name] = i
     ids.update({alias: ids[name] for alias, name in ALIASES.items()})
@@ -130,7 +135,7 @@ def train_model(documents: Iterable[str], settings: TrainSettings = TrainSetting
 def cached_model_file(documents: Sequence[str], settings: TrainSettings = TrainSettings()) -> str:
   """Path of the model trained on `documents` with `settings`, trained on the first call and then cached."""
   key = hashlib.sha256()
-  key.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+  key.update(json.dumps(settings.trainer_kwargs(), sort_keys=True).encode())  # the special tokens included
   key.update(spm.__version__.encode())
   for document in documents:
     key.update(hashlib.sha256(document.encode("utf-8", "surrogatepass")).digest())

@@ -295,7 +295,8 @@ def test_special_ids_from_the_default_vocabulary_and_a_text_round_trip(monkeypat
   names = ["[pad]", "[eos]", "[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]"]
   fields = ["pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop"]
   assert [getattr(special, f) for f in fields] == [example.special_id(vocabulary, name) for name in names]
-  assert len({getattr(special, f) for f in fields}) == len(names) and special.dblock is None
+  assert len({getattr(special, f) for f in fields}) == len(names)
+  assert special.dblock == example.special_id(vocabulary, "[dBLOCK]") and special.dblock not in special.masks
   text = "General language models fill in blanks. Each span is predicted left to right, after its own [sop]."
   tokens = np.asarray(vocabulary.encode(text), np.int32)
   examples = bi.corrupt_tokens(tokens, np.random.default_rng(0), max_length=24, special=special)

@@ -72,6 +72,7 @@ def test_reconstruct_is_exact_on_a_hand_written_example():
   # Piece [10 11 12 13 14], spans (1, len 2) and (4, len 1); B order: second span first.
   ex = {
     "input_ids": np.array([2, 10, 3, 13, 3, 6, 14, 6, 11, 12], np.int32),
+    "target_ids": np.array([2, 10, 3, 13, 3, 14, 7, 11, 12, 7], np.int32),
     "block_position_ids": np.array([0, 0, 0, 0, 0, 1, 2, 1, 2, 3], np.int32),
     "position_ids": np.array([0, 1, 2, 3, 4, 4, 4, 2, 2, 2], np.int32),
     "sep": np.full(10, 5, np.int32),
@@ -80,6 +81,8 @@ def test_reconstruct_is_exact_on_a_hand_written_example():
   part_a, spans = example.split(ex)
   np.testing.assert_array_equal(part_a, [2, 10, 3, 13, 3])
   assert [(p, s.tolist()) for p, s in spans] == [(4, [14]), (2, [11, 12])]
+  ex["input_ids"][9] = 99  # a Part B input replaced ([dBLOCK]): the spans are read from the targets
+  assert [(p, s.tolist()) for p, s in example.split(ex)[1]] == [(4, [14]), (2, [11, 12])]
 
 
 def test_a_span_being_decoded_and_an_empty_one():

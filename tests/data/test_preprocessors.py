@@ -230,3 +230,43 @@ def test_documents_end_with_eos_unmasked_or_as_the_suffix_end(objective, default
   if not suffix:
     expected = [np.append(e, special.eos) for e in expected]
   np.testing.assert_array_equal(np.concatenate(rebuilt), np.concatenate(expected))
+
+
+def test_block_mask_replaces_part_b_inputs_at_its_rate_and_keeps_the_text(default_vocab):
+  """--block-mask-prob: each Part B input after a span's [sop] becomes [dBLOCK] at the rate; targets, [sop]s and the
+  rebuilt text stay (the reference's rule, blocklm_utils.py:195-198)."""
+  special = example.SpecialIds.from_vocabulary(default_vocab)
+  assert special.dblock is not None and special.dblock not in default_vocab.encode(LONG)
+  plain = _run(preprocessors.TokenObjective(), default_vocab, documents=[LONG], length=128)
+  masked = _run(preprocessors.TokenObjective(block_mask_prob=0.3), default_vocab, documents=[LONG], length=128)
+  assert len(plain) == len(masked)
+  candidates = replaced = 0
+  for a, b in zip(plain, masked):
+    for name in FEATURES:
+      if name != "input_ids":
+        np.testing.assert_array_equal(a[name], b[name])
+    changed = a["input_ids"] != b["input_ids"]
+    assert np.all(b["input_ids"][changed] == special.dblock) and np.all(b["block_position_ids"][changed] >= 2)
+    candidates += int(np.count_nonzero(b["block_position_ids"] >= 2))
+    replaced += int(np.count_nonzero(changed))
+    np.testing.assert_array_equal(example.reconstruct(a, special), example.reconstruct(b, special))
+  rate = replaced / candidates
+  assert candidates > 1000 and abs(rate - 0.3) < 4 * (0.3 * 0.7 / candidates) ** 0.5
+  with pytest.raises(ValueError, match=r"block_mask_prob=1.5 must be in \[0, 1\]"):
+    preprocessors.TokenObjective(block_mask_prob=1.5)
+
+
+def test_block_mask_needs_a_vocabulary_with_dblock(default_vocab):
+  class _NoDblock:
+    def __init__(self, base):
+      self.base = base
+
+    def __getattr__(self, name):
+      return getattr(self.base, name)
+
+    @property
+    def special_ids(self):
+      return {k: v for k, v in self.base.special_ids.items() if k != "[dBLOCK]"}
+
+  with pytest.raises(ValueError, match=r"needs a \[dBLOCK\] token"):
+    _run(preprocessors.TokenObjective(block_mask_prob=0.1), _NoDblock(default_vocab), documents=[LONG])

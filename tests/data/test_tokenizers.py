@@ -181,6 +181,7 @@ def test_chinese_sentencepiece_special_ids_and_text(tiny_sentencepiece):
     "[eop]": n + 7,
     "[sMASK]": n + 8,
     "[gMASK]": n + 9,
+    "[dBLOCK]": n + 10,
   }
   sp = spm.SentencePieceProcessor(model_file=tiny_sentencepiece)
   ids = vocab.encode("今天天气 [gMASK]公园")

@@ -129,3 +129,13 @@ def test_a_gs_directory_keeps_the_files_in_the_bucket_and_loads_through_a_local_
   loaded = vocab.load("gs://bucket/run/tokenizer")
   assert vocab.fingerprint(loaded) == vocab.fingerprint(default_vocab)
   assert not loaded.saved_form[1][0].startswith("gs://")  # read from a local copy
+
+
+def test_a_vocabulary_trained_before_dblock_still_loads_without_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(vocab, "USER_DEFINED_SPECIALS", tuple(s for s in vocab.USER_DEFINED_SPECIALS if s != "[dBLOCK]"))
+  model = tmp_path / "old.model"
+  model.write_bytes(vocab.train_model(SMALL_CORPUS, vocab.TrainSettings(vocab_size=600)))
+  monkeypatch.undo()
+  old = vocab.GLMSentencePieceVocabulary(str(model))
+  assert "[dBLOCK]" not in old.special_ids and example.SpecialIds.from_vocabulary(old).dblock is None
+  assert example.SpecialIds.from_vocabulary(vocab.default_vocabulary()).dblock is not None
