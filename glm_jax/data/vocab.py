@@ -3,8 +3,9 @@ and load of every vocabulary family (this one and the THUDM tokenizers of glm_ja
 
 Every GLM vocabulary exposes `special_ids: Mapping[str, int]` with at least the DESIGN names `[pad]`, `[eos]`,
 `[CLS]` (alias `[ENC]`), `[MASK]`, `[sMASK]`, `[gMASK]`, `[sop]`, `[eop]`, `[UNK]`, and `[dBLOCK]` where the
-vocabulary has it (the default one does; it replaces Part B inputs, TokenObjective.block_mask_prob); glm_jax.data.example's
-`special_id(vocab, name)` and `SpecialIds.from_vocabulary(vocab)` are the only ways code looks one up.
+vocabulary has it (the default one does; it replaces Part B inputs, TokenObjective.block_mask_prob);
+glm_jax.data.example's `special_id(vocab, name)` and `SpecialIds.from_vocabulary(vocab)` are the only ways code looks
+one up.
 
 The SentencePiece vocabularies trained here: pad=0 (`[pad]`), eos=1 (`[eos]`), unk=2 (`[UNK]`) as seqio
 assumes, no BOS, the other specials as user-defined symbols (so "[MASK]" in text encodes to the mask id), and
