@@ -1,7 +1,7 @@
 """gin at the edge: the configurables experiment files bind, and the parsing of gin files and `--gin.` flags.
 
 The library under glm_jax/ takes dataclasses and never reads gin; this module registers those dataclasses
-(`TrainConfig`, `OptimizerConfig`, `MeshConfig`, `DataConfig`) and the factories experiment files name
+(`TrainConfig`, `LossConfig`, `OptimizerConfig`, `MeshConfig`, `DataConfig`) and the factories experiment files name
 (`model_preset`, `model_from_checkpoint`, `experiment`) as configurables. The Tasks' own configurables
 (`TokenObjective`, `task_vocabulary`, ...) are registered by `import tasks`. A misspelt binding fails at start with
 gin's own error naming it. Gin files `include` each other by repo-relative paths (`--gin_search_paths`, default:
@@ -16,12 +16,13 @@ import os
 import gin
 
 from glm_jax.model import GLMConfig, preset
-from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning
+from glm_jax.train import checkpoints, inputs, loop, optimizer, partitioning, step
 from glm_jax.train.experiment import Experiment
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 gin.external_configurable(loop.TrainConfig, module="glm_jax")
+gin.external_configurable(step.LossConfig, module="glm_jax")
 gin.external_configurable(optimizer.OptimizerConfig, module="glm_jax")
 gin.external_configurable(partitioning.MeshConfig, module="glm_jax")
 gin.external_configurable(inputs.DataConfig, module="glm_jax")

@@ -55,10 +55,13 @@ def test_each_recipe_holds_its_reference_scripts_settings(name):
   assert t.length == length <= m.max_length
   if isinstance(data, str):
     assert exp.data.mixture_or_task_name == data
+    assert t.loss.objective_weights is None  # one objective: the token mean is the reference's
   else:
     import tasks
 
     assert tuple(tasks.pretrain.glm_mixture_rates().values()) == data
+    # Each objective gets its rate of the gradient, as the reference's one objective per micro-batch gives it.
+    assert t.loss.objective_weights == tasks.pretrain.glm_mixture_rates()
     objective = tasks.pretrain.DocumentObjective()
     assert (objective.min_ratio, objective.suffix_prob) == document
     assert m.task_mask  # [sMASK] and [gMASK] exist for the sentence and document objectives

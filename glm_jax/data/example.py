@@ -12,6 +12,9 @@ Features (docs/design.md; all 1-D of one length T = len(A) + sum(len(span) + 1),
   position_ids        0..len(A)-1 in A; every token of a B span carries its blank's index in A.
   block_position_ids  0 in A; 1..len(span)+1 within each B span (`[sop]` gets 1).
   sep                 len(A) on every token.
+  objective_ids       the example's objective on every token, an index into OBJECTIVES: 0 ("other": cloze,
+                      synthetic and inference examples) unless the corruption sets it (token 1, sentence 2,
+                      document 3); the loss can weight each objective (glm_jax.train.step.LossConfig).
 A model row (`pad`) adds `segment_ids` (1 on the example's tokens) and zeros on padding, as the feature converter
 writes unpacked rows.
 
@@ -31,7 +34,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-FEATURES = ("input_ids", "target_ids", "loss_mask", "position_ids", "block_position_ids", "sep")
+FEATURES = ("input_ids", "target_ids", "loss_mask", "position_ids", "block_position_ids", "sep", "objective_ids")
+# The values of `objective_ids`: the pretraining objectives (glm_jax.data.preprocessors' `name`s) after "other".
+OBJECTIVES = ("other", "token", "sentence", "document")
 MODEL_FEATURES = (*FEATURES, "segment_ids")
 DTYPES = {name: np.float32 if name == "loss_mask" else np.int32 for name in MODEL_FEATURES}
 
@@ -124,6 +129,7 @@ def from_spans(part_a: Sequence[int], spans: Sequence[Span], ids: SpecialIds) ->
     "position_ids": np.concatenate([np.arange(a_len, dtype=np.int32), b_positions]),
     "block_position_ids": np.concatenate(block_positions),
     "sep": np.full(total, a_len, np.int32),
+    "objective_ids": np.zeros(total, np.int32),
   }
 
 
@@ -191,6 +197,7 @@ def from_piece(
     "position_ids": position_ids,
     "block_position_ids": block_position_ids,
     "sep": np.full(total, a_len, np.int32),
+    "objective_ids": np.zeros(total, np.int32),
   }
 
 

@@ -1,8 +1,8 @@
 """seqio feature converter from corrupted GLM examples to fixed-length model features.
 
 Task features (one example, rank 1, length T <= L): input_ids, target_ids, loss_mask, position_ids,
-block_position_ids, sep (see glm_jax.data.example). Model features (docs/design.md), every one exactly
-L long so the train step compiles once: the six task features plus segment_ids.
+block_position_ids, sep, objective_ids (see glm_jax.data.example). Model features (docs/design.md), every one exactly
+L long so the train step compiles once: the seven task features plus segment_ids.
 
 Unpacked: one example per row, padded with zeros; segment_ids 1 on its tokens, 0 on padding.
 Packed: seqio's own packer (`seqio.utils.trim_and_pack_dataset`) fills each row with several examples,
@@ -10,9 +10,10 @@ segment_ids 1..n; each token keeps its own example's `sep` and positions; paddin
 
 seqio's tf-op packer treats the value 0 as padding when it measures an example, and its loop costs more per
 feature and per value than anything else in the pipeline. So the converter packs one int32 feature: per token
-the four lanes (input_ids, target_ids, position_ids * (L + 1) + block_position_ids, sep * 2 + loss_mask)
-interleaved into a vector of length 4T, every value shifted by +1 (all task values are non-negative and
-loss_mask is 0 or 1), packed to length 4L and split back. This needs L <= 46340 (L * (L + 1) < 2**31).
+the four lanes (input_ids, target_ids, position_ids * (L + 1) + block_position_ids,
+(sep * len(OBJECTIVES) + objective_ids) * 2 + loss_mask) interleaved into a vector of length 4T, every value
+shifted by +1 (all task values are non-negative and loss_mask is 0 or 1), packed to length 4L and split back. This
+needs L <= 46340 (L * (L + 1) < 2**31).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from glm_jax.data.example import DTYPES, FEATURES
+from glm_jax.data.example import DTYPES, FEATURES, OBJECTIVES
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 _PACKED = "glm_features"
 _LANES = 4
+_NUM_OBJECTIVES = len(OBJECTIVES)
 MAX_PACKED_LENGTH = 46340  # position_ids * (L + 1) + block_position_ids + 1 must fit in an int32
 
 
@@ -114,7 +116,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
           ex["input_ids"],
           ex["target_ids"],
           ex["position_ids"] * scale + ex["block_position_ids"],
-          ex["sep"] * 2 + loss,
+          (ex["sep"] * _NUM_OBJECTIVES + ex["objective_ids"]) * 2 + loss,
         ],
         axis=1,
       )  # [T, 4]; fails on features of different lengths
@@ -125,13 +127,15 @@ class GLMFeatureConverter(seqio.FeatureConverter):
       # Padding is 0 and every real value v was stored as v + 1, so this restores both.
       lanes = tf.maximum(tf.reshape(ex[_PACKED], [length, _LANES]) - 1, 0)
       input_ids, target_ids, positions, sep_loss = tf.unstack(lanes, axis=1)
+      sep_objective = sep_loss // 2
       return {
         "input_ids": input_ids,
         "target_ids": target_ids,
         "loss_mask": tf.cast(sep_loss % 2, tf.float32),
         "position_ids": positions // scale,
         "block_position_ids": positions % scale,
-        "sep": sep_loss // 2,
+        "sep": sep_objective // _NUM_OBJECTIVES,
+        "objective_ids": sep_objective % _NUM_OBJECTIVES,
         "segment_ids": ex[_PACKED + "_segment_ids"][::_LANES],
       }
 

@@ -1,7 +1,8 @@
 """seqio preprocessors for GLM's three blank-infilling objectives, running the numpy core inside tf.data.
 
 Each takes documents {"text": tf.string} and yields corrupted examples with the task features of
-glm_jax.data.example (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep), one
+glm_jax.data.example (input_ids, target_ids, loss_mask, position_ids, block_position_ids, sep, and objective_ids,
+the objective's index in example.OBJECTIVES), one
 document giving one example per piece (a long document gives many). Per document:
   1. UTF-8 check in-graph (invalid documents are skipped and counted, never fed to the tokenizer);
   2. tokenization with the output feature's vocabulary (`encode_tf`, tensorflow_text ops), of the whole document
@@ -231,6 +232,9 @@ def with_eos(examples: list[dict[str, np.ndarray]], special: SpecialIds) -> list
   return [*examples[:-1], last]
 
 
+_OBJECTIVE_LANE = FEATURES.index("objective_ids")
+
+
 def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
   """A generator from seqio's per-document seed (a pair of int64 that may be negative)."""
   return np.random.default_rng(np.asarray(seed, np.int64).reshape(-1).view(np.uint64))
@@ -240,6 +244,7 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
   """The numpy function of one document: flat features of all its pieces and the pieces' lengths. With `ends` (the
   sentence-end ids), the sentence lengths are found in the tokens."""
   prefix = objective.name + "/"
+  objective_id = example_lib.OBJECTIVES.index(objective.name)
   block_mask_prob = getattr(objective, "block_mask_prob", 0.0)
   if block_mask_prob and special.dblock is None:
     raise ValueError(
@@ -268,6 +273,7 @@ def _corrupt_fn(objective: Objective, max_length: int, special: SpecialIds, ends
       counters.increment(prefix + "examples", len(examples))
     lengths = np.array([ex["input_ids"].size for ex in examples], np.int32)
     flat = [np.concatenate([ex[name] for ex in examples]) if examples else np.zeros([0]) for name in FEATURES]
+    flat[_OBJECTIVE_LANE] = np.full(int(lengths.sum()), objective_id)
     return (lengths, *(f.astype(DTYPES[name]) for name, f in zip(FEATURES, flat)))
 
   return corrupt

@@ -32,7 +32,7 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
   model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
   params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
-  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps)
+  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss)
   if template is not None:
     examples = cloze_eval.task_examples(data.mixture_or_task_name, data.eval_split, cloze_examples)
     scored = cloze_eval.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)

@@ -86,6 +86,9 @@ class TrainConfig:
   # otherwise); None: num_steps. A resumed run keeps the value it started with (glm_jax/train/experiment.py), so
   # raising num_steps at resume trains on at the schedule's floor instead of silently rescaling it.
   schedule_steps: int | None = None
+  # The one loss configuration (train/step.py): `TrainConfig.loss = @LossConfig()` with
+  # `LossConfig.objective_weights = @glm_mixture_rates()` weighs the objectives as the reference does.
+  loss: step_lib.LossConfig = step_lib.LossConfig()
 
   def __post_init__(self):
     if self.max_to_keep is not None and self.max_to_keep < 1:
@@ -113,20 +116,31 @@ def init_from_checkpoint(
   return state.replace(params=params, opt_state=opt_state)  # a fresh state's step is 0
 
 
-def _eval(eval_step, params, batches: Iterable[dict], num_batches: int, mesh) -> dict[str, float]:
-  sums = {"loss_sum": 0.0, "correct": 0.0, "num_tokens": 0.0}
+def _eval(
+  eval_step, params, batches: Iterable[dict], num_batches: int, mesh, loss_config: step_lib.LossConfig
+) -> dict[str, float]:
+  sums = None
   for i, batch in enumerate(batches):
     if i == num_batches:
       break
     out = jax.device_get(eval_step(params, partitioning.global_batch(batch, mesh)))
-    sums = {k: sums[k] + float(out[k]) for k in sums}
-  if sums["num_tokens"] == 0:
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+  if sums is None or sums["num_tokens"] == 0:
     raise ValueError(
       "the eval split gave no target token (it is empty, or holds fewer rows than one batch): check the Task's "
       "eval split (`python -m glm_jax.main inspect --split ...`), or set DataConfig.eval_split = None"
     )
-  tokens = sums["num_tokens"]
-  return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens}
+  return step_lib.eval_metrics(sums, loss_config)
+
+
+def eval_line(step: int, metrics: dict[str, float]) -> str:
+  """The console line of one evaluation; with several objectives, each one's loss too."""
+  line = f"step {step}: eval loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.3f}"
+  by_objective = {k[len("loss_") :]: v for k, v in metrics.items() if k.startswith("loss_")}
+  if len(by_objective) > 1:
+    line += " (" + ", ".join(f"{name} {loss:.3f}" for name, loss in by_objective.items()) + ")"
+  return line
 
 
 def restore_sharded_params(model: GLM, checkpoint: str, mesh, length: int):
@@ -139,12 +153,18 @@ def restore_sharded_params(model: GLM, checkpoint: str, mesh, length: int):
 
 
 def evaluate(
-  model: GLM, params, param_shardings, mesh, eval_batches: Iterable[dict[str, np.ndarray]], num_batches: int
+  model: GLM,
+  params,
+  param_shardings,
+  mesh,
+  eval_batches: Iterable[dict[str, np.ndarray]],
+  num_batches: int,
+  loss_config: step_lib.LossConfig = step_lib.LossConfig(),
 ) -> dict[str, float]:
   """Loss and token accuracy (over Part B targets) of `params` on `num_batches` of `eval_batches`, with the
-  training loop's eval step."""
+  training loop's eval step (step.eval_metrics: the loss weighted as `loss_config` weighs it, each objective's)."""
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), param_shardings, mesh)
-  return _eval(eval_step, params, eval_batches, num_batches, mesh)
+  return _eval(eval_step, params, eval_batches, num_batches, mesh, loss_config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +198,7 @@ def train_program(
   schedule = optimizer.learning_rate_schedule(optimizer_config, tc.total_schedule_steps)
   shardings = partitioning.state_shardings(partitioning.abstract_boxed_params(model, tc.length), tx, mesh)
   train_step = step_lib.jit_train_step(
-    step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps), shardings, mesh
+    step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps, tc.loss), shardings, mesh
   )
   return TrainProgram(model, tx, shardings, train_step)
 
@@ -307,13 +327,13 @@ def train(
         bar.set_postfix(postfix, refresh=False)
         window_start, window_steps = time.perf_counter(), 0
       if eval_batches is not None and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
-        eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh)
+        eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh, tc.loss)
         writer.write_scalars(step_done, {f"eval_{k}": v for k, v in eval_metrics.items()})
         if is_chief:
           metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
         summary["final_eval_loss"] = eval_metrics["loss"]
         report_progress(step_done)
-        report(f"step {step_done}: eval loss {eval_metrics['loss']:.4f} accuracy {eval_metrics['accuracy']:.3f}")
+        report(eval_line(step_done, eval_metrics))
         data_line = counters.summary(counters.snapshot())
         report(data_line)
         window_start, window_steps = time.perf_counter(), 0

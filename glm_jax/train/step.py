@@ -1,24 +1,104 @@
-"""The loss, the pure train step and the eval step.
+"""The one loss configuration, the pure train step and the eval step.
 
-Loss: cross entropy over Part B positions (loss_mask), summed and divided by the number of Part B tokens in
-the whole (global) batch, in float32. Logits of padded vocabulary rows (ids >= vocab_size) are masked out
-before the softmax, so they never receive probability.
+Loss: cross entropy over Part B positions (loss_mask), in float32, as a weighted sum over the tokens of the whole
+(global) batch (`token_weights`, from `LossConfig`):
+  - by default every Part B token weighs the same (1 / the batch's Part B tokens): one token mean;
+  - with `LossConfig.objective_weights` each objective's tokens (the `objective_ids` feature) are averaged on their
+    own and the objectives' means are combined with those weights (normalized over the objectives the batch
+    holds). With the mixture rates as weights this is the THUDM reference's weighting: it draws one objective per
+    micro-batch and averages micro-batch token means, so each objective gets about its rate of the gradient.
+Logits of padded vocabulary rows (ids >= vocab_size) are masked out before the softmax, so they never receive
+probability.
 
-Gradient accumulation scans over microbatches inside the step; each microbatch's summed loss is divided by
-the token count of the whole batch, so the accumulated gradient equals the big-batch gradient.
+Gradient accumulation scans over microbatches inside the step; the token weights are computed on the whole batch
+first, so the accumulated gradient equals the big-batch gradient.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from glm_jax.data.example import OBJECTIVES
 from glm_jax.model import GLM, forward, mask_padded_vocab
 from glm_jax.train import partitioning
 from glm_jax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The one loss configuration (gin: `TrainConfig.loss = @LossConfig()`).
+
+  objective_weights: None, one token mean over the batch; or objective name (glm_jax.data.example.OBJECTIVES:
+    token, sentence, document, other) -> weight >= 0, e.g. `LossConfig.objective_weights = @glm_mixture_rates()`
+    for the reference's weighting. An objective it does not name gets weight 0: its tokens are not trained on.
+  """
+
+  objective_weights: Mapping[str, float] | None = None
+
+  def __post_init__(self):
+    weights = self.objective_weights
+    if weights is None:
+      return
+    unknown = sorted(set(weights) - set(OBJECTIVES))
+    if unknown or any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+      raise ValueError(
+        f"LossConfig.objective_weights={dict(weights)}: expected weights >= 0 with a positive sum for objectives of "
+        f"{OBJECTIVES}" + (f" (unknown: {unknown})" if unknown else "")
+      )
+    object.__setattr__(
+      self, "objective_weights", {name: float(weights[name]) for name in OBJECTIVES if name in weights}
+    )
+
+  def weight_vector(self) -> np.ndarray | None:
+    """float32 [len(OBJECTIVES)]: each objective id's weight, or None for the plain token mean."""
+    if self.objective_weights is None:
+      return None
+    return np.array([self.objective_weights.get(name, 0.0) for name in OBJECTIVES], np.float32)
+
+
+def objective_counts(loss_mask: jax.Array, objective_ids: jax.Array) -> jax.Array:
+  """float32 [len(OBJECTIVES)]: the Part B tokens of each objective."""
+  onehot = jax.nn.one_hot(objective_ids, len(OBJECTIVES), dtype=jnp.float32)
+  return jnp.einsum("blk,bl->k", onehot, loss_mask.astype(jnp.float32))
+
+
+def objective_weighted_loss(loss_sums: jax.Array, counts: jax.Array, weights) -> jax.Array:
+  """The loss of per-objective summed losses and token counts [K]: the weighted mean of the objectives' token means,
+  normalized over the weighted objectives present (0 when none is)."""
+  weights = jnp.asarray(weights, jnp.float32)
+  present = (counts > 0) & (weights > 0)
+  means = loss_sums / jnp.maximum(counts, 1.0)
+  norm = jnp.sum(jnp.where(present, weights, 0.0))
+  return jnp.sum(jnp.where(present, weights * means, 0.0)) / jnp.maximum(norm, 1e-30)
+
+
+def token_weights(loss_mask: jax.Array, objective_ids: jax.Array, weights: np.ndarray | None) -> jax.Array:
+  """float32 [B, L]: each token's weight in the loss (0 off Part B); they sum to 1 over a batch with Part B tokens
+  (of a weighted objective). `weights` [K] from LossConfig.weight_vector: None, the token mean."""
+  mask = loss_mask.astype(jnp.float32)
+  if weights is None:
+    return mask / jnp.maximum(jnp.sum(mask), 1.0)
+  counts = objective_counts(mask, objective_ids)
+  weights = jnp.asarray(weights, jnp.float32)
+  present = (counts > 0) & (weights > 0)
+  norm = jnp.maximum(jnp.sum(jnp.where(present, weights, 0.0)), 1e-30)
+  per_token = jnp.where(present, weights / jnp.maximum(counts, 1.0) / norm, 0.0)
+  return mask * per_token[objective_ids]
+
+
+def token_stats(logits: jax.Array, target_ids: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+  """logits float [B, L, V]; target_ids int [B, L]. Returns float32 [B, L] each: the cross entropy of every
+  position and 1.0 where the argmax is the target, padded vocabulary rows (ids >= vocab_size) masked out."""
+  logits = mask_padded_vocab(logits.astype(jnp.float32), vocab_size)
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target_ids)
+  return token_loss, (jnp.argmax(logits, axis=-1) == target_ids).astype(jnp.float32)
 
 
 def loss_sums(logits: jax.Array, target_ids: jax.Array, loss_mask: jax.Array, vocab_size: int):
@@ -26,10 +106,8 @@ def loss_sums(logits: jax.Array, target_ids: jax.Array, loss_mask: jax.Array, vo
 
   Returns (summed cross entropy, number of correct argmax predictions), both over Part B only, float32.
   """
-  logits = mask_padded_vocab(logits.astype(jnp.float32), vocab_size)
   loss_mask = loss_mask.astype(jnp.float32)
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target_ids)
-  correct = (jnp.argmax(logits, axis=-1) == target_ids).astype(jnp.float32)
+  token_loss, correct = token_stats(logits, target_ids, vocab_size)
   return jnp.sum(token_loss * loss_mask), jnp.sum(correct * loss_mask)
 
 
@@ -47,22 +125,32 @@ def _microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def _objective_ids(batch: dict) -> jax.Array:
+  ids = batch.get("objective_ids")
+  return jnp.zeros_like(batch["target_ids"]) if ids is None else ids
+
+
 def make_train_step(
-  model: GLM, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None, accumulation_steps: int = 1
+  model: GLM,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule | None = None,
+  accumulation_steps: int = 1,
+  loss_config: LossConfig = LossConfig(),
 ) -> Callable:
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
   batch: dict of [B, L] model features; rng: a base key, folded with the step number (and the microbatch
-  index) to give each step its own dropout key. Metrics are float32 scalars: loss, accuracy (Part B),
-  num_tokens (Part B tokens), grad_norm, learning_rate.
+  index) to give each step its own dropout key. Metrics are float32 scalars: loss (the weighted loss that is
+  optimized), accuracy (Part B), num_tokens (Part B tokens), grad_norm, learning_rate.
   """
   vocab_size = model.config.vocab_size
+  weights = loss_config.weight_vector()
 
-  def microbatch_grads(params, micro, total_tokens, rng):
+  def microbatch_grads(params, micro, rng):
     def loss_fn(p):
       logits = forward(model, p, micro, deterministic=False, dropout_rng=rng)
-      loss_sum, correct = loss_sums(logits, micro["target_ids"], micro["loss_mask"], vocab_size)
-      return loss_sum / total_tokens, correct
+      token_loss, correct = token_stats(logits, micro["target_ids"], vocab_size)
+      return jnp.sum(token_loss * micro["loss_weight"]), jnp.sum(correct * micro["loss_mask"].astype(jnp.float32))
 
     (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, correct, grads
@@ -71,14 +159,15 @@ def make_train_step(
     step_rng = jax.random.fold_in(rng, state.step)
     num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
     total_tokens = jnp.maximum(num_tokens, 1.0)
+    batch = {**batch, "loss_weight": token_weights(batch["loss_mask"], _objective_ids(batch), weights)}
     if accumulation_steps == 1:
-      loss, correct, grads = microbatch_grads(state.params, batch, total_tokens, step_rng)
+      loss, correct, grads = microbatch_grads(state.params, batch, step_rng)
     else:
 
       def body(carry, xs):
         loss_acc, correct_acc, grads_acc = carry
         index, micro = xs
-        loss, correct, grads = microbatch_grads(state.params, micro, total_tokens, jax.random.fold_in(step_rng, index))
+        loss, correct, grads = microbatch_grads(state.params, micro, jax.random.fold_in(step_rng, index))
         return (loss_acc + loss, correct_acc + correct, jax.tree.map(jnp.add, grads_acc, grads)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -103,16 +192,41 @@ def make_train_step(
 
 
 def make_eval_step(model: GLM) -> Callable:
-  """Returns `eval_step(params, batch) -> {loss_sum, correct, num_tokens}` (deterministic; sums, so the
-  caller can average over many batches exactly)."""
+  """Returns `eval_step(params, batch) -> {loss_sum, correct, num_tokens, objective_loss_sums,
+  objective_tokens}` (deterministic; sums, the last two [len(OBJECTIVES)] per objective id, so the caller can
+  average over many batches exactly and weight the objectives as the loss does: `eval_metrics`)."""
 
   def eval_step(params, batch: dict):
     logits = forward(model, params, batch, deterministic=True)
-    loss_sum, correct = loss_sums(logits, batch["target_ids"], batch["loss_mask"], model.config.vocab_size)
-    num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
-    return {"loss_sum": loss_sum, "correct": correct, "num_tokens": num_tokens}
+    token_loss, correct = token_stats(logits, batch["target_ids"], model.config.vocab_size)
+    loss_mask = batch["loss_mask"].astype(jnp.float32)
+    onehot = jax.nn.one_hot(_objective_ids(batch), len(OBJECTIVES), dtype=jnp.float32) * loss_mask[..., None]
+    return {
+      "loss_sum": jnp.sum(token_loss * loss_mask),
+      "correct": jnp.sum(correct * loss_mask),
+      "num_tokens": jnp.sum(loss_mask),
+      "objective_loss_sums": jnp.einsum("blk,bl->k", onehot, token_loss),
+      "objective_tokens": jnp.sum(onehot, axis=(0, 1)),
+    }
 
   return eval_step
+
+
+def eval_metrics(sums: Mapping[str, np.ndarray], loss_config: LossConfig = LossConfig()) -> dict[str, float]:
+  """The metrics of eval_step's outputs summed over batches: loss (as the train loss weighs it), token_loss (the
+  plain token mean), accuracy, and `loss_<objective>` for each objective with Part B tokens."""
+  tokens = float(sums["num_tokens"])
+  counts = np.asarray(sums["objective_tokens"], np.float64)
+  objective_sums = np.asarray(sums["objective_loss_sums"], np.float64)
+  token_loss = float(sums["loss_sum"]) / tokens
+  metrics = {"loss": token_loss, "token_loss": token_loss, "accuracy": float(sums["correct"]) / tokens}
+  weights = loss_config.weight_vector()
+  if weights is not None:
+    metrics["loss"] = float(objective_weighted_loss(objective_sums, counts, weights))
+  for name, count, total in zip(OBJECTIVES, counts, objective_sums):
+    if count:
+      metrics[f"loss_{name}"] = float(total / count)
+  return metrics
 
 
 def jit_train_step(train_step: Callable, state_shardings, mesh: jax.sharding.Mesh) -> Callable:

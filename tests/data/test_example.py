@@ -33,13 +33,13 @@ def oracle(piece, starts, lengths, mask_id, order):
       i += 1
   ex = collections.defaultdict(list)
   for j, token in enumerate(part_a):
-    for name, value in zip(example.FEATURES, (token, token, 0.0, j, 0, len(part_a))):
+    for name, value in zip(example.FEATURES, (token, token, 0.0, j, 0, len(part_a), 0)):
       ex[name].append(value)
   for s in order:
     start, length = int(starts[s]), int(lengths[s])
     span = piece[start : start + length].tolist()
     for j, (token, target) in enumerate(zip([IDS.sop] + span, span + [IDS.eop])):
-      for name, value in zip(example.FEATURES, (token, target, 1.0, mask_index[start], j + 1, len(part_a))):
+      for name, value in zip(example.FEATURES, (token, target, 1.0, mask_index[start], j + 1, len(part_a), 0)):
         ex[name].append(value)
   return ex, part_a, [(mask_index[int(starts[s])], piece[starts[s] : starts[s] + lengths[s]].tolist()) for s in order]
 

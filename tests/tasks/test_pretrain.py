@@ -94,6 +94,7 @@ def test_task_end_to_end(glm_tasks, objective, pack):
       sep = int(ex["sep"][0])
       np.testing.assert_array_equal(ex["loss_mask"], np.arange(ex["sep"].size) >= sep)
       assert _objective(ex, special) == objective
+      assert np.all(ex["objective_ids"] == example.OBJECTIVES.index(objective))
       piece = vocabulary.decode(example.reconstruct(ex, special).tolist())
       assert _normalized(piece) in corpus
   again, other = rows(3), rows(4)
@@ -241,3 +242,30 @@ def test_the_c4_version_is_a_binding_and_an_unloadable_one_fails_at_the_first_re
     gin.bind_parameter("c4_config.version", "9.9.9")
   with pytest.raises(ValueError, match="TFDS cannot build that version and no prepared copy of it is there"):
     read()
+
+
+def test_per_objective_weighting_gives_each_objective_its_rate_of_the_gradient(glm_tasks, clean_gin):
+  """The reference draws one objective per micro-batch and averages micro-batch token means, so objective o gets its
+  rate r_o of the gradient (pretrain_glm.py:263-268). Mixed per example, a plain token mean gives each objective its
+  share of Part B tokens instead; LossConfig(objective_weights=rates) gives each its rate again."""
+  from glm_jax.train import step
+
+  ds = seqio.get_mixture_or_task("glm_embedded").get_dataset(
+    feature_converter.task_feature_lengths(128), split="train", shuffle=False, seed=5
+  )
+  ds = feature_converter.GLMFeatureConverter(pack=True)(ds, feature_converter.task_feature_lengths(128))
+  batch = next(ds.batch(64).as_numpy_iterator())
+  rates = glm_tasks.glm_mixture_rates()
+  ids = [example.OBJECTIVES.index(name) for name in rates]
+
+  def shares(weights):
+    w = np.asarray(step.token_weights(batch["loss_mask"], batch["objective_ids"], weights))
+    assert np.all(w[batch["loss_mask"] == 0] == 0)
+    return np.array([w[batch["objective_ids"] == i].sum() for i in ids])
+
+  tokens = np.array([batch["loss_mask"][batch["objective_ids"] == i].sum() for i in ids])
+  np.testing.assert_allclose(shares(None), tokens / tokens.sum(), rtol=1e-5)
+  weighted = shares(step.LossConfig(objective_weights=rates).weight_vector())
+  np.testing.assert_allclose(weighted, np.array(list(rates.values())) / sum(rates.values()), rtol=1e-5)
+  # The plain token mean favours the document objective: its examples carry the most Part B tokens.
+  assert tokens[2] / tokens.sum() > rates["document"] + 0.1, tokens

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glm_jax.model import GLM, GLMConfig
-from glm_jax.train import checkpoints, loop, optimizer, partitioning
+from glm_jax.train import checkpoints, loop, optimizer, partitioning, step as step_lib
 
 LENGTH = 16
 CONFIG = GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=LENGTH)
@@ -189,4 +189,4 @@ def test_empty_train_and_eval_inputs_fail_naming_the_split(tmp_path):
   with pytest.raises(ValueError, match="the training input ran out at step 0 .* train split"):
     loop.train(CONFIG, tc, oc, partitioning.MeshConfig(data=-1), iter([]), str(tmp_path), progress=False)
   with pytest.raises(ValueError, match="the eval split gave no target token"):  # not a loss of 0.0
-    loop._eval(None, None, iter([]), 10, None)
+    loop._eval(None, None, iter([]), 10, None, step_lib.LossConfig())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from glm_jax.data import synthetic
-from glm_jax.model import GLM, GLMConfig
+from glm_jax.model import GLM, GLMConfig, forward
 from glm_jax.train import optimizer, partitioning, step
 
 VOCAB = 100  # padded to 128 rows
@@ -25,14 +25,16 @@ def _config(**overrides):
   return GLMConfig(**{**base, **overrides})
 
 
-def _setup(mesh_config, accumulation_steps=1, config=None, lr=3e-3, total_steps=100):
+def _setup(mesh_config, accumulation_steps=1, config=None, lr=3e-3, total_steps=100, loss_config=step.LossConfig()):
   model = GLM(config or _config())
   ocfg = optimizer.OptimizerConfig(learning_rate=lr, warmup_steps=5)
   tx = optimizer.make_optimizer(ocfg, total_steps)
   mesh = partitioning.make_mesh(mesh_config)
   state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), LENGTH)
   train_step = step.jit_train_step(
-    step.make_train_step(model, tx, optimizer.learning_rate_schedule(ocfg, total_steps), accumulation_steps),
+    step.make_train_step(
+      model, tx, optimizer.learning_rate_schedule(ocfg, total_steps), accumulation_steps, loss_config
+    ),
     shardings,
     mesh,
   )
@@ -63,13 +65,73 @@ def test_loss_ignores_part_a_and_padding_and_padded_vocab():
   np.testing.assert_allclose(again, (loss_sum, correct), rtol=1e-6)
 
 
+def test_token_weights_average_each_objective_and_weigh_them():
+  loss_mask = np.array([[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], np.float32)
+  objective_ids = np.array([[1, 1, 3, 3, 3, 0], [2, 2, 2, 3, 3, 3]], np.int32)  # token 1, sentence 2, document 6
+  config = step.LossConfig(objective_weights={"token": 0.5, "sentence": 0.3, "document": 0.2})
+  w = np.asarray(step.token_weights(loss_mask, objective_ids, config.weight_vector()))
+  np.testing.assert_allclose(w[0], [0, 0.5, 0.2 / 6, 0.2 / 6, 0.2 / 6, 0], rtol=1e-6)
+  np.testing.assert_allclose(w[1], [0, 0.3 / 2, 0.3 / 2, 0.2 / 6, 0.2 / 6, 0.2 / 6], rtol=1e-6)
+  plain = np.asarray(step.token_weights(loss_mask, objective_ids, None))
+  np.testing.assert_allclose(plain, loss_mask / 9, rtol=1e-6)
+  # An objective the batch lacks: the others' weights are renormalized, so the weights still sum to 1.
+  no_token = np.where(objective_ids == 1, 2, objective_ids)
+  w = np.asarray(step.token_weights(loss_mask, no_token, config.weight_vector()))
+  np.testing.assert_allclose(w[no_token == 2].sum(), 0.3 / 0.5, rtol=1e-6)
+  np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+  # Objectives the weights do not name are not trained on.
+  w = np.asarray(step.token_weights(loss_mask, objective_ids, step.LossConfig({"document": 1.0}).weight_vector()))
+  np.testing.assert_allclose(w, np.where(objective_ids == 3, loss_mask / 6, 0), rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown: \\['span'\\]"):
+    step.LossConfig({"span": 1.0})
+  with pytest.raises(ValueError, match="positive sum"):
+    step.LossConfig({"token": 0.0})
+
+
+def test_the_weighted_train_loss_and_the_eval_losses_per_objective():
+  """The train step optimizes the weighted loss; eval reports it, the token mean and each objective's loss."""
+  batch = dict(next(_batches(batch_size=8)))
+  batch["objective_ids"] = np.repeat(np.array([1, 1, 1, 1, 2, 2, 3, 3], np.int32)[:, None], LENGTH, axis=1)
+  config = step.LossConfig({"token": 0.5, "sentence": 0.3, "document": 0.2})
+  model = GLM(_config())
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))  # global sums over shards
+  ocfg = optimizer.OptimizerConfig(warmup_steps=5)
+  tx = optimizer.make_optimizer(ocfg, 10)
+  state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), LENGTH)
+  train_step = step.jit_train_step(step.make_train_step(model, tx, loss_config=config), shardings, mesh)
+  eval_step = step.jit_eval_step(step.make_eval_step(model), shardings.params, mesh)
+  out = jax.device_get(eval_step(state.params, partitioning.global_batch(batch, mesh)))
+  # Oracle: each objective's token mean, weighted by the rates (logits first: the train step donates the state).
+  logits = jax.jit(lambda p: forward(model, p, batch, deterministic=True))(state.params)
+  logits = np.asarray(logits, np.float64)[..., :VOCAB]
+  _, metrics = train_step(state, partitioning.global_batch(batch, mesh), jax.random.key(1))
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  token_loss = -np.take_along_axis(logp, batch["target_ids"][..., None], -1)[..., 0]
+  mask = batch["loss_mask"]
+  means = {o: (token_loss * mask)[batch["objective_ids"] == i].sum() / mask[batch["objective_ids"] == i].sum()
+           for o, i in (("token", 1), ("sentence", 2), ("document", 3))}  # fmt: skip
+  weighted = 0.5 * means["token"] + 0.3 * means["sentence"] + 0.2 * means["document"]
+  np.testing.assert_allclose(float(metrics["loss"]), weighted, rtol=1e-4)
+  evaluated = step.eval_metrics(out, config)
+  np.testing.assert_allclose(evaluated["loss"], weighted, rtol=1e-4)
+  np.testing.assert_allclose(evaluated["token_loss"], (token_loss * mask).sum() / mask.sum(), rtol=1e-4)
+  for name, mean in means.items():
+    np.testing.assert_allclose(evaluated[f"loss_{name}"], mean, rtol=1e-4)
+  assert "loss_other" not in evaluated
+  assert step.eval_metrics(out)["loss"] == evaluated["token_loss"]
+
+
 @pytest.mark.slow
-def test_accumulated_step_equals_big_batch_step():
-  batch = next(_batches(batch_size=8))
+@pytest.mark.parametrize("weighted", [False, True], ids=["token_mean", "per_objective"])
+def test_accumulated_step_equals_big_batch_step(weighted):
+  batch = dict(next(_batches(batch_size=8)))
+  # Microbatch i holds rows i, i+4: each one sees some objectives only, so per-microbatch weights would differ.
+  batch["objective_ids"] = np.repeat(np.array([1, 1, 2, 3, 1, 2, 2, 3], np.int32)[:, None], LENGTH, axis=1)
+  loss_config = step.LossConfig({"token": 0.5, "sentence": 0.3, "document": 0.2} if weighted else None)
   mesh_config = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
   results = []
   for n in (1, 4):
-    state, train_step, mesh = _setup(mesh_config, accumulation_steps=n)
+    state, train_step, mesh = _setup(mesh_config, accumulation_steps=n, loss_config=loss_config)
     state, metrics = train_step(state, partitioning.global_batch(batch, mesh), jax.random.key(1))
     state, metrics = train_step(state, partitioning.global_batch(batch, mesh), jax.random.key(1))
     results.append((jax.device_get(state.params), jax.device_get(metrics)))
@@ -138,3 +200,13 @@ def test_short_training_run_learns_synthetic_task():
     losses.append(float(metrics["loss"]))
   assert np.mean(losses[:5]) > 3.0  # ~ log(32 token ids) at the start
   assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:5])
+
+
+def test_the_eval_line_names_each_objectives_loss():
+  from glm_jax.train import loop
+
+  assert loop.eval_line(5, {"loss": 2.0, "accuracy": 0.5, "token_loss": 2.0, "loss_token": 2.0}) == (
+    "step 5: eval loss 2.0000 accuracy 0.500"
+  )
+  metrics = {"loss": 2.0, "accuracy": 0.5, "token_loss": 2.1, "loss_token": 1.5, "loss_document": 3.25}
+  assert loop.eval_line(5, metrics) == "step 5: eval loss 2.0000 accuracy 0.500 (token 1.500, document 3.250)"
