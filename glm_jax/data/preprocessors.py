@@ -37,6 +37,8 @@ from glm_jax.data.example import DTYPES, FEATURES, SpecialIds
 
 # A document longer than this many times max_length is counted (it is still used, cut into pieces).
 LONG_DOCUMENT_FACTOR = 100
+# Documents tokenized and corrupted together (each still with its own seed): the batch is one tf.data element.
+DOCUMENT_BATCH = 16
 
 # End of a sentence: terminal punctuation (and closing quotes / brackets) followed by whitespace, or a blank
 # line. The break keeps the punctuation with its sentence and drops the whitespace.
@@ -293,20 +295,43 @@ def blank_infilling_preprocessor(
   corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special, ends)
   out_types = [tf.int32] + [tf.float32 if name == "loss_mask" else tf.int32 for name in FEATURES]
 
+  def corrupt_documents(tokens, doc_lengths, sentence_lengths, sentence_counts, valid_utf8, seeds):
+    """The batch's documents one by one (each with its own seed, as alone), their outputs concatenated."""
+    doc_ends, sentence_ends = np.cumsum(doc_lengths), np.cumsum(sentence_counts)
+    outs = [
+      corrupt(
+        tokens[doc_ends[i] - doc_lengths[i] : doc_ends[i]],
+        sentence_lengths[sentence_ends[i] - sentence_counts[i] : sentence_ends[i]],
+        valid_utf8[i],
+        seeds[i],
+      )
+      for i in range(doc_lengths.size)
+    ]
+    return [np.concatenate(parts) if outs else np.zeros(0, t.as_numpy_dtype) for parts, t in zip(zip(*outs), out_types)]
+
+  # Each document gets its own seqio seed first, so batching does not change its examples.
   @seqio.map_over_dataset(num_seeds=1)
-  def corrupt_document(ex, seed):
-    text = ex["text"]
+  def with_seed(ex, seed):
+    return {"text": ex["text"], "seed": tf.reshape(tf.cast(tf.stack(seed), tf.int64), [2])}
+
+  def corrupt_batch(batch):
+    text = batch["text"]  # [B]
     # Transcoding drops invalid bytes, so a valid document is the only one that comes back unchanged.
     valid_utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore"), text)
     text = tf.where(valid_utf8, text, "")
     if by_text:
-      sentences = vocabulary.encode_tf(split_sentences(text))
-      tokens, sentence_lengths = sentences.flat_values, sentences.row_lengths()
+      sentences = vocabulary.encode_tf(split_sentences(text))  # [B, sentences, tokens]
+      tokens, doc_lengths = sentences.flat_values, tf.reduce_sum(sentences.row_lengths(axis=2), axis=1)
+      sentence_lengths, sentence_counts = sentences.values.row_lengths(), sentences.row_lengths()
     else:
-      tokens = vocabulary.encode_tf(text)
-      sentence_lengths = tf.size(tokens, out_type=tf.int64)[None]
+      encoded = vocabulary.encode_tf(text)  # [B, tokens]
+      tokens, doc_lengths = encoded.flat_values, encoded.row_lengths()
+      sentence_lengths, sentence_counts = doc_lengths, tf.ones_like(doc_lengths)
     lengths, *flat = tf.numpy_function(
-      corrupt, [tf.cast(tokens, tf.int32), sentence_lengths, valid_utf8, seed], out_types, stateful=False
+      corrupt_documents,
+      [tf.cast(tokens, tf.int32), doc_lengths, sentence_lengths, sentence_counts, valid_utf8, batch["seed"]],
+      out_types,
+      stateful=False,
     )
     lengths.set_shape([None])
     pieces = {}
@@ -315,4 +340,7 @@ def blank_infilling_preprocessor(
       pieces[name] = tf.RaggedTensor.from_row_lengths(values, tf.cast(lengths, tf.int64), validate=False)
     return pieces
 
-  return corrupt_document(dataset).unbatch()
+  # Documents travel in batches of DOCUMENT_BATCH: one tokenizer call and one numpy call per batch, not per
+  # document (each call costs about as much as corrupting a few hundred tokens).
+  batches = with_seed(dataset).batch(DOCUMENT_BATCH)
+  return batches.map(corrupt_batch, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -116,15 +116,33 @@ class GLMVocabulary(seqio.Vocabulary):
       pieces.append(self._text.decode(run))
     return " ".join(p for p in pieces if p)
 
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    """Scalar string -> int32 [L], through tf.numpy_function (see the module docstring for the cost)."""
+  def _encode_tf(self, s):
+    """Scalar string -> int32 [L]; strings [N] -> ragged int32 [N, None]; a ragged tensor of strings -> the same
+    with one more ragged dimension (as tensorflow_text's tokenizers do); through tf.numpy_function (see the module
+    docstring for the cost)."""
+    if isinstance(s, tf.RaggedTensor):
+      return s.with_flat_values(self._encode_tf(s.flat_values))
+    s = tf.convert_to_tensor(s)
+    if s.shape.rank == 0:
 
-    def encode(x):
-      return np.asarray(self._encode(x.decode("utf-8")), np.int32)
+      def encode(x):
+        return np.asarray(self._encode(np.asarray(x).item().decode("utf-8")), np.int32)
 
-    out = tf.numpy_function(encode, [s], tf.int32, stateful=False)
-    out.set_shape([None])
-    return out
+      out = tf.numpy_function(encode, [s], tf.int32, stateful=False)
+      out.set_shape([None])
+      return out
+    if s.shape.rank != 1:
+      raise ValueError(f"encode_tf takes a scalar, a vector or a ragged tensor of strings; got shape {s.shape}")
+
+    def encode_many(texts):
+      ids = [self._encode(x.decode("utf-8")) for x in texts]
+      flat = np.asarray([i for row in ids for i in row], np.int32)
+      return flat, np.asarray([len(row) for row in ids], np.int64)
+
+    flat, lengths = tf.numpy_function(encode_many, [s], [tf.int32, tf.int64], stateful=False)
+    flat.set_shape([None])
+    lengths.set_shape([None])
+    return tf.RaggedTensor.from_row_lengths(flat, lengths, validate=False)
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     """int [L] -> scalar string, or [B, L] -> [B] strings."""

@@ -70,20 +70,36 @@ def segments(row) -> list[dict[str, np.ndarray]]:
   return out
 
 
+def _key(ex) -> bytes:
+  return b"".join(np.asarray(ex[name]).tobytes() for name in example.FEATURES)
+
+
 @pytest.mark.parametrize("objective", ["tokens", "sentences", "document"])
 @pytest.mark.parametrize("pack", [False, True])
-def test_rows_hold_exactly_the_examples_in_order(objective, pack):
+def test_rows_hold_exactly_the_examples(objective, pack):
+  """Unpacked: one example per row, in order. Packed: every example exactly once; a row holds examples of one window
+  (fc.PACK_WINDOW consecutive examples) in their order."""
   max_length = 48
   examples = corpus(objective, max_length)
+  for i, ex in enumerate(examples):
+    ex["objective_ids"] = np.full_like(ex["objective_ids"], i % len(example.OBJECTIVES))
   rows = convert(examples, max_length, pack)
-  recovered = []
+  index = {}
+  for i, ex in enumerate(examples):
+    index.setdefault(_key(ex), []).append(i)
+  recovered, origin = [], []
   for row in rows:
     check_row_format(row, max_length)
+    row_origin = []
     for ex in segments(row):
       np.testing.assert_array_equal(ex["sep"], ex["sep"][0])  # each token carries its own example's sep
       recovered.append(ex)
-  assert len(recovered) == len(examples)
-  for got, want in zip(recovered, examples):
+      row_origin.append(index[_key(ex)].pop(0))
+    assert row_origin == sorted(row_origin) and len({i // fc.PACK_WINDOW for i in row_origin}) == 1
+    origin += row_origin
+  assert sorted(origin) == list(range(len(examples)))
+  for got, i in zip(recovered, origin):
+    want = examples[i]
     for name in example.FEATURES:
       np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     # Each segment reconstructs on its own.
@@ -92,8 +108,36 @@ def test_rows_hold_exactly_the_examples_in_order(objective, pack):
     assert len(rows) < len(examples)
     assert max(row["segment_ids"].max() for row in rows) > 1
   else:
+    assert origin == list(range(len(examples)))
     assert len(rows) == len(examples)
     assert all(row["segment_ids"].max() == 1 for row in rows)
+
+
+def test_first_fit_fills_rows_and_keeps_each_rows_order():
+  lengths = np.array([5, 4, 3, 6, 2, 1, 7])
+  rows, offsets = fc.first_fit(lengths, 8)
+  # [5 . 3] [4 . 2 1 .] [6] [7]: each example in the first row with room.
+  assert rows.tolist() == [0, 1, 0, 2, 1, 1, 3] and offsets.tolist() == [0, 0, 5, 0, 4, 6, 0]
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    lengths = rng.integers(1, 65, rng.integers(1, 300))
+    rows, offsets = fc.first_fit(lengths, 64)
+    for r in range(rows.max() + 1):
+      mine = np.flatnonzero(rows == r)
+      ends = offsets[mine] + lengths[mine]
+      assert np.all(offsets[mine][1:] == ends[:-1]) and offsets[mine][0] == 0 and ends[-1] <= 64
+
+
+def test_packed_rows_are_well_filled():
+  """At L = 512, the corruption's pieces pack to rows at least 85% full (seqio's next-fit packer gave 0.85)."""
+  rng = np.random.default_rng(1)
+  examples = []
+  for _ in range(300):
+    doc = rng.integers(8, 3000, int(rng.lognormal(6.0, 1.2))).astype(np.int32)
+    examples += bi.corrupt_tokens(doc, rng, max_length=512, special=SPECIAL)
+  rows = convert(examples, 512, pack=True)
+  fill = sum(int(np.count_nonzero(row["segment_ids"])) for row in rows) / (len(rows) * 512)
+  assert fill >= 0.85, fill
 
 
 def test_packed_attention_is_the_block_diagonal_of_the_examples():
@@ -162,17 +206,13 @@ def test_model_feature_lengths_and_seqio_validation():
   assert rows and all(row["input_ids"].shape == (16,) for row in rows)
 
 
-def test_packing_rejects_a_fractional_loss_mask():
+def test_packing_keeps_every_value_as_it_is():
+  """Packing moves values, never encodes them: a fractional loss mask and long rows survive."""
   ex = bi.corrupt_document(np.arange(8, 20, dtype=np.int32), np.random.default_rng(0), max_length=64, special=SPECIAL)[
     0
   ]
   ex["loss_mask"] = ex["loss_mask"] * 0.5
-  with pytest.raises(tf.errors.InvalidArgumentError, match="loss_mask values of 0.0 or 1.0"):
-    convert([ex], 32, pack=True)
-
-
-def test_packed_length_limit_is_named():
-  with pytest.raises(ValueError, match="46340"):
-    fc.GLMFeatureConverter(pack=True).get_model_feature_lengths(fc.task_feature_lengths(50_000))
-  lengths = fc.GLMFeatureConverter(pack=False).get_model_feature_lengths(fc.task_feature_lengths(50_000))
+  (row,) = convert([ex], 32, pack=True)
+  np.testing.assert_array_equal(row["loss_mask"][: ex["loss_mask"].size], ex["loss_mask"])
+  lengths = fc.GLMFeatureConverter(pack=True).get_model_feature_lengths(fc.task_feature_lengths(50_000))
   assert lengths["input_ids"] == 50_000

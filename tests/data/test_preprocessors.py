@@ -270,3 +270,16 @@ def test_block_mask_needs_a_vocabulary_with_dblock(default_vocab):
 
   with pytest.raises(ValueError, match=r"needs a \[dBLOCK\] token"):
     _run(preprocessors.TokenObjective(block_mask_prob=0.1), _NoDblock(default_vocab), documents=[LONG])
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=_objective_id)
+def test_documents_batched_together_give_the_examples_each_gives_alone(objective, default_vocab, monkeypatch):
+  """Each document keeps its own seqio seed, so DOCUMENT_BATCH changes the cost, never the examples."""
+  batched = _run(objective, default_vocab)
+  monkeypatch.setattr(preprocessors, "DOCUMENT_BATCH", 1)
+  alone = _run(objective, default_vocab)
+  assert len(batched) == len(alone)
+  for a, b in zip(batched, alone):
+    for name in FEATURES:
+      np.testing.assert_array_equal(a[name], b[name])
+  assert all(np.all(ex["objective_ids"] == example.OBJECTIVES.index(objective.name)) for ex in batched)

@@ -206,3 +206,16 @@ def test_data_special_id_reads_these_vocabularies(bert, gpt2, tiny_sentencepiece
     for name in ("[pad]", "[eos]", "[CLS]", "[MASK]", "[sMASK]", "[gMASK]", "[sop]", "[eop]", "[UNK]"):
       assert example.special_id(vocab, name) == vocab.special_ids[name]
   assert example.special_id(gpt2, "[gMASK]") == 50263 and example.special_id(bert, "[MASK]") == 103
+
+
+def test_encode_tf_takes_scalars_vectors_and_ragged_strings(tiny_sentencepiece):
+  """The batched preprocessors tokenize a vector of documents (and, with SentenceObjective(split='text'), a ragged
+  tensor of their sentences) in one call."""
+  import tensorflow as tf
+
+  vocab = glm_tokenizers.chinese_sentencepiece(tiny_sentencepiece)
+  texts = ["今天天气 [gMASK]公园", "", "天气"]
+  assert vocab.encode_tf(tf.constant(texts[0])).numpy().tolist() == vocab.encode(texts[0])
+  assert vocab.encode_tf(tf.constant(texts)).to_list() == [vocab.encode(t) for t in texts]
+  ragged = tf.ragged.constant([["今天", "天气"], [], ["公园"]])
+  assert vocab.encode_tf(ragged).to_list() == [[vocab.encode(t.decode()) for t in row] for row in ragged.to_list()]
