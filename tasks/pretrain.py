@@ -16,6 +16,7 @@ Gin (bindings apply when a dataset is made, so they may follow `import tasks` in
   task_vocabulary.checkpoint   the tokenizer of a converted checkpoint instead of the default vocabulary
   TokenObjective.mask_ratio / .poisson_lambda / .max_span_length / .max_length / .single_span_prob / .block_mask_prob
   SentenceObjective.mask_ratio / .max_length / .split ('tokens': the reference's split of the document's tokens)
+  SentenceObjective.task_mask / DocumentObjective.task_mask (False: [MASK] for them too, as without --task-mask)
   DocumentObjective.min_ratio / .max_ratio / .suffix_prob / .max_length
   (every objective) .short_seq_prob (a document's budget U{32..L-2} at that rate) / .eos (documents end with [eos])
   glm_mixture_rates.token / .sentence / .document

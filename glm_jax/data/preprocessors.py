@@ -102,6 +102,7 @@ class SentenceObjective:
   split: str = "tokens"
   short_seq_prob: float = 0.0  # see short_budget
   eos: bool = False  # see with_eos
+  task_mask: bool = True  # False: [MASK] instead of [sMASK] (special_ids_of)
 
   name = "sentence"
 
@@ -126,6 +127,7 @@ class DocumentObjective:
   max_length: int | None = None
   short_seq_prob: float = 0.0  # see short_budget
   eos: bool = False  # see with_eos
+  task_mask: bool = True  # False: [MASK] instead of [gMASK] (special_ids_of)
 
   name = "document"
 
@@ -144,6 +146,15 @@ class DocumentObjective:
 
 
 Objective = TokenObjective | SentenceObjective | DocumentObjective
+
+
+def special_ids_of(objective: Objective, special: SpecialIds) -> SpecialIds:
+  """The special ids an objective writes: with `task_mask=False` the sentence and document objectives blank with
+  [MASK] too, as the reference does without --task-mask (blocklm_utils.py:63-66: the BERT-vocabulary models
+  GLM-410M/515M were pretrained so); the objective still travels in `objective_ids`."""
+  if getattr(objective, "task_mask", True):
+    return special
+  return dataclasses.replace(special, smask=special.mask, gmask=special.mask)
 
 
 def resolve_max_length(objective: Objective, sequence_length: Mapping[str, int] | None) -> int:
@@ -289,7 +300,7 @@ def blank_infilling_preprocessor(
 ) -> tf.data.Dataset:
   """Documents {"text"} -> corrupted examples of `objective` (a seqio preprocessor once `objective` is bound)."""
   vocabulary = output_features["input_ids"].vocabulary
-  special = SpecialIds.from_vocabulary(vocabulary)
+  special = special_ids_of(objective, SpecialIds.from_vocabulary(vocabulary))
   by_text = isinstance(objective, SentenceObjective) and objective.split == "text"
   ends = sentence_end_ids(vocabulary) if isinstance(objective, SentenceObjective) and not by_text else None
   corrupt = _corrupt_fn(objective, resolve_max_length(objective, sequence_length), special, ends)

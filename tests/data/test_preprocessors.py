@@ -283,3 +283,23 @@ def test_documents_batched_together_give_the_examples_each_gives_alone(objective
     for name in FEATURES:
       np.testing.assert_array_equal(a[name], b[name])
   assert all(np.all(ex["objective_ids"] == example.OBJECTIVES.index(objective.name)) for ex in batched)
+
+
+@pytest.mark.parametrize(
+  "objective",
+  [preprocessors.SentenceObjective(task_mask=False), preprocessors.DocumentObjective(task_mask=False, eos=True)],
+  ids=["sentence", "document"],
+)
+def test_without_task_masks_every_blank_is_mask(objective, default_vocab):
+  """The reference without --task-mask (GLM-410M/515M): [MASK] for the sentence and document objectives too."""
+  special = example.SpecialIds.from_vocabulary(default_vocab)
+  examples = _run(objective, default_vocab, documents=[VALID[0], LONG])
+  blanks = {int(t) for ex in examples for t in ex["input_ids"][: ex["sep"][0]] if t in special.masks}
+  assert blanks == {special.mask}
+  assert all(np.all(ex["objective_ids"] == example.OBJECTIVES.index(objective.name)) for ex in examples)
+  rebuilt = np.concatenate([example.reconstruct(ex, special) for ex in examples])
+  expected = [np.array(default_vocab.encode(d), np.int32) for d in (VALID[0], LONG)]
+  if objective.name == "sentence":
+    np.testing.assert_array_equal(rebuilt, np.concatenate(expected))
+  else:  # a document's [eos] ends its last [MASK] suffix as it ends a [gMASK] one
+    assert sum(ex["target_ids"][-1] == special.eos for ex in examples) == 2
