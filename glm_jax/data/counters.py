@@ -10,6 +10,7 @@ Names in use:
   {objective}/documents, {objective}/empty_documents, {objective}/invalid_utf8, {objective}/examples,
   {objective}/long_documents (documents longer than 100 x max_length tokens, cut into pieces, none dropped)
   cloze/examples, cloze/truncated (texts whose start was cut to fit the row)   (glm_jax.data.cloze)
+  superglue/<task>/malformed (lines skipped: bad JSON, a missing field or label) (glm_jax.data.superglue_sources)
                                                            (glm_jax.data.preprocessors; objective is
                                                             token, sentence or document)
 """
@@ -47,7 +48,14 @@ def format_counts(counts: dict[str, int]) -> str:
   return "\n".join(f"{k}={v}" for k, v in counts.items()) or "(no data-pipeline counts)"
 
 
-SKIPPED = ("empty_documents", "invalid_utf8", "invalid_json", "missing_text", "unreadable_files")  # inputs not used
+SKIPPED = (  # inputs not used
+  "empty_documents",
+  "invalid_utf8",
+  "invalid_json",
+  "missing_text",
+  "unreadable_files",
+  "malformed",
+)
 TRUNCATED = ("truncated",)  # inputs used in part
 
 
