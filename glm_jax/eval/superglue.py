@@ -1,0 +1,120 @@
+"""SuperGLUE (and SST-2) evaluation as the THUDM reference's cloze evaluation, with SuperGLUE's metrics.
+
+Each example becomes a cloze question (glm_jax.data.superglue: the reference's pattern `pattern_id`), every candidate
+is scored as the blank's fill by glm_jax.infer.scoring.score_spans (Part A encoded once per example into the key/value
+cache, all candidates of `examples_per_call` examples in one batched pass), and the best-scoring candidate is the
+prediction:
+  - single-token questions (the verbalizers of BoolQ, CB, MultiRC, RTE, WiC, SST-2 by default): the candidate's
+    log-probability at the blank's [sop], as the reference's GLMForSingleTokenCloze reads it;
+  - multi-token questions (COPA, ReCoRD, WSC, or `multi_token=True`): the summed log-probability of the candidate's
+    tokens and the closing [eop], as GLMForMultiTokenClozeFast does (no length penalty, the reference's default).
+Part A is truncated once per example for its longest candidate (the reference truncates it per candidate, so for a
+text that does not fit, a shorter candidate may see a few more tokens there).
+
+Metrics (glm_jax.eval.superglue_metrics): accuracy; CB accuracy and macro-F1; MultiRC F1a and exact match grouped by
+question; ReCoRD F1 and exact match against every gold answer; WSC (with the candidates of the WSC-negative files):
+accuracy of "the referent scores best" against the True/False label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from glm_jax.data import superglue
+from glm_jax.data.example import SpecialIds
+from glm_jax.eval import superglue_metrics
+from glm_jax.infer import scoring
+from glm_jax.model import GLM
+
+
+def questions(task: str, examples: Sequence, pattern_id: int, multi_token: bool = False) -> list[superglue.Cloze]:
+  """The cloze question of every example."""
+  return [superglue.cloze(task, ex, pattern_id, multi_token) for ex in examples]
+
+
+def candidate_scores(
+  model: GLM,
+  params,
+  vocabulary,
+  clozes: Sequence[superglue.Cloze],
+  *,
+  examples_per_call: int = 16,
+) -> list[np.ndarray]:
+  """Each question's candidate scores, float [candidates] (see the module docstring)."""
+  ids = SpecialIds.from_vocabulary(vocabulary)
+  length = model.config.max_length
+  out: list[np.ndarray | None] = [None] * len(clozes)
+  for start in range(0, len(clozes), examples_per_call):
+    group = range(start, min(start + examples_per_call, len(clozes)))
+    for multi in (False, True):  # single-token questions are scored without [eop], multi-token ones with it
+      chosen = [i for i in group if clozes[i].multi_token == multi]
+      if not chosen:
+        continue
+      prompts, blanks, fills = [], [], []
+      for i in chosen:
+        candidates = superglue.candidate_ids(clozes[i], vocabulary)
+        span = 1 + max(map(len, candidates)) if multi else 1  # [sop] and the longest fill, or [sop] alone
+        part_a, blank, _ = superglue.part_a_ids(clozes[i], vocabulary, ids, length, span)
+        prompts.append(part_a)
+        blanks.append(blank)
+        fills.append(candidates)
+      for i, s in zip(chosen, scoring.score_spans(model, params, prompts, blanks, fills, ids=ids, eop=multi)):
+        out[i] = np.asarray(s)
+  return out
+
+
+def _labelled(task: str, clozes: Sequence[superglue.Cloze]) -> None:
+  missing = sum(q.label is None for q in clozes)
+  if missing:
+    raise ValueError(f"{task}: {missing} of {len(clozes)} examples have no label; evaluate a labelled split")
+
+
+def metrics(task: str, examples: Sequence, clozes: Sequence[superglue.Cloze], predicted: Sequence[int]) -> dict:
+  """SuperGLUE's metrics of the predicted candidate indices (glm_jax.eval.superglue_metrics)."""
+  if task == "record":
+    golds = [list(ex.meta["answers"]) for ex in examples]
+    answers = [ex.meta["candidates"][p] for ex, p in zip(examples, predicted)]
+    return superglue_metrics.record_metrics(golds, answers)
+  if task == "wsc":
+    if any(len(q.candidates) < 2 for q in clozes):
+      raise ValueError(
+        "WSC evaluation needs each example's wrong candidates (the WSC-negative files: "
+        "glm_jax.data.superglue_sources.read_examples(..., task_dir=WSC_NEGATIVE_DIR))"
+      )
+    gold = [ex.label == "True" for ex in examples]
+    return superglue_metrics.accuracy(gold, [p == 0 for p in predicted])
+  _labelled(task, clozes)
+  gold = [q.label for q in clozes]
+  if task == "multirc":
+    groups = [(ex.meta["passage_idx"], ex.meta["question_idx"]) for ex in examples]
+    return superglue_metrics.multirc_metrics(
+      [{"group": g, "value": v} for g, v in zip(groups, gold)],
+      [{"group": g, "value": int(p)} for g, p in zip(groups, predicted)],
+    )
+  if task == "cb":
+    return superglue_metrics.cb_metrics(gold, list(predicted), labels=(0, 1, 2))
+  return superglue_metrics.accuracy(gold, list(predicted))
+
+
+def evaluate(
+  model: GLM,
+  params,
+  vocabulary,
+  task: str,
+  examples: Sequence,
+  *,
+  pattern_id: int | None = None,
+  multi_token: bool = False,
+  examples_per_call: int = 16,
+) -> dict[str, float]:
+  """The SuperGLUE metrics of `params` on `examples` (glm_jax.data.superglue_sources examples of `task`) under the
+  reference's pattern `pattern_id` (default: the one its fine-tuning script uses), plus num_examples."""
+  if not examples:
+    raise ValueError(f"{task}: no examples to evaluate")
+  pattern = superglue.DEFAULT_PATTERNS[task] if pattern_id is None else pattern_id
+  clozes = questions(task, examples, pattern, multi_token)
+  scores = candidate_scores(model, params, vocabulary, clozes, examples_per_call=examples_per_call)
+  predicted = [int(np.argmax(s)) for s in scores]
+  return {**metrics(task, examples, clozes, predicted), "num_examples": float(len(examples))}

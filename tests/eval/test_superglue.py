@@ -1,0 +1,92 @@
+"""SuperGLUE evaluation: candidates scored in batches as alone, predictions turned into SuperGLUE's metrics."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from glm_jax.data import superglue, superglue_sources
+from glm_jax.data.example import SpecialIds
+from glm_jax.eval import superglue as superglue_eval
+from glm_jax.infer import scoring
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "superglue"
+TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "sst2")
+
+
+def _examples(task):
+  task_dir = superglue_sources.WSC_NEGATIVE_DIR if task == "wsc" else None
+  return [
+    ex
+    for split in ("train", "validation")
+    for ex in superglue_sources.read_examples(task, str(FIXTURES), split, task_dir=task_dir)
+  ]
+
+
+@pytest.fixture
+def tiny(default_vocabulary_glm):
+  vocabulary, model, params = default_vocabulary_glm(0, 256)
+  return vocabulary, model, jax.tree.map(lambda x: 20.0 * x, params)  # large weights: scores that differ
+
+
+def test_batched_scores_equal_each_candidate_scored_alone(tiny):
+  vocabulary, model, params = tiny
+  ids = SpecialIds.from_vocabulary(vocabulary)
+  clozes = [
+    *superglue_eval.questions("copa", _examples("copa"), 0),
+    *superglue_eval.questions("rte", _examples("rte"), 0, multi_token=True),
+    *superglue_eval.questions("boolq", _examples("boolq"), 4, multi_token=True),
+  ]
+  batched = superglue_eval.candidate_scores(model, params, vocabulary, clozes, examples_per_call=16)
+  one_by_one = superglue_eval.candidate_scores(model, params, vocabulary, clozes, examples_per_call=1)
+  score = scoring.make_score_fn(model, params)
+  for question, b, o in zip(clozes, batched, one_by_one):
+    np.testing.assert_allclose(b, o, rtol=1e-5, atol=1e-5)
+    # The slow oracle: one full forward pass per candidate row, [eop] scored (multi-token).
+    fills = superglue.candidate_ids(question, vocabulary)
+    part_a, blank, _ = superglue.part_a_ids(
+      question, vocabulary, ids, model.config.max_length, 1 + max(map(len, fills))
+    )
+    rows = scoring.candidate_rows(part_a, blank, fills, ids, model.config.max_length, eop=True)
+    np.testing.assert_allclose(b, score(rows), rtol=1e-4, atol=1e-4)
+  assert len({int(np.argmax(s)) for s in batched}) > 1, "a test of batching needs different predictions"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_evaluates_to_its_superglue_metrics(task, tiny):
+  vocabulary, model, params = tiny
+  examples = _examples(task)
+  result = superglue_eval.evaluate(model, params, vocabulary, task, examples, multi_token=True, examples_per_call=4)
+  expected = {"cb": {"accuracy", "f1_macro"}, "multirc": {"f1a", "em"}, "record": {"em", "f1"}}.get(task, {"accuracy"})
+  assert set(result) == expected | {"num_examples"} and result["num_examples"] == len(examples)
+  assert all(0.0 <= result[k] <= 1.0 for k in expected)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_predicting_the_gold_candidate_scores_every_metric_at_one(task):
+  examples = _examples(task)
+  clozes = superglue_eval.questions(task, examples, superglue.DEFAULT_PATTERNS[task], multi_token=True)
+  if task == "record":
+    gold = [list(ex.meta["candidates"]).index(ex.meta["answers"][0]) for ex in examples]
+  elif task == "wsc":
+    gold = [0 if ex.label == "True" else 1 for ex in examples]
+  else:
+    gold = [q.label for q in clozes]
+  result = superglue_eval.metrics(task, examples, clozes, gold)
+  assert all(v == 1.0 for v in result.values()), result
+  if task in ("boolq", "rte", "wic", "sst2", "multirc"):
+    wrong = superglue_eval.metrics(task, examples, clozes, [1 - g for g in gold])
+    assert all(v < 1.0 for v in wrong.values()), wrong
+
+
+def test_unlabelled_examples_and_wsc_without_candidates_are_refused():
+  unlabelled = superglue_sources.read_examples("boolq", str(FIXTURES), "test")
+  clozes = superglue_eval.questions("boolq", unlabelled, 0)
+  with pytest.raises(ValueError, match="have no label; evaluate a labelled split"):
+    superglue_eval.metrics("boolq", unlabelled, clozes, [0] * len(clozes))
+  plain = superglue_sources.read_examples("wsc", str(FIXTURES), "validation")
+  with pytest.raises(ValueError, match="WSC-negative"):
+    superglue_eval.metrics("wsc", plain, superglue_eval.questions("wsc", plain, 2), [0] * len(plain))
