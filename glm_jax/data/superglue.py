@@ -28,11 +28,24 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from glm_jax.data.example import SpecialIds
 
 BLANK = "[MASK]"  # the text of the blank's part
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredTask:
+  """A seqio Task of cloze questions (tasks/superglue.py registers them): the SuperGLUE task it renders, its examples
+  per split, and its current (pattern id, multi_token) settings, so evaluation renders them as training does."""
+
+  task: str
+  examples: Callable[[str], list]
+  settings: Callable[[], tuple[int, bool]]
+
+
+REGISTERED: dict[str, RegisteredTask] = {}  # seqio Task name -> what it renders
 
 
 @dataclasses.dataclass(frozen=True)

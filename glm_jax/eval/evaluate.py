@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from glm_jax.eval import cloze as cloze_eval
+from glm_jax.data import superglue
+from glm_jax.eval import cloze as cloze_eval, superglue as superglue_eval
 from glm_jax.model import GLM
 from glm_jax.train import checkpoints, inputs, loop, partitioning
 from glm_jax.train.experiment import Experiment
@@ -17,13 +18,17 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   gives its final eval loss again.
 
   With `cloze_examples` (a cloze Task, glm_jax.data.cloze), also the classification accuracy on the first
-  `cloze_examples` examples of the split (0: all), predicting the verbalizer the model finds most likely."""
+  `cloze_examples` examples of the split (0: all), predicting the verbalizer the model finds most likely; for a
+  SuperGLUE Task (tasks/superglue.py), SuperGLUE's metrics of its candidates (glm_jax.eval.superglue), as
+  `cloze_<metric>`."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
   template = None
+  registered = superglue.REGISTERED.get(data.mixture_or_task_name)
   if cloze_examples is not None:
-    template = cloze_eval.task_template(data.mixture_or_task_name)
+    if registered is None:
+      template = cloze_eval.task_template(data.mixture_or_task_name)
     if jax.process_count() > 1:
       raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
   vocabulary = inputs.vocabulary(data)
@@ -37,4 +42,17 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
     examples = cloze_eval.task_examples(data.mixture_or_task_name, data.eval_split, cloze_examples)
     scored = cloze_eval.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)
     result.update(cloze_accuracy=scored["accuracy"], cloze_examples=scored["num_examples"])
+  elif cloze_examples is not None:  # a SuperGLUE Task: its candidates scored, SuperGLUE's metrics
+    examples = registered.examples(data.eval_split)
+    pattern, multi_token = registered.settings()
+    scored = superglue_eval.evaluate(
+      model,
+      jax.device_get(params),
+      vocabulary,
+      registered.task,
+      examples[:cloze_examples] if cloze_examples else examples,
+      pattern_id=pattern,
+      multi_token=multi_token,
+    )
+    result.update({f"cloze_{k}": v for k, v in scored.items()})
   return result

@@ -1,0 +1,114 @@
+"""tasks/superglue.py: the SuperGLUE Tasks read the distribution's files, render the reference's patterns and train on
+the right candidate; `eval --cloze` scores them with SuperGLUE's metrics."""
+
+from __future__ import annotations
+
+import pathlib
+
+import gin
+import numpy as np
+import pytest
+import seqio
+
+from glm_jax import main
+from glm_jax.data import counters, example, feature_converter, superglue, superglue_sources
+from tasks import superglue as superglue_tasks
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "superglue"
+L = 256
+
+
+@pytest.fixture
+def fixtures_dir():
+  gin.clear_config()
+  gin.parse_config([f"superglue_config.data_dir = '{FIXTURES}'"])
+  yield str(FIXTURES)
+  gin.clear_config()
+
+
+def _rows(task: str, split: str = "train") -> list[dict[str, np.ndarray]]:
+  ds = seqio.get_dataset(
+    superglue_tasks.task_name(task),
+    feature_converter.task_feature_lengths(L),
+    dataset_split=split,
+    shuffle=False,
+    feature_converter=feature_converter.GLMFeatureConverter(pack=False),
+  )
+  return list(ds.as_numpy_iterator())
+
+
+@pytest.mark.parametrize("task", superglue_tasks.TASKS)
+def test_each_task_trains_on_the_right_candidate_of_the_references_pattern(task, fixtures_dir):
+  vocabulary = superglue_tasks.pretrain.VOCABULARY
+  ids = example.SpecialIds.from_vocabulary(vocabulary)
+  task_dir = superglue_sources.WSC_NEGATIVE_DIR if task == "wsc" else None
+  examples = superglue_sources.read_examples(task, fixtures_dir, "train", task_dir=task_dir)
+  rows = _rows(task)
+  assert len(rows) == len(examples) and rows
+  pattern = superglue.DEFAULT_PATTERNS[task]
+  for row, ex in zip(rows, examples):
+    size = int(row["segment_ids"].sum())
+    segment = {name: row[name][:size] for name in example.FEATURES}
+    part_a, spans = example.split(segment)
+    question = superglue.cloze(task, ex, pattern)
+    ((blank, fill),) = spans
+    assert fill.tolist() == vocabulary.encode(question.candidates[question.label])
+    expected_a, expected_blank, _ = superglue.part_a_ids(question, vocabulary, ids, L, 1 + fill.size)
+    assert part_a.tolist() == expected_a and blank == expected_blank
+    assert part_a[0] == ids.cls and part_a[-1] == ids.eos and part_a[blank] == ids.mask
+
+
+def test_unlabelled_examples_are_skipped_and_counted(fixtures_dir):
+  counters.reset()
+  test_examples = superglue_sources.read_examples("boolq", fixtures_dir, "test")
+  assert test_examples and _rows("boolq", "test") == []
+  assert counters.snapshot("superglue/boolq/") == {"superglue/boolq/unlabelled": len(test_examples)}
+
+
+def test_settings_are_checked_and_missing_data_is_named(tmp_path, monkeypatch):
+  gin.clear_config()
+  try:
+    gin.parse_config(["superglue_config.pattern_ids = {'copa': 3}"])
+    with pytest.raises(ValueError, match="copa=3 is not one of the reference's patterns"):
+      superglue_tasks.superglue_config()
+    gin.clear_config()
+    monkeypatch.delenv("GLM_JAX_SUPERGLUE_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"superglue_config.data_dir .*\$GLM_JAX_SUPERGLUE_DIR"):
+      superglue_tasks.load_examples("rte", "validation")
+    gin.parse_config([f"superglue_config.data_dir = '{tmp_path}'"])
+    with pytest.raises(FileNotFoundError, match="RTE"):
+      superglue_tasks.load_examples("rte", "validation")
+  finally:
+    gin.clear_config()
+
+
+GIN = """
+include 'gin/models/tiny.gin'
+model_preset.overrides = {'max_length': 256, 'num_layers': 1}
+experiment.data = @DataConfig()
+DataConfig.mixture_or_task_name = 'glm_copa_superglue'
+DataConfig.eval_split = 'validation'
+DataConfig.pack = False
+experiment.train_config = @TrainConfig()
+TrainConfig.num_steps = 2
+TrainConfig.batch_size = 8
+TrainConfig.length = 256
+TrainConfig.log_every = 1
+TrainConfig.eval_every = 2
+TrainConfig.eval_steps = 1
+TrainConfig.checkpoint_every = 2
+experiment.optimizer_config = @OptimizerConfig()
+OptimizerConfig.warmup_steps = 0
+superglue_config.data_dir = '{data}'
+"""
+
+
+@pytest.mark.slow
+def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path):
+  (tmp_path / "copa.gin").write_text(GIN.replace("{data}", str(FIXTURES)))
+  run = str(tmp_path / "run")
+  main.run(["train", f"--gin_file={tmp_path / 'copa.gin'}", f"--model_dir={run}"])
+  result = main.run(["eval", f"--gin_file={tmp_path / 'copa.gin'}", f"--checkpoint={run}", "--cloze=0"])
+  examples = superglue_sources.read_examples("copa", str(FIXTURES), "validation")
+  assert result["cloze_num_examples"] == len(examples) and 0.0 <= result["cloze_accuracy"] <= 1.0
