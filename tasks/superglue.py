@@ -11,9 +11,16 @@ Data (read when a dataset is made):
   without one, the TFDS datasets `super_glue/<task>` (`glue/sst2`) prepared under $TFDS_DATA_DIR.
 Gin: superglue_config.pattern_ids = {'boolq': 0} (per task; default glm_jax.data.superglue.DEFAULT_PATTERNS, the
   reference's scripts' choice), .multi_token = True (multi-token verbalizers for every task), .wsc_negative.
-Rows: Part A is the filled pattern ([CLS] ... [eos]); Part B the right candidate ([sop] + its tokens, targets + [eop]):
-the generative loss (the reference's --loss-func generative). Examples without a right candidate (test splits, WSC
-"False" examples) are skipped and counted (`superglue/<task>/unlabelled`).
+Rows: Part A is the filled pattern ([CLS] ... [eos]).
+  superglue_config.loss = 'generative' (default): Part B the right candidate ([sop] + its tokens, targets + [eop]),
+    trained with the LM loss (the reference's --loss-func generative); packs like pretraining rows.
+  superglue_config.loss = 'cross_entropy' (the reference's default): one row per candidate (Part B: [sop] + the
+    candidate; a single-token verbalizer is read at [sop], a multi-token candidate scores its [eop] too), all of an
+    example's rows in one element with `cloze_candidate` and `cloze_label`; train it with `DataConfig.pack = False`,
+    `DataConfig.candidates = C` and `LossConfig.cloze_candidates = C` (C: the task's most candidates; batch size a
+    multiple of C).
+Examples without a right candidate (test splits, WSC "False" examples) are skipped and counted
+(`superglue/<task>/unlabelled`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import tensorflow as tf
 
 from glm_jax.data import counters, example as example_lib, superglue, superglue_sources
 from glm_jax.data.example import DTYPES, FEATURES, SpecialIds
+from glm_jax.data.feature_converter import CLOZE_FEATURES
 from tasks import pretrain
 
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "sst2")
@@ -37,11 +45,20 @@ SPLITS = ("train", "validation", "test")
 TFDS_NAMES = {task: f"super_glue/{task}" for task in TASKS if task != "sst2"} | {"sst2": "glue/sst2"}
 
 
+LOSSES = ("generative", "cross_entropy")
+
+
 @gin.configurable
 def superglue_config(
-  data_dir: str | None = None, pattern_ids: dict | None = None, multi_token: bool = False, wsc_negative: bool = True
+  data_dir: str | None = None,
+  pattern_ids: dict | None = None,
+  multi_token: bool = False,
+  wsc_negative: bool = True,
+  loss: str = "generative",
 ) -> dict:
   """Where the SuperGLUE data is and how it is rendered (see the module docstring)."""
+  if loss not in LOSSES:
+    raise ValueError(f"superglue_config.loss={loss!r}; expected one of {LOSSES}")
   patterns = {**superglue.DEFAULT_PATTERNS, **(pattern_ids or {})}
   for task, pattern in patterns.items():
     if task not in superglue.PATTERNS or pattern not in superglue.PATTERNS[task]:
@@ -54,6 +71,7 @@ def superglue_config(
     "patterns": patterns,
     "multi_token": multi_token,
     "wsc_negative": wsc_negative,
+    "loss": loss,
   }
 
 
@@ -101,8 +119,9 @@ class SuperGlueSource(seqio.DataSource):
     return ds.repeat(num_epochs)
 
 
-def generative_preprocessor(dataset, sequence_length, output_features, *, task: str):
-  """Examples -> GLM rows whose Part B is the right candidate (see the module docstring)."""
+def cloze_preprocessor(dataset, sequence_length, output_features, *, task: str):
+  """Examples -> GLM rows: Part B the right candidate (the generative loss) or, with `superglue_config.loss =
+  'cross_entropy'`, one row per candidate, all of an example's in one element (see the module docstring)."""
   if not sequence_length or "input_ids" not in sequence_length:
     raise ValueError(
       "the SuperGLUE Tasks need a sequence length: pass task_feature_lengths="
@@ -113,29 +132,55 @@ def generative_preprocessor(dataset, sequence_length, output_features, *, task: 
   length = int(sequence_length["input_ids"])
   config = superglue_config()
   pattern, multi_token = config["patterns"][task], config["multi_token"]
-  out_types = [tf.as_dtype(DTYPES[name]) for name in FEATURES]
+  names = (*FEATURES, *CLOZE_FEATURES)
+  out_types = [tf.as_dtype(DTYPES.get(name, np.int32)) for name in names]
+
+  def generative(question) -> list[dict[str, np.ndarray]]:
+    fill = list(vocabulary.encode(question.candidates[question.label]))
+    part_a, blank, cut = superglue.part_a_ids(question, vocabulary, ids, length, 1 + len(fill))
+    counters.increment(f"superglue/{task}/truncated", int(cut))
+    return [example_lib.from_spans(part_a, [(blank, fill)], ids)]
+
+  def cross_entropy(question) -> list[dict[str, np.ndarray]]:
+    rows = []
+    for part_a, blank, fill in superglue.render(question, vocabulary, ids, length):
+      row = example_lib.from_spans(part_a, [(blank, fill)], ids)
+      if not question.multi_token:  # one verbalizer token read at [sop]; its [eop] is not scored
+        row = {name: values[:-1] for name, values in row.items()}
+      rows.append(row)
+    return rows
 
   def make(serialized):
     ex = superglue_sources.SuperGlueExample(**json.loads(serialized))
     question = superglue.cloze(task, ex, pattern, multi_token)
     if question.label is None:
       counters.increment(f"superglue/{task}/unlabelled")
-      return tuple(np.zeros(0, DTYPES[name]) for name in FEATURES)
+      return tuple(np.zeros(0, t.as_numpy_dtype) for t in out_types)
     counters.increment(f"superglue/{task}/examples")
-    fill = list(vocabulary.encode(question.candidates[question.label]))
-    part_a, blank, cut = superglue.part_a_ids(question, vocabulary, ids, length, 1 + len(fill))
-    counters.increment(f"superglue/{task}/truncated", int(cut))
-    row = example_lib.from_spans(part_a, [(blank, fill)], ids)
-    return tuple(row[name] for name in FEATURES)
+    rows = cross_entropy(question) if config["loss"] == "cross_entropy" else generative(question)
+    for c, row in enumerate(rows):
+      row["cloze_candidate"] = np.full(row["input_ids"].size, c, np.int32)
+      row["cloze_label"] = np.full(row["input_ids"].size, question.label, np.int32)
+    return tuple(
+      np.concatenate([row[name] for row in rows]).astype(t.as_numpy_dtype) for name, t in zip(names, out_types)
+    )
 
   def to_row(ex):
     features = tf.numpy_function(make, [ex["example"]], out_types, stateful=False)
     for values in features:
       values.set_shape([None])
-    return dict(zip(FEATURES, features))
+    return dict(zip(names, features))
 
   rows = dataset.map(to_row, num_parallel_calls=tf.data.AUTOTUNE)
   return rows.filter(lambda row: tf.size(row["input_ids"]) > 0)
+
+
+def output_features() -> dict[str, seqio.Feature]:
+  """The pretraining Tasks' features plus the cloze ones (candidate index, right candidate)."""
+  return {
+    **pretrain.output_features(),
+    **{name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.int32) for name in CLOZE_FEATURES},
+  }
 
 
 def _settings(task: str) -> tuple[int, bool]:
@@ -151,8 +196,8 @@ for _task in TASKS:
   seqio.TaskRegistry.add(
     task_name(_task),
     source=SuperGlueSource(_task),
-    output_features=pretrain.output_features(),
-    preprocessors=[functools.partial(generative_preprocessor, task=_task)],
+    output_features=output_features(),
+    preprocessors=[functools.partial(cloze_preprocessor, task=_task)],
   )
   superglue.REGISTERED[task_name(_task)] = superglue.RegisteredTask(
     _task, functools.partial(load_examples, _task), functools.partial(_settings, _task)

@@ -31,9 +31,10 @@ _Spec = seqio.FeatureConverter.FeatureSpec
 PACK_WINDOW = 256
 
 
-def task_feature_lengths(max_length: int) -> dict[str, int]:
-  """The `task_feature_lengths` mapping seqio expects for this converter: every task feature at max_length."""
-  return {name: max_length for name in FEATURES}
+def task_feature_lengths(max_length: int, cloze: bool = False) -> dict[str, int]:
+  """The `task_feature_lengths` mapping seqio expects for this converter: every task feature at max_length (with
+  `cloze`, the cloze layout's features too: GLMFeatureConverter(candidates=C))."""
+  return {name: max_length for name in (*FEATURES, *(CLOZE_FEATURES if cloze else ()))}
 
 
 def _assert_fits(num_tokens: tf.Tensor, length: int) -> None:
@@ -44,6 +45,36 @@ def _assert_fits(num_tokens: tf.Tensor, length: int) -> None:
     message=f"a GLM example is longer than the feature converter length {length}; corrupt with "
     f"max_length <= {length} or raise the task feature lengths",
   )
+
+
+CLOZE_FEATURES = ("cloze_candidate", "cloze_label")
+
+
+def candidate_rows(*flat: np.ndarray, length: int, candidates: int) -> list[np.ndarray]:
+  """One cloze example's rows: its features (FEATURES then CLOZE_FEATURES, the candidates' rows concatenated) ->
+  MODEL_FEATURES and cloze_label, each [candidates, length], zeros on padding and on missing candidates."""
+  values = dict(zip((*FEATURES, *CLOZE_FEATURES), flat))
+  candidate = values["cloze_candidate"]
+  if candidate.size and (candidate.max() >= candidates or np.any(np.diff(candidate) < 0)):
+    raise ValueError(
+      f"a cloze example has candidates {sorted(set(candidate.tolist()))}; the converter takes 0..{candidates - 1} "
+      "in order (raise DataConfig.candidates)"
+    )
+  sizes = np.bincount(candidate, minlength=candidates)
+  if sizes.max(initial=0) > length:
+    raise ValueError(
+      f"a cloze candidate row of {int(sizes.max())} tokens is longer than the feature converter length {length}"
+    )
+  out = {name: np.zeros((candidates, length), DTYPES[name]) for name in MODEL_FEATURES}
+  starts = np.cumsum(sizes) - sizes
+  for c in np.flatnonzero(sizes):
+    span = slice(starts[c], starts[c] + sizes[c])
+    for name in FEATURES:
+      out[name][c, : sizes[c]] = values[name][span]
+    out["segment_ids"][c, : sizes[c]] = 1
+  label = np.zeros((candidates, length), np.int32)
+  label[:] = values["cloze_label"][0] if values["cloze_label"].size else 0
+  return [*(out[name] for name in MODEL_FEATURES), label]
 
 
 def first_fit(lengths: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,9 +137,22 @@ class GLMFeatureConverter(seqio.FeatureConverter):
   # segment_ids is a model feature in both modes, so packing adds no features of its own.
   PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, pack: bool = True, apply_length_check: bool = False, **kwargs) -> None:
+  def __init__(
+    self, pack: bool = True, apply_length_check: bool = False, candidates: int | None = None, **kwargs
+  ) -> None:
     """`apply_length_check` turns on seqio's per-feature length assertions (off by default: they cost as much
-    as the packing itself, and the converter always asserts the one length its features share)."""
+    as the packing itself, and the converter always asserts the one length its features share).
+
+    `candidates` (C): the cloze layout of the cross-entropy loss (glm_jax.train.step.LossConfig.cloze_candidates):
+    each task example holds all its candidates' rows one after the other, told apart by `cloze_candidate`
+    (0..C-1) and carrying the right one in `cloze_label`; it becomes C padded rows (an example with fewer
+    candidates gets empty rows), with `cloze_label` on every token of them. Not packed."""
+    if candidates is not None:
+      if pack:
+        raise ValueError("cloze candidate rows are padded, not packed: use pack=False (DataConfig.pack = False)")
+      self.TASK_FEATURES = {**self.TASK_FEATURES, **{name: _Spec(dtype=tf.int32) for name in CLOZE_FEATURES}}
+      self.MODEL_FEATURES = {**self.MODEL_FEATURES, "cloze_label": _Spec(dtype=tf.int32)}
+    self.candidates = candidates
     super().__init__(pack=pack, apply_length_check=apply_length_check, **kwargs)
 
   def _length(self, task_feature_lengths: Mapping[str, int]) -> int:
@@ -122,9 +166,29 @@ class GLMFeatureConverter(seqio.FeatureConverter):
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     length = self._length(task_feature_lengths)
+    if self.candidates is not None:
+      return self._candidate_rows(ds, length)
     if self.pack:
       return self._pack_rows(ds, length)
     return self._pad_rows(ds, length)
+
+  def _candidate_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    names = (*FEATURES, *CLOZE_FEATURES)
+    out_names = (*MODEL_FEATURES, "cloze_label")
+    out_types = [tf.as_dtype(DTYPES.get(name, np.int32)) for name in out_names]
+
+    def rows(ex):
+      out = tf.numpy_function(
+        functools.partial(candidate_rows, length=length, candidates=self.candidates),
+        [ex[name] for name in names],
+        out_types,
+        stateful=False,
+      )
+      for value in out:
+        value.set_shape([self.candidates, length])
+      return dict(zip(out_names, out))
+
+    return ds.map(rows, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
   def _pad_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
     def add_segment_ids(ex):

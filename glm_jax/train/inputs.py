@@ -39,6 +39,8 @@ class DataConfig:
   train_split: str = "train"
   eval_split: str | None = "validation"  # None: no evaluation
   pack: bool = True
+  # The cloze layout of the cross-entropy loss (LossConfig.cloze_candidates): rows per example, unpacked.
+  candidates: int | None = None
   shuffle: bool = True  # training stream only; False: source order
   seed: int = 0
   # Save the training iterator's position with every checkpoint (exact resume). The position includes the
@@ -128,11 +130,11 @@ def batches(
     raise ValueError(f"batch_size={batch_size} does not split over {jax.process_count()} processes")
   ds = seqio.get_dataset(
     config.mixture_or_task_name,
-    task_feature_lengths=feature_converter.task_feature_lengths(length),
+    task_feature_lengths=feature_converter.task_feature_lengths(length, cloze=config.candidates is not None),
     dataset_split=split,
     shuffle=shuffle,
     num_epochs=None if repeat else 1,
-    feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack),
+    feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack, candidates=config.candidates),
     shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
     seed=config.seed,
   )

@@ -163,7 +163,7 @@ def evaluate(
 ) -> dict[str, float]:
   """Loss and token accuracy (over Part B targets) of `params` on `num_batches` of `eval_batches`, with the
   training loop's eval step (step.eval_metrics: the loss weighted as `loss_config` weighs it, each objective's)."""
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), param_shardings, mesh)
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, loss_config), param_shardings, mesh)
   return _eval(eval_step, params, eval_batches, num_batches, mesh, loss_config)
 
 
@@ -250,7 +250,7 @@ def train(
   if jax.process_index() == 0:
     (epath.Path(model_dir) / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2))
 
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, tc.loss), shardings.params, mesh)
   dropout_rng = jax.random.fold_in(root_rng, 1)
 
   writer = metric_writers.create_default_writer(

@@ -38,11 +38,21 @@ class LossConfig:
   objective_weights: None, one token mean over the batch; or objective name (glm_jax.data.example.OBJECTIVES:
     token, sentence, document, other) -> weight >= 0, e.g. `LossConfig.objective_weights = @glm_mixture_rates()`
     for the reference's weighting. An objective it does not name gets weight 0: its tokens are not trained on.
+  cloze_candidates: None, or C >= 2: the reference's cross-entropy cloze loss. Batches then hold each example's C
+    candidate rows one after the other (the cloze layout of glm_jax.data.feature_converter, `DataConfig.candidates`),
+    with the example's right candidate in `cloze_label`; a candidate's score is the summed log-likelihood of its
+    scored targets (loss_mask), a row with none is a padding candidate, and the loss is the mean over examples of
+    the cross entropy of the softmax over the candidates' scores (tasks/superglue/ of the reference, `cross_entropy`).
   """
 
   objective_weights: Mapping[str, float] | None = None
+  cloze_candidates: int | None = None
 
   def __post_init__(self):
+    if self.cloze_candidates is not None and (self.cloze_candidates < 2 or self.objective_weights is not None):
+      raise ValueError(
+        f"LossConfig.cloze_candidates={self.cloze_candidates}: needs at least 2 candidates and no objective_weights"
+      )
     weights = self.objective_weights
     if weights is None:
       return
@@ -101,6 +111,39 @@ def token_stats(logits: jax.Array, target_ids: jax.Array, vocab_size: int) -> tu
   return token_loss, (jnp.argmax(logits, axis=-1) == target_ids).astype(jnp.float32)
 
 
+def cloze_losses(token_loss: jax.Array, loss_mask: jax.Array, labels: jax.Array, candidates: int):
+  """token_loss, loss_mask float [E * C, L] (each example's C candidate rows in a row); labels int [E * C, L] (the
+  right candidate, on every token of its rows). Returns float32 [E] each: the cross entropy of the softmax over the
+  candidates' scores (their summed log-likelihood), and 1.0 where the right candidate scores best. Rows with no
+  scored token are padding candidates: they take no probability."""
+  loss_mask = loss_mask.astype(jnp.float32)
+  scores = -jnp.sum(token_loss * loss_mask, axis=-1).reshape(-1, candidates)
+  present = jnp.sum(loss_mask, axis=-1).reshape(-1, candidates) > 0
+  scores = jnp.where(present, scores, -jnp.inf)
+  label = labels.reshape(-1, candidates, labels.shape[-1])[:, 0, 0]
+  right = jnp.take_along_axis(scores, label[:, None], axis=-1)[:, 0]
+  cross_entropy = jax.nn.logsumexp(scores, axis=-1) - right
+  return cross_entropy, (jnp.argmax(scores, axis=-1) == label).astype(jnp.float32)
+
+
+def _by_example(batch: dict, candidates: int) -> dict:
+  """[E * C, ...] -> [E, C, ...]: each example's candidate rows together (so microbatches keep them together)."""
+
+  def group(x):
+    if x.shape[0] % candidates:
+      raise ValueError(
+        f"a cloze batch of {x.shape[0]} rows does not hold whole examples of {candidates} candidate rows (make "
+        f"TrainConfig.batch_size a multiple of {candidates})"
+      )
+    return x.reshape(x.shape[0] // candidates, candidates, *x.shape[1:])
+
+  return jax.tree.map(group, batch)
+
+
+def _rows(batch: dict) -> dict:
+  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+
+
 def loss_sums(logits: jax.Array, target_ids: jax.Array, loss_mask: jax.Array, vocab_size: int):
   """logits float [B, L, V]; target_ids int [B, L]; loss_mask float [B, L].
 
@@ -145,11 +188,16 @@ def make_train_step(
   """
   vocab_size = model.config.vocab_size
   weights = loss_config.weight_vector()
+  candidates = loss_config.cloze_candidates
 
   def microbatch_grads(params, micro, rng):
     def loss_fn(p):
-      logits = forward(model, p, micro, deterministic=False, dropout_rng=rng)
-      token_loss, correct = token_stats(logits, micro["target_ids"], vocab_size)
+      rows = _rows(micro) if candidates else micro
+      logits = forward(model, p, rows, deterministic=False, dropout_rng=rng)
+      token_loss, correct = token_stats(logits, rows["target_ids"], vocab_size)
+      if candidates:
+        cross_entropy, right = cloze_losses(token_loss, rows["loss_mask"], rows["cloze_label"], candidates)
+        return jnp.sum(cross_entropy * micro["example_weight"][:, 0, 0]), jnp.sum(right)
       return jnp.sum(token_loss * micro["loss_weight"]), jnp.sum(correct * micro["loss_mask"].astype(jnp.float32))
 
     (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -158,8 +206,14 @@ def make_train_step(
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
     num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
-    total_tokens = jnp.maximum(num_tokens, 1.0)
-    batch = {**batch, "loss_weight": token_weights(batch["loss_mask"], _objective_ids(batch), weights)}
+    if candidates:  # the loss and the accuracy are over examples
+      batch = _by_example(batch, candidates)
+      examples = batch["loss_mask"].shape[0]
+      total_tokens = jnp.float32(examples)
+      batch = {**batch, "example_weight": jnp.full(batch["loss_mask"].shape, 1.0 / examples, jnp.float32)}
+    else:
+      total_tokens = jnp.maximum(num_tokens, 1.0)
+      batch = {**batch, "loss_weight": token_weights(batch["loss_mask"], _objective_ids(batch), weights)}
     if accumulation_steps == 1:
       loss, correct, grads = microbatch_grads(state.params, batch, step_rng)
     else:
@@ -191,15 +245,29 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(model: GLM) -> Callable:
+def make_eval_step(model: GLM, loss_config: LossConfig = LossConfig()) -> Callable:
   """Returns `eval_step(params, batch) -> {loss_sum, correct, num_tokens, objective_loss_sums,
   objective_tokens}` (deterministic; sums, the last two [len(OBJECTIVES)] per objective id, so the caller can
-  average over many batches exactly and weight the objectives as the loss does: `eval_metrics`)."""
+  average over many batches exactly and weight the objectives as the loss does: `eval_metrics`). With
+  `loss_config.cloze_candidates` the sums are over examples: the cloze cross entropy, the right predictions and
+  the number of examples (as num_tokens)."""
+  candidates = loss_config.cloze_candidates
 
   def eval_step(params, batch: dict):
     logits = forward(model, params, batch, deterministic=True)
     token_loss, correct = token_stats(logits, batch["target_ids"], model.config.vocab_size)
     loss_mask = batch["loss_mask"].astype(jnp.float32)
+    if candidates:
+      _by_example({"loss_mask": loss_mask}, candidates)  # whole examples, or a ValueError naming the fix
+      cross_entropy, right = cloze_losses(token_loss, loss_mask, batch["cloze_label"], candidates)
+      zeros = jnp.zeros(len(OBJECTIVES), jnp.float32)
+      return {
+        "loss_sum": jnp.sum(cross_entropy),
+        "correct": jnp.sum(right),
+        "num_tokens": jnp.float32(cross_entropy.shape[0]),
+        "objective_loss_sums": zeros,
+        "objective_tokens": zeros,
+      }
     onehot = jax.nn.one_hot(_objective_ids(batch), len(OBJECTIVES), dtype=jnp.float32) * loss_mask[..., None]
     return {
       "loss_sum": jnp.sum(token_loss * loss_mask),

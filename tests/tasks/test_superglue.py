@@ -83,6 +83,43 @@ def test_settings_are_checked_and_missing_data_is_named(tmp_path, monkeypatch):
     gin.clear_config()
 
 
+def test_cross_entropy_rows_hold_every_candidate_of_an_example(fixtures_dir):
+  gin.parse_config(["superglue_config.loss = 'cross_entropy'"])
+  vocabulary = superglue_tasks.pretrain.VOCABULARY
+  ids = example.SpecialIds.from_vocabulary(vocabulary)
+  examples = superglue_sources.read_examples("copa", fixtures_dir, "train")
+  ds = seqio.get_dataset(
+    superglue_tasks.task_name("copa"),
+    feature_converter.task_feature_lengths(L, cloze=True),
+    dataset_split="train",
+    shuffle=False,
+    feature_converter=feature_converter.GLMFeatureConverter(pack=False, candidates=3),  # one padding row each
+  )
+  rows = list(ds.as_numpy_iterator())
+  assert len(rows) == 3 * len(examples)
+  for e, ex in enumerate(examples):
+    question = superglue.cloze("copa", ex, 0)
+    for c in range(3):
+      row = rows[3 * e + c]
+      assert np.all(row["cloze_label"] == question.label)
+      if c == 2:  # the padding candidate: an empty row
+        assert not row["segment_ids"].any() and not row["loss_mask"].any()
+        continue
+      size = int(row["segment_ids"].sum())
+      part_a, ((blank, fill),) = example.split({name: row[name][:size] for name in example.FEATURES})
+      assert fill.tolist() == vocabulary.encode(question.candidates[c]) and part_a[blank] == ids.mask
+      assert row["target_ids"][size - 1] == ids.eop and row["loss_mask"][size - 1] == 1  # multi-token: [eop] scored
+  with pytest.raises(ValueError, match="not packed"):
+    feature_converter.GLMFeatureConverter(pack=True, candidates=2)
+  too_few = feature_converter.GLMFeatureConverter(pack=False, candidates=1)
+  ds = seqio.get_dataset(
+    superglue_tasks.task_name("copa"), feature_converter.task_feature_lengths(L, cloze=True), dataset_split="train",
+    shuffle=False, feature_converter=too_few,
+  )  # fmt: skip
+  with pytest.raises(Exception, match="raise DataConfig.candidates"):
+    next(ds.as_numpy_iterator())
+
+
 GIN = """
 include 'gin/models/tiny.gin'
 model_preset.overrides = {'max_length': 256, 'num_layers': 1}
@@ -104,9 +141,19 @@ superglue_config.data_dir = '{data}'
 """
 
 
+CROSS_ENTROPY = """
+superglue_config.loss = 'cross_entropy'
+DataConfig.candidates = 2
+TrainConfig.loss = @LossConfig()
+LossConfig.cloze_candidates = 2
+"""
+
+
 @pytest.mark.slow
-def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path):
-  (tmp_path / "copa.gin").write_text(GIN.replace("{data}", str(FIXTURES)))
+@pytest.mark.parametrize("loss", ["generative", "cross_entropy"])
+def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, loss):
+  config = GIN.replace("{data}", str(FIXTURES)) + (CROSS_ENTROPY if loss == "cross_entropy" else "")
+  (tmp_path / "copa.gin").write_text(config)
   run = str(tmp_path / "run")
   main.run(["train", f"--gin_file={tmp_path / 'copa.gin'}", f"--model_dir={run}"])
   result = main.run(["eval", f"--gin_file={tmp_path / 'copa.gin'}", f"--checkpoint={run}", "--cloze=0"])

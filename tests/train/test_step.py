@@ -210,3 +210,61 @@ def test_the_eval_line_names_each_objectives_loss():
   )
   metrics = {"loss": 2.0, "accuracy": 0.5, "token_loss": 2.1, "loss_token": 1.5, "loss_document": 3.25}
   assert loop.eval_line(5, metrics) == "step 5: eval loss 2.0000 accuracy 0.500 (token 1.500, document 3.250)"
+
+
+def _cloze_batch(rng, examples=2, candidates=4):
+  """Each example's candidate rows one after the other; the last example has a padding candidate (no scored
+  token); the right candidate differs per example."""
+  batch = dict(next(_batches(batch_size=examples * candidates)))
+  labels = rng.integers(0, candidates - 1, examples)
+  batch["cloze_label"] = np.repeat(labels, candidates)[:, None].repeat(LENGTH, axis=1).astype(np.int32)
+  batch["loss_mask"] = batch["loss_mask"].copy()
+  batch["loss_mask"][-1] = 0.0  # the last example's last candidate is padding
+  return batch, labels
+
+
+def test_the_cloze_cross_entropy_and_its_gradient_equal_a_direct_restatement():
+  """The reference's cross-entropy loss: per example, softmax over its candidates' summed log-likelihoods."""
+  import optax
+
+  rng = np.random.default_rng(0)
+  batch, labels = _cloze_batch(rng)
+  model = GLM(_config())
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+  tx = optax.sgd(1.0)  # new params = params - gradient
+  results = []
+  for accumulation in (1, 2):
+    state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), LENGTH)
+    params = jax.device_get(state.params)
+    config = step.LossConfig(cloze_candidates=4)
+    train_step = step.jit_train_step(
+      step.make_train_step(model, tx, accumulation_steps=accumulation, loss_config=config), shardings, mesh
+    )
+    new_state, metrics = train_step(state, partitioning.global_batch(batch, mesh), jax.random.key(1))
+    results.append((params, jax.device_get(new_state.params), jax.device_get(metrics)))
+
+  def direct(p):
+    logits = forward(model, p, batch, deterministic=True)
+    logp = jax.nn.log_softmax(logits[..., :VOCAB], axis=-1)
+    picked = jnp.take_along_axis(logp, batch["target_ids"][..., None], -1)[..., 0]
+    scores = jnp.sum(picked * batch["loss_mask"], axis=-1)
+    total = 0.0
+    for e, label in enumerate(labels):
+      rows = [4 * e + c for c in range(4) if batch["loss_mask"][4 * e + c].any()]
+      total += jax.nn.logsumexp(jnp.stack([scores[r] for r in rows])) - scores[4 * e + label]
+    return total / len(labels)
+
+  params = results[0][0]
+  loss, grads = jax.value_and_grad(direct)(params)
+  for before, after, metrics in results:
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    got = jax.tree.map(lambda b, a: b - a, before, after)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6), got, jax.device_get(grads))
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+  out = jax.jit(step.make_eval_step(model, step.LossConfig(cloze_candidates=4)))(params, batch)
+  evaluated = step.eval_metrics(jax.device_get(out), step.LossConfig(cloze_candidates=4))
+  np.testing.assert_allclose(evaluated["loss"], loss, rtol=1e-5)
+  with pytest.raises(ValueError, match="multiple of 3"):
+    step.make_eval_step(model, step.LossConfig(cloze_candidates=3))(params, batch)
+  with pytest.raises(ValueError, match="at least 2 candidates"):
+    step.LossConfig(cloze_candidates=1)
