@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
   add("--split", default="validation")
   add("--out", help="save the converted model features [N, L] to this .npz file")
   add("--pack", action="store_true", help="pack several examples per row in --out")
+  add("--candidates", type=int, help="the cloze layout in --out: C rows per example (a cloze Task's candidates)")
   add = command("vocab", "train a SentencePiece vocabulary, or give a checkpoint the tokenizer it lacks")
   add("--corpus", help="comma-separated globs of .txt/.jsonl files, or 'embedded'")
   add("--vocab_size", type=int, default=vocab.DEFAULT_VOCAB_SIZE)
@@ -144,7 +145,8 @@ def run(argv: list[str], command_line: bool = False):
         tokenizer=args.tokenizer)  # fmt: skip
     case "inspect":
       result = inspect.inspect_task(args.mixture, num_examples=args.num_examples, length=args.length,
-                                    split=args.split, seed=args.seed, out=args.out, pack=args.pack)  # fmt: skip
+                                    split=args.split, seed=args.seed, out=args.out, pack=args.pack,
+                                    candidates=args.candidates)  # fmt: skip
     case "vocab":
       result = vocab.make(args.corpus, args.files, args.family, args.vocab_size, args.model_type)
       if args.checkpoint:

@@ -84,3 +84,34 @@ def test_command_line(tmp_path):
   )
   # A bad binding: one line naming it, exit status 2.
   assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mask_rate" in bad.stderr, bad.stderr
+
+
+def test_a_superglue_task_prints_its_candidates_and_saves_their_rows(tmp_path, capsys):
+  import pathlib
+
+  from glm_jax.data import superglue, superglue_sources
+
+  fixtures = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "superglue"
+  out = tmp_path / "copa.npz"
+  bindings = [f"--gin.superglue_config.data_dir='{fixtures}'", "--gin.superglue_config.loss='cross_entropy'"]
+  argv = [
+    "--mixture",
+    "glm_copa_superglue",
+    "--split",
+    "train",
+    "--num_examples",
+    "2",
+    "--length",
+    "64",
+    "--out",
+    str(out),
+  ]
+  main.run(["inspect", *argv, "--candidates", "2", *bindings])
+  printed = capsys.readouterr().out
+  assert printed.count("candidate 0") == 2 and printed.count("candidate 1") == 2 and "(the right one)" in printed
+  saved = np.load(out)
+  assert saved["input_ids"].shape == (4, 64)
+  assert saved["example_index"].tolist() == [0, 0, 1, 1] and saved["candidate_index"].tolist() == [0, 1, 0, 1]
+  examples = superglue_sources.read_examples("copa", str(fixtures), "train")
+  for e, ex in enumerate(examples[:2]):
+    assert np.all(saved["cloze_label"][2 * e : 2 * e + 2] == superglue.cloze("copa", ex, 0).label)
