@@ -146,7 +146,8 @@ class GLMFeatureConverter(seqio.FeatureConverter):
     `candidates` (C): the cloze layout of the cross-entropy loss (glm_jax.train.step.LossConfig.cloze_candidates):
     each task example holds all its candidates' rows one after the other, told apart by `cloze_candidate`
     (0..C-1) and carrying the right one in `cloze_label`; it becomes C padded rows (an example with fewer
-    candidates gets empty rows), with `cloze_label` on every token of them. Not packed."""
+    candidates gets empty rows), with `cloze_label` on every token of them. Not packed. Such an example is longer
+    than one row: get it with `seqio.get_dataset(..., trim_output_features=False)` (each row is checked here)."""
     if candidates is not None:
       if pack:
         raise ValueError("cloze candidate rows are padded, not packed: use pack=False (DataConfig.pack = False)")

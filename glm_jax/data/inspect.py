@@ -58,7 +58,8 @@ def inspect_task(
   (`example_index`, `candidate_index` [N], `cloze_label` [N, L])."""
   provider = seqio.get_mixture_or_task(name)
   lengths = feature_converter.task_feature_lengths(length, cloze=candidates is not None)
-  ds = provider.get_dataset(lengths, split=split, shuffle=False, seed=seed)
+  # A cloze example holds its C candidates' rows: longer than one row, so seqio must not trim it to the length.
+  ds = provider.get_dataset(lengths, split=split, shuffle=False, seed=seed, trim_output_features=candidates is None)
   vocabulary = provider.output_features["input_ids"].vocabulary
   for i, example in enumerate(ds.take(num_examples).as_numpy_iterator()):
     print(f"example {i}:")

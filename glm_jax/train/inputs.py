@@ -137,6 +137,7 @@ def batches(
     feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack, candidates=config.candidates),
     shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
     seed=config.seed,
+    trim_output_features=config.candidates is None,  # a cloze example holds C rows: longer than one row
   )
   ds = ds.batch(batch_size // jax.process_count(), drop_remainder=True).prefetch(2)
   if checkpointable:

@@ -94,6 +94,7 @@ def test_cross_entropy_rows_hold_every_candidate_of_an_example(fixtures_dir):
     dataset_split="train",
     shuffle=False,
     feature_converter=feature_converter.GLMFeatureConverter(pack=False, candidates=3),  # one padding row each
+    trim_output_features=False,
   )
   rows = list(ds.as_numpy_iterator())
   assert len(rows) == 3 * len(examples)
@@ -114,7 +115,7 @@ def test_cross_entropy_rows_hold_every_candidate_of_an_example(fixtures_dir):
   too_few = feature_converter.GLMFeatureConverter(pack=False, candidates=1)
   ds = seqio.get_dataset(
     superglue_tasks.task_name("copa"), feature_converter.task_feature_lengths(L, cloze=True), dataset_split="train",
-    shuffle=False, feature_converter=too_few,
+    shuffle=False, feature_converter=too_few, trim_output_features=False,
   )  # fmt: skip
   with pytest.raises(Exception, match="raise DataConfig.candidates"):
     next(ds.as_numpy_iterator())
@@ -159,3 +160,65 @@ def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, loss):
   result = main.run(["eval", f"--gin_file={tmp_path / 'copa.gin'}", f"--checkpoint={run}", "--cloze=0"])
   examples = superglue_sources.read_examples("copa", str(FIXTURES), "validation")
   assert result["cloze_num_examples"] == len(examples) and 0.0 <= result["cloze_accuracy"] <= 1.0
+
+
+def _toy_rte(directory: pathlib.Path) -> None:
+  """RTE-format files of a learnable rule: the hypothesis entails the premise when it repeats its adjective."""
+  import json
+
+  rng = np.random.default_rng(0)
+  subjects = ["the module", "this function", "the parser", "that class", "the manual"]
+  adjectives = ["fast", "slow", "clear", "broken", "useful", "wrong"]
+  (directory / "RTE").mkdir(parents=True)
+  for split, n in (("train", 400), ("val", 40)):
+    lines = []
+    for i in range(n):
+      adjective, other = rng.choice(adjectives, 2, replace=False)
+      entailed = bool(rng.integers(0, 2))
+      premise = f"{rng.choice(subjects)} is {adjective}."
+      hypothesis = f"it is {adjective if entailed else other}."
+      label = "entailment" if entailed else "not_entailment"
+      lines.append(json.dumps({"premise": premise, "hypothesis": hypothesis, "label": label, "idx": i}))
+    (directory / "RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+TOY = """
+include 'gin/models/tiny.gin'
+model_preset.overrides = {'max_length': 48, 'num_layers': 2}
+experiment.data = @DataConfig()
+DataConfig.mixture_or_task_name = 'glm_rte_superglue'
+DataConfig.eval_split = 'validation'
+DataConfig.pack = False
+DataConfig.candidates = 2
+experiment.train_config = @TrainConfig()
+TrainConfig.num_steps = 80
+TrainConfig.batch_size = 16
+TrainConfig.length = 48
+TrainConfig.log_every = 20
+TrainConfig.eval_every = 80
+TrainConfig.eval_steps = 2
+TrainConfig.checkpoint_every = 80
+TrainConfig.loss = @LossConfig()
+LossConfig.cloze_candidates = 2
+experiment.optimizer_config = @OptimizerConfig()
+OptimizerConfig.learning_rate = 3e-3
+OptimizerConfig.warmup_steps = 0
+OptimizerConfig.decay_style = 'constant'
+superglue_config.data_dir = '{data}'
+superglue_config.loss = 'cross_entropy'
+superglue_config.multi_token = True
+"""
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_the_cross_entropy_loss_beats_chance(tmp_path):
+  _toy_rte(tmp_path / "data")
+  (tmp_path / "toy.gin").write_text(TOY.replace("{data}", str(tmp_path / "data")))
+  gin_file = f"--gin_file={tmp_path / 'toy.gin'}"
+  main.run(["train", gin_file, f"--model_dir={tmp_path / 'run'}"])
+  trained = main.run(["eval", gin_file, f"--checkpoint={tmp_path / 'run'}", "--cloze=0"])
+  assert trained["cloze_num_examples"] == 40 and trained["cloze_accuracy"] >= 0.9, trained
+  zero = ["--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0"]
+  main.run(["train", gin_file, f"--model_dir={tmp_path / 'untrained'}", *zero])
+  untrained = main.run(["eval", gin_file, f"--checkpoint={tmp_path / 'untrained'}", "--cloze=0", *zero])
+  assert untrained["cloze_accuracy"] <= 0.8, untrained
