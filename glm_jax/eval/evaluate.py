@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 
 from glm_jax.data import superglue
@@ -9,6 +11,14 @@ from glm_jax.eval import cloze as cloze_eval, superglue as superglue_eval
 from glm_jax.model import GLM
 from glm_jax.train import checkpoints, inputs, loop, partitioning
 from glm_jax.train.experiment import Experiment
+
+log = logging.getLogger(__name__)
+
+
+def _has_loss_rows(registered: superglue.RegisteredTask, split: str) -> bool:
+  pattern, multi_token = registered.settings()
+  examples = registered.examples(split)
+  return any(superglue.cloze(registered.task, ex, pattern, multi_token).label is not None for ex in examples)
 
 
 def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
@@ -37,7 +47,14 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
   model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
   params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
-  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss)
+  if registered is not None and not _has_loss_rows(registered, data.eval_split):
+    # ReCoRD's and WSC's validation examples (and any test split) have no single right candidate, so no loss rows
+    # (seqio repeats the source before the rows are filtered: reading them would never end). Their candidates are
+    # still scored with --cloze.
+    log.info("no loss on %s's %s split: no example has one right candidate", data.mixture_or_task_name, data.eval_split)
+    result = {}
+  else:
+    result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss)
   if template is not None:
     examples = cloze_eval.task_examples(data.mixture_or_task_name, data.eval_split, cloze_examples)
     scored = cloze_eval.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)

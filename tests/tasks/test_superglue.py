@@ -151,15 +151,23 @@ LossConfig.cloze_candidates = 2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["generative", "cross_entropy"])
-def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, loss):
-  config = GIN.replace("{data}", str(FIXTURES)) + (CROSS_ENTROPY if loss == "cross_entropy" else "")
-  (tmp_path / "copa.gin").write_text(config)
+@pytest.mark.parametrize(
+  "task,loss,candidates", [("copa", "generative", 2), ("copa", "cross_entropy", 2), ("record", "cross_entropy", 10)]
+)
+def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, task, loss, candidates):
+  config = GIN.replace("{data}", str(FIXTURES)).replace("glm_copa_superglue", f"glm_{task}_superglue")
+  if loss == "cross_entropy":
+    config += CROSS_ENTROPY.replace("= 2", f"= {candidates}") + f"TrainConfig.batch_size = {4 * candidates}\n"
+  no_loss_rows = task == "record"  # its validation examples accept any gold answer: no one right row
+  (tmp_path / "task.gin").write_text(config + ("DataConfig.eval_split = None\n" if no_loss_rows else ""))
   run = str(tmp_path / "run")
-  main.run(["train", f"--gin_file={tmp_path / 'copa.gin'}", f"--model_dir={run}"])
-  result = main.run(["eval", f"--gin_file={tmp_path / 'copa.gin'}", f"--checkpoint={run}", "--cloze=0"])
-  examples = superglue_sources.read_examples("copa", str(FIXTURES), "validation")
-  assert result["cloze_num_examples"] == len(examples) and 0.0 <= result["cloze_accuracy"] <= 1.0
+  main.run(["train", f"--gin_file={tmp_path / 'task.gin'}", f"--model_dir={run}"])
+  split = ["--gin.DataConfig.eval_split='validation'"] if no_loss_rows else []
+  result = main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={run}", "--cloze=0", *split])
+  examples = superglue_sources.read_examples(task, str(FIXTURES), "validation")
+  assert result["cloze_num_examples"] == len(examples)
+  metric = "cloze_em" if task == "record" else "cloze_accuracy"  # ReCoRD's validation has no loss rows: no loss
+  assert 0.0 <= result[metric] <= 1.0 and ("loss" in result) == (task != "record")
 
 
 def _toy_rte(directory: pathlib.Path) -> None:
