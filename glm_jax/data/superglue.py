@@ -31,6 +31,7 @@ import string
 from collections.abc import Callable, Sequence
 
 from glm_jax.data.example import SpecialIds
+from glm_jax.data.superglue_sources import LABELS
 
 BLANK = "[MASK]"  # the text of the blank's part
 
@@ -130,7 +131,7 @@ def _rte_parts(text_a: str, text_b: str, pattern: int):
 
 
 def _rte(ex, pattern):
-  labels = ("entailment", "not_entailment")
+  labels = LABELS["rte"]
   if pattern == 4:
     parts = _parts(_short(ex.text_a), " question:", _short(" " + ex.text_b), " True or False?", " answer:", _BLANK)
     return parts, (), (" true", " false"), _label_index(labels, ex.label)
@@ -139,7 +140,7 @@ def _rte(ex, pattern):
 
 
 def _cb(ex, pattern):
-  labels = ("entailment", "contradiction", "neutral")
+  labels = LABELS["cb"]
   if pattern == 4:
     parts = _parts(
       _short(ex.text_a), " question:", _short(" " + ex.text_b), " true, false or neither?", " answer:", _BLANK
@@ -158,7 +159,7 @@ def _boolq(ex, pattern):
   else:
     parts = _parts("Based on the following passage", _short(" " + question), "?", _BLANK, ".", _short(" " + passage))
   candidates = NO_YES if pattern % 2 == 0 else (" false", " true")
-  return parts, (), candidates, _label_index(("false", "true"), ex.label)
+  return parts, (), candidates, _label_index(LABELS["boolq"], ex.label)
 
 
 def _multirc(ex, pattern):
@@ -181,7 +182,7 @@ def _multirc(ex, pattern):
   else:
     parts = _parts(_short(passage), ".", " Question:", " " + question, "?", " " + answer, "?", _BLANK, ".")
   candidates = (" False", " True") if pattern == 3 else NO_YES
-  return parts, (), candidates, _label_index((0, 1), ex.label)
+  return parts, (), candidates, _label_index(LABELS["multirc"], ex.label)
 
 
 def _wic(ex, pattern):
@@ -197,7 +198,7 @@ def _wic(ex, pattern):
   else:
     parts = _parts(word, " .", ' Sense (1) (a) "', _short(ex.text_a), '"', " (", _BLANK, ') "', ex.text_b, '"')
   candidates = ("2", "b") if pattern == 2 else NO_YES
-  return parts, (), candidates, _label_index(("false", "true"), ex.label)
+  return parts, (), candidates, _label_index(LABELS["wic"], ex.label)
 
 
 def _copa(ex, pattern):
@@ -211,7 +212,7 @@ def _copa(ex, pattern):
     parts = _parts('"', choices[0], '" or "', choices[1], '"?', _short(premise), joiner, _BLANK, ".")
   else:
     parts = _parts(choices[0], " or", " " + choices[1], "?", _short(premise), joiner, _BLANK, ".")
-  return parts, (), tuple(" " + choice for choice in choices), _label_index((0, 1), ex.label)
+  return parts, (), tuple(" " + choice for choice in choices), _label_index(LABELS["copa"], ex.label)
 
 
 def _wsc(ex, pattern):
@@ -247,7 +248,7 @@ def _record(ex, pattern):
 def _sst2(ex, pattern):
   parts = _parts(_short(ex.text_a), " It was", _BLANK, ".")
   candidates = (" terrible", " great") if pattern == 0 else (" bad", " good")
-  return parts, (), candidates, _label_index(("0", "1"), None if ex.label is None else str(ex.label))
+  return parts, (), candidates, _label_index(LABELS["sst2"], None if ex.label is None else str(ex.label))
 
 
 _TASKS = {
