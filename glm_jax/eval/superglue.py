@@ -8,8 +8,9 @@ prediction:
     log-probability at the blank's [sop], as the reference's GLMForSingleTokenCloze reads it;
   - multi-token questions (COPA, ReCoRD, WSC, or `multi_token=True`): the summed log-probability of the candidate's
     tokens and the closing [eop], as GLMForMultiTokenClozeFast does (no length penalty, the reference's default).
-Part A is truncated once per example for its longest candidate (the reference truncates it per candidate, so for a
-text that does not fit, a shorter candidate may see a few more tokens there).
+A text too long for the row is truncated per candidate, as the reference does (superglue.render): a multi-token
+candidate's Part A leaves room for its own span, so a shorter candidate may see a few more tokens; candidates whose
+Part A is the same share one prompt.
 
 Metrics (glm_jax.eval.superglue_metrics): accuracy; CB accuracy and macro-F1; MultiRC F1a and exact match grouped by
 question; ReCoRD F1 and exact match against every gold answer; WSC (with the candidates of the WSC-negative files):
@@ -45,23 +46,28 @@ def candidate_scores(
   """Each question's candidate scores, float [candidates] (see the module docstring)."""
   ids = SpecialIds.from_vocabulary(vocabulary)
   length = model.config.max_length
-  out: list[np.ndarray | None] = [None] * len(clozes)
+  out = [np.zeros(len(q.candidates), np.float64) for q in clozes]
   for start in range(0, len(clozes), examples_per_call):
     group = range(start, min(start + examples_per_call, len(clozes)))
     for multi in (False, True):  # single-token questions are scored without [eop], multi-token ones with it
-      chosen = [i for i in group if clozes[i].multi_token == multi]
-      if not chosen:
-        continue
-      prompts, blanks, fills = [], [], []
-      for i in chosen:
-        candidates = superglue.candidate_ids(clozes[i], vocabulary)
-        span = 1 + max(map(len, candidates)) if multi else 1  # [sop] and the longest fill, or [sop] alone
-        part_a, blank, _ = superglue.part_a_ids(clozes[i], vocabulary, ids, length, span)
-        prompts.append(part_a)
-        blanks.append(blank)
-        fills.append(candidates)
-      for i, s in zip(chosen, scoring.score_spans(model, params, prompts, blanks, fills, ids=ids, eop=multi)):
-        out[i] = np.asarray(s)
+      # One prompt per distinct Part A: all of a question's candidates share it unless its text had to be cut
+      # (superglue.render fits Part A to each candidate's span, as the reference does).
+      prompts, blanks, fills, where = [], [], [], []
+      for i in group:
+        if clozes[i].multi_token != multi:
+          continue
+        by_part_a: dict[tuple[int, ...], tuple[int, list, list]] = {}
+        for c, (part_a, blank, fill) in enumerate(superglue.render(clozes[i], vocabulary, ids, length)):
+          entry = by_part_a.setdefault(tuple(part_a), (blank, [], []))
+          entry[1].append(fill)
+          entry[2].append(c)
+        for part_a, (blank, candidate_fills, indices) in by_part_a.items():
+          prompts.append(list(part_a))
+          blanks.append(blank)
+          fills.append(candidate_fills)
+          where.append((i, indices))
+      for (i, indices), s in zip(where, scoring.score_spans(model, params, prompts, blanks, fills, ids=ids, eop=multi)):
+        out[i][indices] = np.asarray(s)
   return out
 
 

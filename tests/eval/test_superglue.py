@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -26,6 +27,14 @@ def _examples(task):
   ]
 
 
+def _long_copa(max_length):
+  """A COPA example whose premise does not fit the row, with candidates of different lengths."""
+  ex = _examples("copa")[0]
+  premise = " ".join([ex.text_a.rstrip(".")] * max_length) + "."
+  return dataclasses.replace(ex, text_a=premise, meta={**ex.meta, "choice1": "It rained.", "choice2": "The old "
+                             "man had walked for many hours across the cold, wet fields of the valley."})  # fmt: skip
+
+
 @pytest.fixture
 def tiny(default_vocabulary_glm):
   vocabulary, model, params = default_vocabulary_glm(0, 256)
@@ -40,18 +49,22 @@ def test_batched_scores_equal_each_candidate_scored_alone(tiny):
     *superglue_eval.questions("rte", _examples("rte"), 0, multi_token=True),
     *superglue_eval.questions("boolq", _examples("boolq"), 4, multi_token=True),
   ]
+  # A text too long for the row: each candidate's Part A is cut to leave room for its own span.
+  long = superglue_eval.questions("copa", [_long_copa(model.config.max_length)], 0)[0]
+  renders = superglue.render(long, vocabulary, ids, model.config.max_length)
+  assert len({tuple(part_a) for part_a, _, _ in renders}) == 2, "the candidates' Part A should differ"
+  clozes.append(long)
   batched = superglue_eval.candidate_scores(model, params, vocabulary, clozes, examples_per_call=16)
   one_by_one = superglue_eval.candidate_scores(model, params, vocabulary, clozes, examples_per_call=1)
   score = scoring.make_score_fn(model, params)
   for question, b, o in zip(clozes, batched, one_by_one):
-    np.testing.assert_allclose(b, o, rtol=1e-5, atol=1e-5)
-    # The slow oracle: one full forward pass per candidate row, [eop] scored (multi-token).
-    fills = superglue.candidate_ids(question, vocabulary)
-    part_a, blank, _ = superglue.part_a_ids(
-      question, vocabulary, ids, model.config.max_length, 1 + max(map(len, fills))
-    )
-    rows = scoring.candidate_rows(part_a, blank, fills, ids, model.config.max_length, eop=True)
-    np.testing.assert_allclose(b, score(rows), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b, o, rtol=1e-4, atol=1e-4)
+    # The slow oracle: one full forward pass per candidate row, its own Part A, [eop] scored (multi-token).
+    alone = [
+      score(scoring.candidate_rows(part_a, blank, [fill], ids, model.config.max_length, eop=True))[0]
+      for part_a, blank, fill in superglue.render(question, vocabulary, ids, model.config.max_length)
+    ]
+    np.testing.assert_allclose(b, alone, rtol=1e-4, atol=1e-4)
   assert len({int(np.argmax(s)) for s in batched}) > 1, "a test of batching needs different predictions"
 
 
