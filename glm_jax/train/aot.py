@@ -4,6 +4,7 @@ does an experiment fit a TPU slice, before renting it? See glm_jax/deviceless.py
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from glm_jax import deviceless, ops
 from glm_jax.data.example import DTYPES, MODEL_FEATURES
@@ -26,9 +27,10 @@ def compile_train_step(
   program = train_program(model_config, tc, optimizer_config, mesh)
   state, _ = partitioning.abstract_state(program.model, program.tx, mesh, tc.length, program.shardings)
   batch_sharding = partitioning.batch_sharding(mesh)
+  names = (*MODEL_FEATURES, *(("cloze_label",) if tc.loss.cloze_candidates else ()))  # the cloze layout's too
   batch = {
-    name: jax.ShapeDtypeStruct((tc.batch_size, tc.length), DTYPES[name], sharding=batch_sharding)
-    for name in MODEL_FEATURES
+    name: jax.ShapeDtypeStruct((tc.batch_size, tc.length), DTYPES.get(name, jnp.int32), sharding=batch_sharding)
+    for name in names
   }
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
