@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
   add("--model_dir", required=True, help="checkpoints, metrics, TensorBoard events, loss curve")
   add("--allow_config_change", action="store_true", help="resume although the model or data bindings changed")
   add("--break_lock", action="store_true", help="take over the model_dir's lease from a run that is dead")
+  add("--cloze", type=int, metavar="N", help="each evaluation also scores a cloze Task on N examples (0: all)")
   add = command("eval", "a checkpoint's loss and accuracy on the experiment's eval split", gin, hosts)
   add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
   add("--cloze", type=int, metavar="N", help="also a cloze Task's accuracy on N examples (0: all)")
@@ -118,8 +119,10 @@ def run(argv: list[str], command_line: bool = False):
                          tuple(args.gin_allow_import))  # fmt: skip
   match args.command:  # each command's work (in the library), what it prints, and its result
     case "train":
-      result = experiment.train(args.model_dir, gin_config.experiment(), operative_config=gin_config.operative_config,
-                                allow_config_change=args.allow_config_change, break_lock=args.break_lock)  # fmt: skip
+      exp = gin_config.experiment()
+      result = experiment.train(args.model_dir, exp, operative_config=gin_config.operative_config,
+                                allow_config_change=args.allow_config_change, break_lock=args.break_lock,
+                                eval_hook=evaluate.training_hook(exp, args.cloze))  # fmt: skip
       print(experiment.format_summary(result, args.model_dir))
     case "eval":
       result = evaluate.evaluate(args.checkpoint, gin_config.experiment(), args.cloze)

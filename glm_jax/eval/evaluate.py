@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -15,10 +17,58 @@ from glm_jax.train.experiment import Experiment
 log = logging.getLogger(__name__)
 
 
-def _has_loss_rows(registered: superglue.RegisteredTask, split: str) -> bool:
-  pattern, multi_token = registered.settings()
-  examples = registered.examples(split)
-  return any(superglue.cloze(registered.task, ex, pattern, multi_token).label is not None for ex in examples)
+def _host_params(params):
+  """The params as host arrays on every process (each process then scores the same candidates alone)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.device_get(params)
+
+
+def cloze_metrics(exp: Experiment, split: str, cloze_examples: int) -> Callable[[Any], dict[str, float]]:
+  """params -> the `cloze_*` metrics of the experiment's cloze Task on the first `cloze_examples` examples of `split`
+  (0: all): for a SuperGLUE Task (tasks/superglue.py) SuperGLUE's metrics of its candidates
+  (glm_jax.eval.superglue), for another cloze Task (glm_jax.data.cloze) the accuracy of its verbalizers. The
+  examples are read once. Raises ValueError for a Task that is not a cloze Task."""
+  name = exp.data.mixture_or_task_name
+  model, vocabulary = GLM(exp.model), inputs.vocabulary(exp.data)
+  registered = superglue.REGISTERED.get(name)
+  if registered is not None:
+    examples = registered.examples(split)
+    examples = examples[:cloze_examples] if cloze_examples else examples
+    pattern, multi_token = registered.settings()
+
+    def superglue_metrics(params) -> dict[str, float]:
+      scored = superglue_eval.evaluate(
+        model, _host_params(params), vocabulary, registered.task, examples, pattern_id=pattern,
+        multi_token=multi_token,
+      )  # fmt: skip
+      return {f"cloze_{k}": v for k, v in scored.items()}
+
+    return superglue_metrics
+  template = cloze_eval.task_template(name)
+  examples = list(cloze_eval.task_examples(name, split, cloze_examples))
+
+  def template_metrics(params) -> dict[str, float]:
+    scored = cloze_eval.cloze_accuracy(model, _host_params(params), vocabulary, template, examples)
+    return {"cloze_accuracy": scored["accuracy"], "cloze_examples": scored["num_examples"]}
+
+  return template_metrics
+
+
+def training_hook(exp: Experiment, cloze_examples: int | None) -> Callable[[Any], dict[str, float]] | None:
+  """The evaluation `train` runs at every `eval_every` besides the loss (loop.train's eval_hook): the cloze metrics
+  of the eval split (`cloze_metrics`) for a SuperGLUE Task always (all its examples unless `cloze_examples`), for
+  another cloze Task with `cloze_examples`; None without an eval split or for other Tasks."""
+  name = exp.data.mixture_or_task_name
+  if name not in superglue.REGISTERED and cloze_examples is None:
+    return None
+  if not exp.data.eval_split:
+    if cloze_examples is not None:
+      raise ValueError("train --cloze evaluates the eval split: bind DataConfig.eval_split (e.g. 'validation')")
+    return None
+  return cloze_metrics(exp, exp.data.eval_split, cloze_examples or 0)
 
 
 def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
@@ -27,49 +77,24 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   vocabulary must be the checkpoint's own): the batches the training loop evaluates on, so a run's final checkpoint
   gives its final eval loss again.
 
-  With `cloze_examples` (a cloze Task, glm_jax.data.cloze), also the classification accuracy on the first
-  `cloze_examples` examples of the split (0: all), predicting the verbalizer the model finds most likely; for a
-  SuperGLUE Task (tasks/superglue.py), SuperGLUE's metrics of its candidates (glm_jax.eval.superglue), as
-  `cloze_<metric>`."""
+  With `cloze_examples` (a cloze Task), also the cloze metrics of the first `cloze_examples` examples of the split
+  (0: all; `cloze_metrics`), as `cloze_<metric>`; a split with no loss rows (ReCoRD's and WSC's validation
+  examples have no one right candidate; test splits) then gives those alone."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
-  template = None
-  registered = superglue.REGISTERED.get(data.mixture_or_task_name)
-  if cloze_examples is not None:
-    if registered is None:
-      template = cloze_eval.task_template(data.mixture_or_task_name)
-    if jax.process_count() > 1:
-      raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
+  if cloze_examples is not None and jax.process_count() > 1:
+    raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
+  metrics = None if cloze_examples is None else cloze_metrics(exp, data.eval_split, cloze_examples)
   vocabulary = inputs.vocabulary(data)
   inputs.check_fits_model(data, exp.model.vocab_size)
   checkpoints.check_vocabulary(checkpoint, vocabulary)
-  batches = inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+  batches = inputs.eval_batches(data, data.eval_split, tc.batch_size, tc.length)
   model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
   params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
-  if registered is not None and not _has_loss_rows(registered, data.eval_split):
-    # ReCoRD's and WSC's validation examples (and any test split) have no single right candidate, so no loss rows
-    # (seqio repeats the source before the rows are filtered: reading them would never end). Their candidates are
-    # still scored with --cloze.
-    log.info("no loss on %s's %s split: no example has one right candidate", data.mixture_or_task_name, data.eval_split)
-    result = {}
-  else:
-    result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss)
-  if template is not None:
-    examples = cloze_eval.task_examples(data.mixture_or_task_name, data.eval_split, cloze_examples)
-    scored = cloze_eval.cloze_accuracy(model, jax.device_get(params), vocabulary, template, examples)
-    result.update(cloze_accuracy=scored["accuracy"], cloze_examples=scored["num_examples"])
-  elif cloze_examples is not None:  # a SuperGLUE Task: its candidates scored, SuperGLUE's metrics
-    examples = registered.examples(data.eval_split)
-    pattern, multi_token = registered.settings()
-    scored = superglue_eval.evaluate(
-      model,
-      jax.device_get(params),
-      vocabulary,
-      registered.task,
-      examples[:cloze_examples] if cloze_examples else examples,
-      pattern_id=pattern,
-      multi_token=multi_token,
-    )
-    result.update({f"cloze_{k}": v for k, v in scored.items()})
+  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss, required=metrics is None)
+  if not result:
+    log.info("no loss on %s's %s split: it gives no loss rows", data.mixture_or_task_name, data.eval_split)
+  if metrics is not None:
+    result.update(metrics(params))
   return result

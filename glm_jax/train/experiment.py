@@ -137,13 +137,15 @@ def train(
   progress: bool = True,
   allow_config_change: bool = False,
   break_lock: bool = False,
+  eval_hook: Callable | None = None,
 ) -> dict:
   """Trains `exp.model` on the seqio Task/Mixture of `exp.data` in `model_dir` (resuming it); see loop.train.
 
   `operative_config`, if given, returns the configuration text to keep as model_dir/operative_config.gin once the
   pipelines are built (gin's operative config: the bindings the run used). Raises RuntimeError when another run
   holds model_dir (`break_lock` takes it over), ValueError on a changed configuration at resume (see the module
-  docstring; `allow_config_change` lets it proceed)."""
+  docstring; `allow_config_change` lets it proceed). `eval_hook` (params -> `cloze_*` metrics) runs at every
+  evaluation too (loop.train)."""
   checkpoints.ensure_writable(model_dir)  # before any data is read or anything compiled
   with lease.Lease(model_dir, break_lock=break_lock):
     exp = check_resume(model_dir, exp, allow_config_change)
@@ -163,7 +165,7 @@ def train(
     if data.eval_split:
 
       def eval_batches():
-        return inputs.batches(data, data.eval_split, tc.batch_size, tc.length, repeat=True, shuffle=False)
+        return inputs.eval_batches(data, data.eval_split, tc.batch_size, tc.length)
 
     step = checkpoints.latest_step(model_dir)  # on every process: orbax's managers synchronize them
     if jax.process_index() == 0:
@@ -171,7 +173,8 @@ def train(
       if operative_config is not None:
         _keep_operative_config(model_dir, operative_config(), step)
     log.info("training %s on %s in %s", _describe(exp.model), data.mixture_or_task_name, model_dir)
-    return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches, progress=progress)
+    return loop.train(exp.model, tc, exp.optimizer, exp.mesh, train_batches, model_dir, eval_batches,
+                      progress=progress, eval_hook=eval_hook)  # fmt: skip
 
 
 def _describe(config: GLMConfig) -> str:
@@ -188,6 +191,8 @@ def format_summary(summary: dict, model_dir: str) -> str:
   losses = [f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"] if summary["final_loss"] else []
   if summary["final_eval_loss"] is not None:
     losses.append(f"eval loss {summary['final_eval_loss']:.3f}")
+  final_eval = summary.get("final_eval") or {}
+  losses += [f"{k} {v:.3f}" for k, v in final_eval.items() if k.startswith(loop.HOOK_PREFIX) and k != "cloze_examples"]
   return (
     f"trained to step {summary['steps']} in {summary['seconds']:.0f} s: {', '.join(losses)}; checkpoints in {model_dir}"
   )

@@ -126,20 +126,38 @@ def batches(
 
   The stream is a function of (config, split, length, process index and count): seqio seeds the shuffles, the
   Mixture sampling and the per-document corruption from `config.seed`, and tf.data keeps the order."""
+  rows = _local_rows(batch_size)
+  ds = _dataset(config, split, length, shuffle=shuffle, num_epochs=None if repeat else 1)
+  ds = ds.batch(rows, drop_remainder=True).prefetch(2)
+  if checkpointable:
+    return TFDataBatches(ds, name=f"the {split} pipeline of {config.mixture_or_task_name!r}")
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(config: DataConfig, split: str, batch_size: int, length: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless batches of `split` in source order, as `batches(..., repeat=True, shuffle=False)` but repeated after the
+  rows are made: a split whose examples all give no row (e.g. the right answer unknown) ends at once instead of
+  reading its source forever, and every epoch holds the same rows."""
+  rows = _local_rows(batch_size)
+  ds = _dataset(config, split, length, shuffle=False, num_epochs=1).repeat()
+  return ds.batch(rows, drop_remainder=True).prefetch(2).as_numpy_iterator()
+
+
+def _local_rows(batch_size: int) -> int:
   if batch_size % jax.process_count():
     raise ValueError(f"batch_size={batch_size} does not split over {jax.process_count()} processes")
-  ds = seqio.get_dataset(
+  return batch_size // jax.process_count()
+
+
+def _dataset(config: DataConfig, split: str, length: int, *, shuffle: bool, num_epochs: int | None) -> tf.data.Dataset:
+  return seqio.get_dataset(
     config.mixture_or_task_name,
     task_feature_lengths=feature_converter.task_feature_lengths(length, cloze=config.candidates is not None),
     dataset_split=split,
     shuffle=shuffle,
-    num_epochs=None if repeat else 1,
+    num_epochs=num_epochs,
     feature_converter=feature_converter.GLMFeatureConverter(pack=config.pack, candidates=config.candidates),
     shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
     seed=config.seed,
     trim_output_features=config.candidates is None,  # a cloze example holds C rows: longer than one row
   )
-  ds = ds.batch(batch_size // jax.process_count(), drop_remainder=True).prefetch(2)
-  if checkpointable:
-    return TFDataBatches(ds, name=f"the {split} pipeline of {config.mixture_or_task_name!r}")
-  return ds.as_numpy_iterator()

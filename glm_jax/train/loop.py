@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -117,8 +117,16 @@ def init_from_checkpoint(
 
 
 def _eval(
-  eval_step, params, batches: Iterable[dict], num_batches: int, mesh, loss_config: step_lib.LossConfig
+  eval_step,
+  params,
+  batches: Iterable[dict],
+  num_batches: int,
+  mesh,
+  loss_config: step_lib.LossConfig,
+  required: bool = True,
 ) -> dict[str, float]:
+  """The eval metrics of `num_batches` batches; {} for a split with no batch at all unless `required` (then, as for
+  batches without a target token, ValueError)."""
   sums = None
   for i, batch in enumerate(batches):
     if i == num_batches:
@@ -126,6 +134,8 @@ def _eval(
     out = jax.device_get(eval_step(params, partitioning.global_batch(batch, mesh)))
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+  if sums is None and not required:
+    return {}
   if sums is None or sums["num_tokens"] == 0:
     raise ValueError(
       "the eval split gave no target token (it is empty, or holds fewer rows than one batch): check the Task's "
@@ -134,13 +144,29 @@ def _eval(
   return step_lib.eval_metrics(sums, loss_config)
 
 
+HOOK_PREFIX = "cloze_"
+
+
+def _hooked(metrics: dict[str, float]) -> dict[str, float]:
+  wrong = [k for k in metrics if not k.startswith(HOOK_PREFIX)]
+  if wrong:
+    raise ValueError(f"an evaluation hook's metrics are named {HOOK_PREFIX}*: got {wrong}")
+  return {k: float(v) for k, v in metrics.items()}
+
+
 def eval_line(step: int, metrics: dict[str, float]) -> str:
-  """The console line of one evaluation; with several objectives, each one's loss too."""
-  line = f"step {step}: eval loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.3f}"
-  by_objective = {k[len("loss_") :]: v for k, v in metrics.items() if k.startswith("loss_")}
-  if len(by_objective) > 1:
-    line += " (" + ", ".join(f"{name} {loss:.3f}" for name, loss in by_objective.items()) + ")"
-  return line
+  """The console line of one evaluation; with several objectives, each one's loss too, and the evaluation hook's
+  metrics (`cloze_*`)."""
+  parts = []
+  if "loss" in metrics:
+    parts.append(f"eval loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.3f}")
+    by_objective = {k[len("loss_") :]: v for k, v in metrics.items() if k.startswith("loss_")}
+    if len(by_objective) > 1:
+      parts[-1] += " (" + ", ".join(f"{name} {loss:.3f}" for name, loss in by_objective.items()) + ")"
+  hooked = {k: v for k, v in metrics.items() if k.startswith(HOOK_PREFIX)}
+  if hooked:
+    parts.append(", ".join(f"{k} {v:.4f}" if v % 1 else f"{k} {v:.0f}" for k, v in hooked.items()))
+  return f"step {step}: " + "; ".join(parts)
 
 
 def restore_sharded_params(model: GLM, checkpoint: str, mesh, length: int):
@@ -160,11 +186,13 @@ def evaluate(
   eval_batches: Iterable[dict[str, np.ndarray]],
   num_batches: int,
   loss_config: step_lib.LossConfig = step_lib.LossConfig(),
+  required: bool = True,
 ) -> dict[str, float]:
   """Loss and token accuracy (over Part B targets) of `params` on `num_batches` of `eval_batches`, with the
-  training loop's eval step (step.eval_metrics: the loss weighted as `loss_config` weighs it, each objective's)."""
+  training loop's eval step (step.eval_metrics: the loss weighted as `loss_config` weighs it, each objective's);
+  {} when there is no batch at all and not `required`."""
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, loss_config), param_shardings, mesh)
-  return _eval(eval_step, params, eval_batches, num_batches, mesh, loss_config)
+  return _eval(eval_step, params, eval_batches, num_batches, mesh, loss_config, required)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,13 +240,17 @@ def train(
   model_dir: str,
   eval_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
   progress: bool = True,
+  eval_hook: Callable[[Any], dict[str, float]] | None = None,
 ) -> dict:
   """Trains to `train_config.num_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
 
   train_batches yields process-local numpy batches of model features [batch_size / processes, length]; when it
   is a checkpoints.CheckpointableIterator (inputs.TFDataBatches) its position is saved with every checkpoint
   and restored with the state, otherwise a resumed run restarts it. eval_batches, if given, returns a fresh
-  iterable of validation batches for each evaluation.
+  iterable of validation batches for each evaluation. eval_hook, if given, runs at each evaluation too: it takes the
+  params (sharded as the state) and returns more metrics, named `cloze_*` (the command line hands it the SuperGLUE
+  evaluation of glm_jax/eval; this loop does not import the evaluation code); with a hook, an eval split without
+  loss rows (a test split) is evaluated by the hook alone.
   Returns a summary: steps (reached), first_loss (of this run), final_loss, final_eval_loss, preempted, state.
   Raises FloatingPointError on a non-finite loss, PermissionError if model_dir is not writable.
   """
@@ -263,7 +295,8 @@ def train(
   mfu_name = "mfu_estimate" if peak_is_estimate else "mfu"
 
   start = int(jax.device_get(state.step))
-  summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None, "preempted": False}
+  summary = {"steps": start, "first_loss": None, "final_loss": None, "final_eval_loss": None, "final_eval": None,
+             "preempted": False}  # fmt: skip
   shown = progress and is_chief
   # On a terminal the bar redraws itself in place; into a file or a pipe every redraw would be a line, so there the
   # bar's figures are printed as a line at each evaluation and checkpoint instead.
@@ -326,12 +359,19 @@ def train(
           postfix["MFU" + ("(est.)" if peak_is_estimate else "")] = f"{record[mfu_name]:.2%}"
         bar.set_postfix(postfix, refresh=False)
         window_start, window_steps = time.perf_counter(), 0
-      if eval_batches is not None and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
-        eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh, tc.loss)
+      evaluates = eval_batches is not None or eval_hook is not None
+      if evaluates and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
+        eval_metrics = {}
+        if eval_batches is not None:
+          required = eval_hook is None
+          eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh, tc.loss, required)
+        if eval_hook is not None:
+          eval_metrics.update(_hooked(eval_hook(state.params)))
         writer.write_scalars(step_done, {f"eval_{k}": v for k, v in eval_metrics.items()})
         if is_chief:
           metrics_lib.append_jsonl(metrics_path, {"step": step_done, "split": "eval", **eval_metrics})
-        summary["final_eval_loss"] = eval_metrics["loss"]
+        summary["final_eval_loss"] = eval_metrics.get("loss")
+        summary["final_eval"] = eval_metrics
         report_progress(step_done)
         report(eval_line(step_done, eval_metrics))
         data_line = counters.summary(counters.snapshot())

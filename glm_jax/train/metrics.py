@@ -88,7 +88,8 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def plot_loss_curve(records: list[dict], path: str) -> None:
-  """Train and eval loss against step (records with "split" and "loss"), written as a PNG."""
+  """Train and eval loss against step (records with "split" and "loss"; an evaluation by its hook alone has no loss),
+  written as a PNG."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -96,14 +97,15 @@ def plot_loss_curve(records: list[dict], path: str) -> None:
 
   fig, ax = plt.subplots(figsize=(7, 4))
   for split, style in (("train", "-"), ("eval", "o-")):
-    points = sorted((r["step"], r["loss"]) for r in records if r.get("split") == split)
+    points = sorted((r["step"], r["loss"]) for r in records if r.get("split") == split and "loss" in r)
     if points:
       ax.plot(*zip(*points), style, label=f"{split} loss", markersize=4)
   ax.set_xlabel("step")
   ax.set_ylabel("cross entropy on Part B (nats/token)")
   ax.set_title("GLM blank infilling")
   ax.grid(alpha=0.3)
-  ax.legend()
+  if ax.get_legend_handles_labels()[0]:  # a run resumed at its last step has no new point
+    ax.legend()
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100)

@@ -3,6 +3,7 @@ the right candidate; `eval --cloze` scores them with SuperGLUE's metrics."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import gin
@@ -158,16 +159,34 @@ def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, task, loss, c
   config = GIN.replace("{data}", str(FIXTURES)).replace("glm_copa_superglue", f"glm_{task}_superglue")
   if loss == "cross_entropy":
     config += CROSS_ENTROPY.replace("= 2", f"= {candidates}") + f"TrainConfig.batch_size = {4 * candidates}\n"
-  no_loss_rows = task == "record"  # its validation examples accept any gold answer: no one right row
-  (tmp_path / "task.gin").write_text(config + ("DataConfig.eval_split = None\n" if no_loss_rows else ""))
-  run = str(tmp_path / "run")
+  (tmp_path / "task.gin").write_text(config)
+  run = tmp_path / "run"
   main.run(["train", f"--gin_file={tmp_path / 'task.gin'}", f"--model_dir={run}"])
-  split = ["--gin.DataConfig.eval_split='validation'"] if no_loss_rows else []
-  result = main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={run}", "--cloze=0", *split])
   examples = superglue_sources.read_examples(task, str(FIXTURES), "validation")
+  metric = "cloze_em" if task == "record" else "cloze_accuracy"
+  # Training evaluates the SuperGLUE metrics too (ReCoRD's validation examples accept any gold answer: no one right
+  # row, so no loss there, only the metrics).
+  (logged,) = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
+  assert logged["step"] == 2 and logged["cloze_num_examples"] == len(examples) and 0.0 <= logged[metric] <= 1.0
+  assert ("loss" in logged) == (task != "record"), logged
+  result = main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={run}", "--cloze=0"])
   assert result["cloze_num_examples"] == len(examples)
-  metric = "cloze_em" if task == "record" else "cloze_accuracy"  # ReCoRD's validation has no loss rows: no loss
-  assert 0.0 <= result[metric] <= 1.0 and ("loss" in result) == (task != "record")
+  assert {k: v for k, v in result.items() if k.startswith("cloze_")} == {
+    k: v for k, v in logged.items() if k.startswith("cloze_")
+  }  # the final checkpoint gives the training run's final evaluation again
+  assert ("loss" in result) == (task != "record")
+
+
+@pytest.mark.slow
+def test_an_eval_split_without_rows_is_refused_at_once_without_a_hook(tmp_path):
+  # ReCoRD's validation split gives no loss rows; the loss evaluation alone names the problem instead of reading the
+  # repeated source forever.
+  config = GIN.replace("{data}", str(FIXTURES)).replace("glm_copa_superglue", "glm_record_superglue")
+  (tmp_path / "task.gin").write_text(config + CROSS_ENTROPY.replace("= 2", "= 10") + "TrainConfig.batch_size = 40\n")
+  main.run(["train", f"--gin_file={tmp_path / 'task.gin'}", f"--model_dir={tmp_path / 'run'}",
+            "--gin.TrainConfig.num_steps=1", "--gin.DataConfig.eval_split=None"])  # fmt: skip
+  with pytest.raises(ValueError, match="no target token"):
+    main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={tmp_path / 'run'}"])
 
 
 def _toy_rte(directory: pathlib.Path) -> None:
