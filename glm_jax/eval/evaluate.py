@@ -78,23 +78,28 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   gives its final eval loss again.
 
   With `cloze_examples` (a cloze Task), also the cloze metrics of the first `cloze_examples` examples of the split
-  (0: all; `cloze_metrics`), as `cloze_<metric>`; a split with no loss rows (ReCoRD's and WSC's validation
-  examples have no one right candidate; test splits) then gives those alone."""
+  (0: all; `cloze_metrics`), as `cloze_<metric>`; a split with no loss rows (ReCoRD's validation examples have no
+  one right candidate; test splits) then gives those alone, as does `TrainConfig.eval_steps=0` (the training
+  recipes' setting for a split whose rows do not fit the training layout, e.g. WSC's)."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
+  if not tc.eval_steps and cloze_examples is None:
+    raise ValueError("TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, or bind eval_steps to at least 1")
   if cloze_examples is not None and jax.process_count() > 1:
     raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
   metrics = None if cloze_examples is None else cloze_metrics(exp, data.eval_split, cloze_examples)
   vocabulary = inputs.vocabulary(data)
   inputs.check_fits_model(data, exp.model.vocab_size)
   checkpoints.check_vocabulary(checkpoint, vocabulary)
-  batches = inputs.eval_batches(data, data.eval_split, tc.batch_size, tc.length)
   model, mesh = GLM(exp.model), partitioning.make_mesh(exp.mesh)
   params, shardings = loop.restore_sharded_params(model, checkpoint, mesh, tc.length)
-  result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss, required=metrics is None)
-  if not result:
-    log.info("no loss on %s's %s split: it gives no loss rows", data.mixture_or_task_name, data.eval_split)
+  result = {}
+  if tc.eval_steps:
+    batches = inputs.eval_batches(data, data.eval_split, tc.batch_size, tc.length)
+    result = loop.evaluate(model, params, shardings, mesh, batches, tc.eval_steps, tc.loss, required=metrics is None)
+    if not result:
+      log.info("no loss on %s's %s split: it gives no loss rows", data.mixture_or_task_name, data.eval_split)
   if metrics is not None:
     result.update(metrics(params))
   return result

@@ -13,8 +13,10 @@ candidate's Part A leaves room for its own span, so a shorter candidate may see 
 Part A is the same share one prompt.
 
 Metrics (glm_jax.eval.superglue_metrics): accuracy; CB accuracy and macro-F1; MultiRC F1a and exact match grouped by
-question; ReCoRD F1 and exact match against every gold answer; WSC (with the candidates of the WSC-negative files):
-accuracy of "the referent scores best" against the True/False label.
+question; ReCoRD F1 and exact match against every gold answer; WSC: accuracy of "span1 is the referent" against the
+True/False label, predicted with the candidates of the WSC-negative files as "span1 scores best", and without them
+(the reference's generative WSC, config_tasks/task_wsc_generative.sh) as "greedy decoding writes span1 and [eop]"
+(scoring.score_spans' `greedy`, the reference's classify_evaluate).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def candidate_scores(
   clozes: Sequence[superglue.Cloze],
   *,
   examples_per_call: int = 16,
+  greedy: bool = False,
 ) -> list[np.ndarray]:
-  """Each question's candidate scores, float [candidates] (see the module docstring)."""
+  """Each question's candidate scores, float [candidates] (see the module docstring); with `greedy` 1.0 where greedy
+  decoding writes the candidate (and its [eop] for a multi-token question), else 0.0."""
   ids = SpecialIds.from_vocabulary(vocabulary)
   length = model.config.max_length
   out = [np.zeros(len(q.candidates), np.float64) for q in clozes]
@@ -66,7 +70,8 @@ def candidate_scores(
           blanks.append(blank)
           fills.append(candidate_fills)
           where.append((i, indices))
-      for (i, indices), s in zip(where, scoring.score_spans(model, params, prompts, blanks, fills, ids=ids, eop=multi)):
+      for (i, indices), s in zip(where, scoring.score_spans(model, params, prompts, blanks, fills, ids=ids, eop=multi,
+                                                                       greedy=greedy)):  # fmt: skip
         out[i][indices] = np.asarray(s)
   return out
 
@@ -78,17 +83,13 @@ def _labelled(task: str, clozes: Sequence[superglue.Cloze]) -> None:
 
 
 def metrics(task: str, examples: Sequence, clozes: Sequence[superglue.Cloze], predicted: Sequence[int]) -> dict:
-  """SuperGLUE's metrics of the predicted candidate indices (glm_jax.eval.superglue_metrics)."""
+  """SuperGLUE's metrics of the predicted candidate indices (glm_jax.eval.superglue_metrics); for WSC, 0 is "span1
+  is the referent", anything else (e.g. -1: greedy decoding does not write it) is not."""
   if task == "record":
     golds = [list(ex.meta["answers"]) for ex in examples]
     answers = [ex.meta["candidates"][p] for ex, p in zip(examples, predicted)]
     return superglue_metrics.record_metrics(golds, answers)
   if task == "wsc":
-    if any(len(q.candidates) < 2 for q in clozes):
-      raise ValueError(
-        "WSC evaluation needs each example's wrong candidates (the WSC-negative files: "
-        "glm_jax.data.superglue_sources.read_examples(..., task_dir=WSC_NEGATIVE_DIR))"
-      )
     gold = [ex.label == "True" for ex in examples]
     return superglue_metrics.accuracy(gold, [p == 0 for p in predicted])
   _labelled(task, clozes)
@@ -121,6 +122,13 @@ def evaluate(
     raise ValueError(f"{task}: no examples to evaluate")
   pattern = superglue.DEFAULT_PATTERNS[task] if pattern_id is None else pattern_id
   clozes = questions(task, examples, pattern, multi_token)
-  scores = candidate_scores(model, params, vocabulary, clozes, examples_per_call=examples_per_call)
-  predicted = [int(np.argmax(s)) for s in scores]
+  # A WSC question without wrong candidates (the plain WSC files): is span1 what greedy decoding writes?
+  alone = [i for i, q in enumerate(clozes) if task == "wsc" and len(q.candidates) == 1]
+  ranked = sorted(set(range(len(clozes))) - set(alone))
+  predicted = [0] * len(clozes)
+  for indices, greedy in ((ranked, False), (alone, True)):
+    chosen = [clozes[i] for i in indices]
+    scores = candidate_scores(model, params, vocabulary, chosen, examples_per_call=examples_per_call, greedy=greedy)
+    for i, s in zip(indices, scores):
+      predicted[i] = (0 if s[0] else -1) if greedy else int(np.argmax(s))
   return {**metrics(task, examples, clozes, predicted), "num_examples": float(len(examples))}

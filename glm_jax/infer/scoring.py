@@ -91,9 +91,12 @@ def score_spans(
   ids: SpecialIds,
   eop: bool = False,
   length_penalty: float = 0.0,
+  greedy: bool = False,
 ) -> list[np.ndarray]:
   """Scores of candidates[i] (token lists) as the fill of the blank at index blanks[i] of prompts[i] (a Part A, its
-  [CLS] included): per prompt a float array with one score per candidate (see the module docstring)."""
+  [CLS] included): per prompt a float array with one score per candidate (see the module docstring). With `greedy`,
+  instead 1.0 where every scored token is the model's most likely one after the tokens before it (greedy decoding
+  would write the candidate; the reference's eval_metric='classify' of tasks/language_model/finetune.py), else 0."""
   if not prompts:
     return []
   if any(not c or any(len(t) == 0 for t in c) for c in candidates):
@@ -120,17 +123,17 @@ def score_spans(
       inputs[r, c, : len(scored)] = [ids.sop, *scored[:-1]]
       targets[r, c, : len(scored)] = scored
       weights[r, c, : len(scored)] = 1.0
-  scores = np.asarray(
-    _score_program(
-      model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, capacity=length + chunk
-    )  # fmt: skip
-  )
+  scores, matched = _score_program(
+    model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, capacity=length + chunk
+  )  # fmt: skip
+  scores = np.asarray(matched, np.float32) if greedy else np.asarray(scores)
   return [scores[r, : len(c)] for r, c in enumerate(candidates)]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "capacity"))
 def _score_program(model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, *, capacity):
-  """Scores [B, C] of candidate chunks (inputs, targets, weights [B, C, T]) after each row's Part A [B, A]."""
+  """Scores [B, C] of candidate chunks (inputs, targets, weights [B, C, T]) after each row's Part A [B, A], and
+  whether each is the greedy continuation, bool [B, C]."""
   batch, choices, chunk = inputs.shape
   cache = decode.prefill(model, 1, params, part_a, part_a_len, capacity=capacity)
   cache = cache.take(jnp.repeat(jnp.arange(batch), choices))
@@ -149,7 +152,8 @@ def _score_program(model, params, part_a, part_a_len, positions, inputs, targets
   picked = jnp.take_along_axis(log_probs, flat(targets)[..., None], axis=-1)[..., 0]
   total = jnp.sum(picked * flat(weights), axis=-1)
   scored = jnp.maximum(jnp.sum(flat(weights), axis=-1), 1.0)
-  return (total / scored**length_penalty).reshape(batch, choices)
+  hit = jnp.all((jnp.max(log_probs, axis=-1) <= picked) | (flat(weights) == 0), axis=-1)  # ties count as a hit
+  return (total / scored**length_penalty).reshape(batch, choices), hit.reshape(batch, choices)
 
 
 def score_candidates(

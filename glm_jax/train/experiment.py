@@ -192,7 +192,8 @@ def format_summary(summary: dict, model_dir: str) -> str:
   if summary["final_eval_loss"] is not None:
     losses.append(f"eval loss {summary['final_eval_loss']:.3f}")
   final_eval = summary.get("final_eval") or {}
-  losses += [f"{k} {v:.3f}" for k, v in final_eval.items() if k.startswith(loop.HOOK_PREFIX) and k != "cloze_examples"]
+  hooked = {k: v for k, v in final_eval.items() if k.startswith(loop.HOOK_PREFIX) and not k.endswith("examples")}
+  losses += [f"{k} {v:.3f}" for k, v in hooked.items()]  # (not the counts of examples)
   return (
     f"trained to step {summary['steps']} in {summary['seconds']:.0f} s: {', '.join(losses)}; checkpoints in {model_dir}"
   )

@@ -74,7 +74,7 @@ class TrainConfig:
   seed: int = 0
   log_every: int = 10
   eval_every: int = 200
-  eval_steps: int = 10
+  eval_steps: int = 10  # 0: no eval loss, only the evaluation hook's metrics (e.g. SuperGLUE's, see `train`)
   checkpoint_every: int = 500
   max_to_keep: int = 3
   peak_flops_per_device: float | None = None  # None: the table in train/metrics.py (CPU: an estimate)
@@ -99,6 +99,8 @@ class TrainConfig:
     for name in ("num_steps", "batch_size", "length", "log_every", "eval_every", "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be at least 1")
+    if self.eval_steps < 0:
+      raise ValueError(f"TrainConfig.eval_steps={self.eval_steps} must be at least 0 (0: no eval loss)")
 
   @property
   def total_schedule_steps(self) -> int:
@@ -250,13 +252,20 @@ def train(
   iterable of validation batches for each evaluation. eval_hook, if given, runs at each evaluation too: it takes the
   params (sharded as the state) and returns more metrics, named `cloze_*` (the command line hands it the SuperGLUE
   evaluation of glm_jax/eval; this loop does not import the evaluation code); with a hook, an eval split without
-  loss rows (a test split) is evaluated by the hook alone.
+  loss rows (a test split) is evaluated by the hook alone, and `eval_steps=0` skips the loss (for a split whose
+  rows do not fit the training layout, e.g. WSC validation's ungrouped candidates).
   Returns a summary: steps (reached), first_loss (of this run), final_loss, final_eval_loss, preempted, state.
   Raises FloatingPointError on a non-finite loss, PermissionError if model_dir is not writable.
   """
   tc = train_config
   started = time.perf_counter()
   checkpoints.ensure_writable(model_dir)
+  if eval_batches is not None and not tc.eval_steps and eval_hook is None:
+    raise ValueError(
+      "TrainConfig.eval_steps=0 evaluates no loss, and this Task has no cloze metrics to evaluate instead: bind "
+      "eval_steps to at least 1 (or DataConfig.eval_split = None: no evaluation)"
+    )
+  evaluates = (eval_batches is not None and tc.eval_steps > 0) or eval_hook is not None
   data_iterator = train_batches if isinstance(train_batches, checkpoints.CheckpointableIterator) else None
   if data_iterator is None:
     log.info(
@@ -359,10 +368,9 @@ def train(
           postfix["MFU" + ("(est.)" if peak_is_estimate else "")] = f"{record[mfu_name]:.2%}"
         bar.set_postfix(postfix, refresh=False)
         window_start, window_steps = time.perf_counter(), 0
-      evaluates = eval_batches is not None or eval_hook is not None
       if evaluates and (step_done % tc.eval_every == 0 or step_done == tc.num_steps):
         eval_metrics = {}
-        if eval_batches is not None:
+        if eval_batches is not None and tc.eval_steps:
           required = eval_hook is None
           eval_metrics = _eval(eval_step, state.params, eval_batches(), tc.eval_steps, mesh, tc.loss, required)
         if eval_hook is not None:

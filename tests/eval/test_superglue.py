@@ -95,11 +95,32 @@ def test_predicting_the_gold_candidate_scores_every_metric_at_one(task):
     assert all(v < 1.0 for v in wrong.values()), wrong
 
 
-def test_unlabelled_examples_and_wsc_without_candidates_are_refused():
+def test_unlabelled_examples_are_refused():
   unlabelled = superglue_sources.read_examples("boolq", str(FIXTURES), "test")
   clozes = superglue_eval.questions("boolq", unlabelled, 0)
   with pytest.raises(ValueError, match="have no label; evaluate a labelled split"):
     superglue_eval.metrics("boolq", unlabelled, clozes, [0] * len(clozes))
-  plain = superglue_sources.read_examples("wsc", str(FIXTURES), "validation")
-  with pytest.raises(ValueError, match="WSC-negative"):
-    superglue_eval.metrics("wsc", plain, superglue_eval.questions("wsc", plain, 2), [0] * len(plain))
+
+
+def test_wsc_without_wrong_candidates_predicts_the_referent_where_greedy_decoding_writes_it(tiny):
+  # The reference's generative WSC (config_tasks/task_wsc_generative.sh: the plain WSC files): span1 is predicted to
+  # be the referent when the model's greedy fill is span1 and [eop] (tasks/language_model/finetune.py's classify).
+  vocabulary, model, params = tiny
+  ids = SpecialIds.from_vocabulary(vocabulary)
+  read = superglue_sources.read_examples
+  plain = [ex for split in ("train", "validation") for ex in read("wsc", str(FIXTURES), split)]
+  clozes = superglue_eval.questions("wsc", plain, 2)
+  assert all(len(q.candidates) == 1 for q in clozes) and {ex.label for ex in plain} == {"True", "False"}
+  predicted = []
+  for question in clozes:  # the oracle: one full forward pass, every target its argmax
+    ((part_a, blank, fill),) = superglue.render(question, vocabulary, ids, model.config.max_length)
+    rows = scoring.candidate_rows(part_a, blank, [fill], ids, model.config.max_length, eop=True)
+    logits = model.apply({"params": params}, rows["input_ids"], rows["position_ids"], rows["block_position_ids"],
+                         sep=rows["sep"][:, 0])  # fmt: skip
+    best = np.argmax(np.asarray(logits[0, :, : model.config.vocab_size]), axis=-1)
+    predicted.append(bool(np.all((best == rows["target_ids"][0]) | (rows["loss_mask"][0] == 0))))
+  result = superglue_eval.evaluate(model, params, vocabulary, "wsc", plain, pattern_id=2)
+  want = np.mean([p == (ex.label == "True") for p, ex in zip(predicted, plain)])
+  assert result == {"accuracy": pytest.approx(want), "num_examples": len(plain)}
+  always_referent = superglue_eval.metrics("wsc", plain, clozes, [0] * len(plain))["accuracy"]
+  assert (result["accuracy"] != always_referent) or all(predicted), "one candidate is not always the prediction"

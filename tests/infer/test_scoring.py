@@ -85,6 +85,31 @@ def test_scores_over_the_cache_equal_one_full_forward_per_candidate(eop):
       np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
 
 
+def _full_forward_argmax(model, params, rows):
+  """The greedy predictions [N, L] of one full forward per candidate row (the oracle of `greedy`)."""
+  logits = model.apply(
+    {"params": params}, rows["input_ids"], rows["position_ids"], rows["block_position_ids"], sep=rows["sep"][:, 0]
+  )
+  return np.argmax(np.asarray(logits[..., : model.config.vocab_size]), axis=-1)
+
+
+@pytest.mark.parametrize("eop", [False, True])
+def test_greedy_marks_the_candidates_greedy_decoding_writes(eop):
+  model, params = _random_glm(7)
+  prompt, blank = [2, 12, 13, 3, 14, 15], 3
+  written = []  # the model's own greedy fill, token by token
+  for _ in range(3):
+    rows = scoring.candidate_rows(prompt, blank, [[*written, 0]], IDS, length=12)
+    written.append(int(_full_forward_argmax(model, params, rows)[0, len(prompt) + len(written)]))
+  candidates = [written, written[:2], [*written[:2], (written[2] + 1) % 40], [(written[0] + 1) % 40]]
+  (got,) = scoring.score_spans(model, params, [prompt], [blank], [candidates], ids=IDS, eop=eop, greedy=True)
+  rows = scoring.candidate_rows(prompt, blank, candidates, IDS, length=12, eop=eop)
+  hit = (_full_forward_argmax(model, params, rows) == rows["target_ids"]) | (rows["loss_mask"] == 0)
+  np.testing.assert_array_equal(got, hit.all(axis=-1).astype(np.float32))
+  if not eop:  # the model's own fill and its prefixes, not a changed token
+    np.testing.assert_array_equal(got, [1.0, 1.0, 0.0, 0.0])
+
+
 def test_score_candidates_reads_one_mask_of_the_text(default_vocabulary_glm):
   vocabulary, model, params = default_vocabulary_glm(6, 64)
   text = "The module provides functions for working with [MASK]."

@@ -190,3 +190,43 @@ def test_empty_train_and_eval_inputs_fail_naming_the_split(tmp_path):
     loop.train(CONFIG, tc, oc, partitioning.MeshConfig(data=-1), iter([]), str(tmp_path), progress=False)
   with pytest.raises(ValueError, match="the eval split gave no target token"):  # not a loss of 0.0
     loop._eval(None, None, iter([]), 10, None, step_lib.LossConfig())
+
+
+def test_an_eval_hook_adds_its_metrics_to_each_evaluation_and_eval_steps_0_skips_the_loss(tmp_path):
+  from glm_jax.data import synthetic
+  from glm_jax.train import metrics as metrics_lib
+
+  tc = loop.TrainConfig(num_steps=2, batch_size=8, length=LENGTH, eval_every=1, eval_steps=0, checkpoint_every=2)
+  oc = optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
+  seen = []
+
+  def hook(params):
+    seen.append(jax.tree.leaves(params)[0].shape)
+    return {"cloze_accuracy": 0.5 + len(seen) / 10, "cloze_num_examples": 4}
+
+  def no_eval_batches():
+    raise AssertionError("eval_steps=0 reads no eval batch")
+
+  def run(name, eval_hook, batches=None):
+    return loop.train(CONFIG, tc, oc, MESH, batches or synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size),
+                      str(tmp_path / name), no_eval_batches, progress=False, eval_hook=eval_hook)  # fmt: skip
+
+  summary = run("hooked", hook)
+  assert len(seen) == 2 and summary["final_eval_loss"] is None
+  assert summary["final_eval"] == {"cloze_accuracy": 0.7, "cloze_num_examples": 4.0}
+  evals = [r for r in metrics_lib.read_jsonl(str(tmp_path / "hooked" / loop.METRICS_FILE)) if r["split"] == "eval"]
+  assert [(r["step"], r["cloze_accuracy"]) for r in evals] == [(1, 0.6), (2, 0.7)] and "loss" not in evals[0]
+  with pytest.raises(ValueError, match="eval_steps=0 evaluates no loss, and this Task has no cloze metrics"):
+    run("unhooked", None, iter([]))  # refused before any step
+  with pytest.raises(ValueError, match=r"an evaluation hook's metrics are named cloze_\*: got \['accuracy'\]"):
+    run("misnamed", lambda params: {"accuracy": 1.0})
+  with pytest.raises(ValueError, match="eval_steps=-1 must be at least 0"):
+    loop.TrainConfig(eval_steps=-1)
+
+
+def test_the_eval_line_shows_the_loss_and_the_hooks_metrics():
+  assert loop.eval_line(3, {"cloze_accuracy": 0.75, "cloze_num_examples": 4.0}) == (
+    "step 3: cloze_accuracy 0.7500, cloze_num_examples 4"
+  )
+  line = loop.eval_line(3, {"loss": 2.0, "accuracy": 0.5, "cloze_f1": 0.25})
+  assert line == "step 3: eval loss 2.0000 accuracy 0.500; cloze_f1 0.2500"
