@@ -54,7 +54,13 @@ REFERENCE = {
   ("wic", "10b"): (40, 64, 5e-6, 0.1, 0.01, 0, "cross_entropy", False, 256),  # T:8, J:2-3, J:26, T:11, J:32, DS:38
   ("wsc", "large"): (50, 16, 1e-5, 0.1, 0.1, 2, "mix", True, 128),  # T:7, 26, 6, 11, 12, 16, 13, 4
   ("wsc", "10b"): (100, 64, 5e-6, 0.1, 0.01, 0, "mix", True, 128),  # T:8, J:2-3, J:26, T:11, J:32, DS:38, T:13
+  # config_tasks/task_wsc_generative.sh (TG): the plain WSC files, no --loss-func, --wsc-negative or --pattern-id
+  # (AR's defaults), trained by lm_forward_step (tasks/superglue/finetune.py:99-102).
+  ("wsc_generative", "large"): (50, 16, 1e-5, 0.1, 0.1, 0, "generative", True, 128),  # TG:7, 19, 6, 11, 12, 4
+  ("wsc_generative", "10b"): (100, 64, 5e-6, 0.1, 0.01, 0, "generative", True, 128),  # TG:8, J:2-3, J:26, TG:11
 }  # fmt: skip
+# The SuperGLUE task of a recipe named otherwise.
+TASK_OF = {"wsc_generative": "wsc"}
 
 # What every run of a model shares. Large: linear decay (T:10) to 0.1 of the peak (AR:152), Adam b1/b2/eps
 # (AR:379-381), clipping (AR:129), no accumulation (AR:116); 10B: the same decay, Adam betas/eps from J:27-31,
@@ -72,20 +78,23 @@ MESH = {"large": (-1, 1, 1), "10b": (1, -1, 4)}
 # (DSET:608-619); MultiRC: one per answer option; ReCoRD: one per distinct gold answer (DSET:843-860), counted here as
 # its 100730 queries (a few have two answer texts); WSC: only the label-True train lines (DSET:501-502), 259 of 554.
 TRAIN_EXAMPLES = {"boolq": 9427, "cb": 250, "copa": 800, "multirc": 27243, "record": 100730, "rte": 2490, "wic": 5428,
-                  "wsc": 259}  # fmt: skip
-# Validation examples (the same sources); ReCoRD and WSC evaluate no loss in training (the recipes say why).
+                  "wsc": 259, "wsc_generative": 259}  # fmt: skip
+# Validation examples (the same sources); ReCoRD and WSC evaluate no loss in training, only their metrics (the
+# recipes say why).
 DEV_EXAMPLES = {"boolq": 3270, "cb": 56, "copa": 100, "multirc": 4848, "rte": 277, "wic": 638}
 
 # Most candidates an example has: the task's verbalizers or choices; ReCoRD train: the answer and at most 9 other
 # entities (DSET:806, 847-849); WSC train with --wsc-negative (T:14): the referent and groups of at most 9 negatives
 # (DSET:503-510).
-CANDIDATES = {"boolq": 2, "cb": 3, "copa": 2, "multirc": 2, "record": 10, "rte": 2, "wic": 2, "wsc": 10}
+# The generative WSC: one row an example, its referent.
+CANDIDATES = {"boolq": 2, "cb": 3, "copa": 2, "multirc": 2, "record": 10, "rte": 2, "wic": 2, "wsc": 10,
+              "wsc_generative": 1}  # fmt: skip
 
 # --log-interval (T:16; MultiRC T:17, WSC T:19).
 LOG_INTERVAL = {"copa": 20}
 
 # The departures the recipes make on purpose (docs/recipes.md): glm-jax has no mix loss.
-OUR_LOSS = {"cross_entropy": "cross_entropy", "mix": "cross_entropy"}
+OUR_LOSS = {"cross_entropy": "cross_entropy", "mix": "cross_entropy", "generative": "generative"}
 
 
 def recipe(task: str, model: str) -> str:
@@ -119,14 +128,15 @@ def check(task: str, model: str) -> None:
   assert t.init_checkpoint is None  # a converted checkpoint's model.gin binds it
   assert (exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor) == MESH[model]
 
-  assert data.mixture_or_task_name == f"glm_{task}_superglue"
-  assert config["patterns"][task] == pattern
+  name = TASK_OF.get(task, task)
+  assert data.mixture_or_task_name == f"glm_{name}_superglue"
+  assert config["patterns"][name] == pattern
   assert config["multi_token"] is False
-  assert (task in superglue.ALWAYS_MULTI_TOKEN or config["multi_token"]) == multi_token
+  assert (name in superglue.ALWAYS_MULTI_TOKEN or config["multi_token"]) == multi_token
   assert config["loss"] == OUR_LOSS[loss]
-  if task == "wsc":
-    assert config["wsc_negative"] is True
-  c = CANDIDATES[task]
+  if name == "wsc":
+    assert config["wsc_negative"] is (task == "wsc")
+  c = CANDIDATES[task] if loss != "generative" else None  # the generative loss: Part B the right candidate
   assert (data.pack, data.candidates, t.loss.cloze_candidates, t.loss.objective_weights) == (False, c, c, None)
 
   assert (t.num_steps, t.batch_size, t.length) == (steps, rows, length)
@@ -187,7 +197,7 @@ def test_a_wrong_value_fails_the_check(binding, model):
 
 
 def test_the_10b_recipes_change_the_large_ones():
-  for task in TASKS:
+  for task in TASKS:  # (10b/wsc_generative.gin changes 10b/wsc.gin as wsc_generative.gin changes wsc.gin)
     text = open(os.path.join(gin_config.REPO_ROOT, recipe(task, "10b"))).read()
     assert re.search(rf"^include '{re.escape(recipe(task, 'large'))}'$", text, re.M), task
 

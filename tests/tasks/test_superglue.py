@@ -155,31 +155,35 @@ LossConfig.cloze_candidates = 2
 @pytest.mark.parametrize(
   "task,loss,candidates",
   [("copa", "generative", 2), ("copa", "cross_entropy", 2), ("record", "cross_entropy", 10),
-   ("wsc", "cross_entropy", 10)],
+   ("wsc", "cross_entropy", 10), ("wsc", "generative", 1)],
 )  # fmt: skip
 def test_train_then_eval_cloze_reports_superglue_metrics(tmp_path, task, loss, candidates):
   config = GIN.replace("{data}", str(FIXTURES)).replace("glm_copa_superglue", f"glm_{task}_superglue")
   if loss == "cross_entropy":
     config += CROSS_ENTROPY.replace("= 2", f"= {candidates}") + f"TrainConfig.batch_size = {4 * candidates}\n"
-  if task == "wsc":  # as gin/finetune/wsc.gin: validation's candidates are not grouped by 9, so no loss rows of C
+  negative = task == "wsc" and loss == "cross_entropy"
+  if negative:  # as gin/finetune/wsc.gin: validation's candidates are not grouped by 9, so no loss rows of C
     config += "TrainConfig.eval_steps = 0\n"
+  elif task == "wsc":  # as gin/finetune/wsc_generative.gin: the plain files, judged by greedy decoding
+    config += "superglue_config.wsc_negative = False\n"
   (tmp_path / "task.gin").write_text(config)
   run = tmp_path / "run"
   main.run(["train", f"--gin_file={tmp_path / 'task.gin'}", f"--model_dir={run}"])
-  task_dir = superglue_sources.WSC_NEGATIVE_DIR if task == "wsc" else None  # superglue_config.wsc_negative
+  task_dir = superglue_sources.WSC_NEGATIVE_DIR if negative else None  # superglue_config.wsc_negative
   examples = superglue_sources.read_examples(task, str(FIXTURES), "validation", task_dir=task_dir)
   metric = "cloze_em" if task == "record" else "cloze_accuracy"
   # Training evaluates the SuperGLUE metrics too (ReCoRD's validation examples accept any gold answer: no one right
   # row, so no loss there, only the metrics).
   (logged,) = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
   assert logged["step"] == 2 and logged["cloze_num_examples"] == len(examples) and 0.0 <= logged[metric] <= 1.0
-  assert ("loss" in logged) == (task == "copa"), logged
+  has_loss = task == "copa" or loss == "generative"
+  assert ("loss" in logged) == has_loss, logged
   result = main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={run}", "--cloze=0"])
   assert result["cloze_num_examples"] == len(examples)
   assert {k: v for k, v in result.items() if k.startswith("cloze_")} == {
     k: v for k, v in logged.items() if k.startswith("cloze_")
   }  # the final checkpoint gives the training run's final evaluation again
-  assert ("loss" in result) == (task == "copa")
+  assert ("loss" in result) == has_loss
 
 
 @pytest.mark.slow
