@@ -6,8 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 from glm_jax.data import superglue
 from glm_jax.eval import cloze as cloze_eval, superglue as superglue_eval
 from glm_jax.model import GLM
@@ -17,20 +15,13 @@ from glm_jax.train.experiment import Experiment
 log = logging.getLogger(__name__)
 
 
-def _host_params(params):
-  """The params as host arrays on every process (each process then scores the same candidates alone)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(params, tiled=True)
-  return jax.device_get(params)
-
-
 def cloze_metrics(exp: Experiment, split: str, cloze_examples: int) -> Callable[[Any], dict[str, float]]:
   """params -> the `cloze_*` metrics of the experiment's cloze Task on the first `cloze_examples` examples of `split`
   (0: all): for a SuperGLUE Task (tasks/superglue.py) SuperGLUE's metrics of its candidates
   (glm_jax.eval.superglue), for another cloze Task (glm_jax.data.cloze) the accuracy of its verbalizers. The
-  examples are read once. Raises ValueError for a Task that is not a cloze Task."""
+  examples are read once. The params are scored where they lie (on their mesh, split over its data x fsdp devices,
+  on one process or many: glm_jax.infer.scoring), every process scoring all the examples together. Raises ValueError
+  for a Task that is not a cloze Task."""
   name = exp.data.mixture_or_task_name
   model, vocabulary = GLM(exp.model), inputs.vocabulary(exp.data)
   registered = superglue.REGISTERED.get(name)
@@ -41,7 +32,7 @@ def cloze_metrics(exp: Experiment, split: str, cloze_examples: int) -> Callable[
 
     def superglue_metrics(params) -> dict[str, float]:
       scored = superglue_eval.evaluate(
-        model, _host_params(params), vocabulary, registered.task, examples, pattern_id=pattern,
+        model, params, vocabulary, registered.task, examples, pattern_id=pattern,
         multi_token=multi_token,
       )  # fmt: skip
       return {f"cloze_{k}": v for k, v in scored.items()}
@@ -51,7 +42,7 @@ def cloze_metrics(exp: Experiment, split: str, cloze_examples: int) -> Callable[
   examples = list(cloze_eval.task_examples(name, split, cloze_examples))
 
   def template_metrics(params) -> dict[str, float]:
-    scored = cloze_eval.cloze_accuracy(model, _host_params(params), vocabulary, template, examples)
+    scored = cloze_eval.cloze_accuracy(model, params, vocabulary, template, examples)
     return {"cloze_accuracy": scored["accuracy"], "cloze_examples": scored["num_examples"]}
 
   return template_metrics
@@ -86,8 +77,6 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
   if not tc.eval_steps and cloze_examples is None:
     raise ValueError("TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, or bind eval_steps to at least 1")
-  if cloze_examples is not None and jax.process_count() > 1:
-    raise ValueError("eval --cloze scores on one host: run it as one process (the loss eval runs on many)")
   metrics = None if cloze_examples is None else cloze_metrics(exp, data.eval_split, cloze_examples)
   vocabulary = inputs.vocabulary(data)
   inputs.check_fits_model(data, exp.model.vocab_size)

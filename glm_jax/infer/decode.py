@@ -125,9 +125,8 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
     if not b:
       raise ValueError(f"prompt {i} has no blank ([MASK], [sMASK] or [gMASK]) to fill")
 
-  mesh = _mesh_of(params)
-  multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-  rows = bucket(len(prompts), 1, multiple)
+  mesh = mesh_of(params)
+  rows = bucket(len(prompts), 1, batch_devices(mesh))
   length = min(bucket(max(map(len, prompts)), _MIN_LENGTH_BUCKET), cfg.max_length)
   num_blanks = max(map(len, blanks))
   blank_slots = bucket(num_blanks, 1)
@@ -209,13 +208,34 @@ def _unstack(params, num_layers: int):
   return unstack_layers(nn.unbox(params), num_layers)
 
 
-def _mesh_of(params) -> Mesh | None:
+def mesh_of(params) -> Mesh | None:
   """The mesh the params are laid out on (a NamedSharding over more than one device), else None."""
   leaf = jax.tree.leaves(params)[0]
   sharding = getattr(leaf, "sharding", None)
   if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
     return sharding.mesh
   return None
+
+
+def batch_devices(mesh: Mesh | None) -> int:
+  """The devices a batch is split over (data x fsdp): rows come in multiples of it."""
+  return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
+def rows_placer(mesh: Mesh | None):
+  """Puts host arrays [rows, ...] onto the mesh, rows split over data x fsdp (as global arrays, so every process of
+  a multi-process mesh passes the same host array and keeps its own shards); without a mesh, jnp.asarray."""
+  if mesh is None:
+    return jnp.asarray
+  rows = NamedSharding(mesh, P(BATCH_AXES))
+
+  def place(x):
+    if isinstance(x, jax.Array):  # e.g. random keys made on this process
+      return jax.device_put(x, rows)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, rows, lambda index: host[index])
+
+  return place
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,12 +254,7 @@ def _programs(model: GLM, options: DecodeOptions, stops: tuple[int, ...], sop: i
   fill = jax.jit(
     wrap(functools.partial(_fill_blank, model, options, stops, sop)), static_argnames="commit", donate_argnums=1
   )
-  if mesh is None:
-    place = jnp.asarray
-  else:
-    rows = NamedSharding(mesh, P(BATCH_AXES))
-    place = functools.partial(jax.device_put, device=rows)
-  return _Programs(prefill_program, fill, place)
+  return _Programs(prefill_program, fill, rows_placer(mesh))
 
 
 def prefill(model: GLM, beams: int, params, part_a, part_a_len, *, capacity: int) -> KVCache:

@@ -10,6 +10,9 @@ multi-token cloze does (THUDM model/downstream.py, GLMForMultiTokenClozeFast). `
 into a key/value cache (glm_jax.model.cache, the prefill of glm_jax.infer.decode), repeats it per candidate and
 scores every candidate of every prompt in one batched pass over the cache. `candidate_rows` + `make_score_fn`, one
 full forward per candidate row, are its slow oracle. glm_jax.eval.cloze scores whole cloze Tasks with it.
+With params laid out on a mesh (their NamedShardings: a sharded GLM-10B, or a training run's state), the prompts'
+rows are split over its data x fsdp devices and the model runs sharded as in training, on one process or many (each
+passes the same prompts and reads the same scores).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from glm_jax.data import example as example_lib
 from glm_jax.data.example import SpecialIds
 from glm_jax.infer import decode
 from glm_jax.model import GLM, forward, mask_padded_vocab
+from glm_jax.model.sharding import with_mesh_rules
 
 
 def candidate_rows(
@@ -102,7 +107,8 @@ def score_spans(
   if any(not c or any(len(t) == 0 for t in c) for c in candidates):
     raise ValueError("every prompt needs candidates, and every candidate at least one token")
   cfg = model.config
-  rows = decode.bucket(len(prompts), 1)
+  mesh = decode.mesh_of(params)  # params laid out on a mesh: the rows are split over its data x fsdp devices
+  rows = decode.bucket(len(prompts), 1, decode.batch_devices(mesh))
   length = min(decode.bucket(max(map(len, prompts)), 16), cfg.max_length)
   choices = max(map(len, candidates))
   chunk = decode.bucket(max(len(t) for c in candidates for t in c) + int(eop), 1)
@@ -123,15 +129,25 @@ def score_spans(
       inputs[r, c, : len(scored)] = [ids.sop, *scored[:-1]]
       targets[r, c, : len(scored)] = scored
       weights[r, c, : len(scored)] = 1.0
-  scores, matched = _score_program(
-    model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, capacity=length + chunk
-  )  # fmt: skip
+  place = decode.rows_placer(mesh)
+  arrays = [place(x) for x in (part_a, part_a_len, positions, inputs, targets, weights)]
+  scores, matched = _score_program(model, mesh)(params, *arrays, length_penalty, capacity=length + chunk)
   scores = np.asarray(matched, np.float32) if greedy else np.asarray(scores)
   return [scores[r, : len(c)] for r, c in enumerate(candidates)]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "capacity"))
-def _score_program(model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, *, capacity):
+@functools.lru_cache(maxsize=16)
+def _score_program(model: GLM, mesh: Mesh | None):
+  """The jitted `_score` of a model (jax.jit keeps one program per bucket shape); on a mesh traced with the logical
+  rules, its results replicated so that every process reads them."""
+  if mesh is None:
+    return jax.jit(functools.partial(_score, model), static_argnames="capacity")
+  everywhere = NamedSharding(mesh, P())
+  fn = with_mesh_rules(functools.partial(_score, model), mesh)
+  return jax.jit(fn, static_argnames="capacity", out_shardings=(everywhere, everywhere))
+
+
+def _score(model, params, part_a, part_a_len, positions, inputs, targets, weights, length_penalty, *, capacity):
   """Scores [B, C] of candidate chunks (inputs, targets, weights [B, C, T]) after each row's Part A [B, A], and
   whether each is the greedy continuation, bool [B, C]."""
   batch, choices, chunk = inputs.shape

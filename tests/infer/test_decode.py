@@ -281,7 +281,7 @@ def test_decoding_on_an_8_device_mesh_equals_one_device(tiny, decode_layout):
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
   shardings = partitioning.logical_shardings(partitioning.abstract_boxed_params(model, 8), mesh)
   sharded = jax.device_put(params, shardings)
-  assert decode._mesh_of(sharded) is mesh
+  assert decode.mesh_of(sharded) is mesh
   prompts = _prompts(5, 3)
   for options in (
     DecodeOptions(max_span_length=4, stop_ids=STOPS),

@@ -110,6 +110,23 @@ def test_greedy_marks_the_candidates_greedy_decoding_writes(eop):
     np.testing.assert_array_equal(got, [1.0, 1.0, 0.0, 0.0])
 
 
+def test_scores_on_an_8_device_mesh_equal_one_device():
+  from glm_jax.infer import decode
+  from glm_jax.train import partitioning
+
+  model, params = _random_glm(8)
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
+  sharded = jax.device_put(params, partitioning.logical_shardings(partitioning.abstract_boxed_params(model, 8), mesh))
+  assert decode.mesh_of(sharded) is mesh
+  prompts = [[2, 12, 13, 3, 14, 15], [2, 7, 16], [2, 17, 18, 19, 20, 6, 21, 22, 1]]  # 3 rows: padded to 4 on the mesh
+  candidates = [[[20], [21, 22, 23], [24, 25]], [[26, 27]], [[28], [29, 30], [31], [32, 33, 34, 35]]]
+  for greedy in (False, True):
+    want = scoring.score_spans(model, params, prompts, [3, 1, 5], candidates, ids=IDS, eop=True, greedy=greedy)
+    got = scoring.score_spans(model, sharded, prompts, [3, 1, 5], candidates, ids=IDS, eop=True, greedy=greedy)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_score_candidates_reads_one_mask_of_the_text(default_vocabulary_glm):
   vocabulary, model, params = default_vocabulary_glm(6, 64)
   text = "The module provides functions for working with [MASK]."

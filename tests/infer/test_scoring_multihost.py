@@ -1,0 +1,112 @@
+"""Candidate scoring on a mesh that spans 2 processes (localhost, 2 CPU devices each, gloo): every process passes the
+same prompts and reads the scores one process computes alone. Run as a script, this file is the child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PROMPTS = [[2, 12, 13, 3, 14, 15], [2, 7, 16], [2, 17, 18, 19, 20, 6, 21, 22, 1], [2, 9, 3, 10, 11]]
+BLANKS = [3, 1, 5, 2]
+# The last prompt's candidates are every token alone: greedy decoding writes exactly one of them.
+CANDIDATES = [
+  [[20], [21, 22, 23], [24, 25]],
+  [[26, 27]],
+  [[28], [29, 30], [31], [32, 33, 34, 35]],
+  [[t] for t in range(40)],
+]
+TIMEOUT_S = 300
+
+
+def _scores(model, params) -> dict[str, list[list[float]]]:
+  from glm_jax.data.example import SpecialIds
+  from glm_jax.infer import scoring
+
+  ids = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=6, gmask=7, sop=4, eop=5)
+  scores = {}
+  for kind, eop in (("log_likelihood", True), ("greedy", False)):
+    got = scoring.score_spans(model, params, PROMPTS, BLANKS, CANDIDATES, ids=ids, eop=eop, greedy=kind == "greedy")
+    scores[kind] = [s.tolist() for s in got]
+  return scores
+
+
+def _model():
+  import flax.linen as nn
+  import jax
+
+  from glm_jax.model import GLM, GLMConfig
+
+  model = GLM(GLMConfig(vocab_size=40, num_layers=2, hidden_size=32, num_heads=4, max_length=32, vocab_multiple=64))
+  ids = np.zeros((1, 8), np.int32)
+  params = model.init(jax.random.key(8), ids, ids, ids, sep=np.array([8]))["params"]
+  return model, jax.tree.map(lambda x: 4.0 * np.asarray(x), nn.unbox(params))  # sharper, distinct scores
+
+
+def _child(coordinator: str, process_id: int, out: str) -> None:
+  import jax
+
+  from glm_jax.train import distributed, partitioning
+
+  distributed.initialize(coordinator, 2, process_id)
+  model, params = _model()
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=1))  # 4 devices, 2 processes
+  shardings = partitioning.logical_shardings(partitioning.abstract_boxed_params(model, 8), mesh)
+  sharded = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), params, shardings)
+  assert not jax.tree.leaves(sharded)[0].is_fully_addressable
+  pathlib.Path(out).write_text(json.dumps(_scores(model, sharded)))
+
+
+@pytest.mark.slow
+def test_two_processes_score_as_one(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+  env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_")}
+  env.update(
+    XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+  )
+  outs = [tmp_path / f"scores.{p}.json" for p in range(2)]
+  logs = [open(tmp_path / f"child.{p}.log", "w") for p in range(2)]
+  children = [
+    subprocess.Popen(
+      [sys.executable, __file__, coordinator, str(p), str(outs[p])],
+      cwd=REPO,
+      env=env,
+      stdout=logs[p],
+      stderr=subprocess.STDOUT,
+    )
+    for p in range(2)
+  ]
+  try:
+    codes = [c.wait(timeout=TIMEOUT_S) for c in children]
+  finally:
+    for c in children:
+      if c.poll() is None:
+        c.kill()
+    for log in logs:
+      log.close()
+  assert codes == [0, 0], "\n".join((tmp_path / f"child.{p}.log").read_text()[-3000:] for p in range(2))
+  want = _scores(*_model())  # this process alone, unsharded
+  assert sum(want["greedy"][-1]) == 1.0, want["greedy"]
+  for out in outs:
+    got = json.loads(out.read_text())
+    for g, w in zip(got["log_likelihood"], want["log_likelihood"]):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert got["greedy"] == want["greedy"]
+
+
+if __name__ == "__main__":
+  _child(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+  os._exit(0)
