@@ -43,12 +43,21 @@ class LossConfig:
     with the example's right candidate in `cloze_label`; a candidate's score is the summed log-likelihood of its
     scored targets (loss_mask), a row with none is a padding candidate, and the loss is the mean over examples of
     the cross entropy of the softmax over the candidates' scores (tasks/superglue/ of the reference, `cross_entropy`).
+  label_smoothing: epsilon in [0, 1): each trained token's loss is (1 - epsilon) x its cross entropy + epsilon x the
+    mean over the real vocabulary of -log p (the reference's --label-smoothing of tasks/seq2seq/finetune.py, whose
+    mean also counts the padded vocabulary rows; ours are masked out). Training only: the eval loss stays the plain
+    cross entropy, comparable across runs. Not with cloze_candidates (the reference smooths its seq2seq loss only).
   """
 
   objective_weights: Mapping[str, float] | None = None
   cloze_candidates: int | None = None
+  label_smoothing: float = 0.0
 
   def __post_init__(self):
+    if not 0.0 <= self.label_smoothing < 1.0 or (self.label_smoothing and self.cloze_candidates is not None):
+      raise ValueError(
+        f"LossConfig.label_smoothing={self.label_smoothing}: expected 0 <= epsilon < 1, and no cloze_candidates"
+      )
     if self.cloze_candidates is not None and (self.cloze_candidates < 2 or self.objective_weights is not None):
       raise ValueError(
         f"LossConfig.cloze_candidates={self.cloze_candidates}: needs at least 2 candidates and no objective_weights"
@@ -103,11 +112,18 @@ def token_weights(loss_mask: jax.Array, objective_ids: jax.Array, weights: np.nd
   return mask * per_token[objective_ids]
 
 
-def token_stats(logits: jax.Array, target_ids: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+def token_stats(
+  logits: jax.Array, target_ids: jax.Array, vocab_size: int, label_smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
   """logits float [B, L, V]; target_ids int [B, L]. Returns float32 [B, L] each: the cross entropy of every
-  position and 1.0 where the argmax is the target, padded vocabulary rows (ids >= vocab_size) masked out."""
+  position (with `label_smoothing` epsilon: (1 - epsilon) x it + epsilon x the mean of -log p over the real
+  vocabulary, LossConfig) and 1.0 where the argmax is the target, padded vocabulary rows (ids >= vocab_size) masked
+  out."""
   logits = mask_padded_vocab(logits.astype(jnp.float32), vocab_size)
   token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, target_ids)
+  if label_smoothing:
+    log_probs = jax.nn.log_softmax(logits[..., :vocab_size], axis=-1)
+    token_loss = (1.0 - label_smoothing) * token_loss - label_smoothing * jnp.mean(log_probs, axis=-1)
   return token_loss, (jnp.argmax(logits, axis=-1) == target_ids).astype(jnp.float32)
 
 
@@ -194,7 +210,7 @@ def make_train_step(
     def loss_fn(p):
       rows = _rows(micro) if candidates else micro
       logits = forward(model, p, rows, deterministic=False, dropout_rng=rng)
-      token_loss, correct = token_stats(logits, rows["target_ids"], vocab_size)
+      token_loss, correct = token_stats(logits, rows["target_ids"], vocab_size, loss_config.label_smoothing)
       if candidates:
         cross_entropy, right = cloze_losses(token_loss, rows["loss_mask"], rows["cloze_label"], candidates)
         return jnp.sum(cross_entropy * micro["example_weight"][:, 0, 0]), jnp.sum(right)

@@ -268,3 +268,39 @@ def test_the_cloze_cross_entropy_and_its_gradient_equal_a_direct_restatement():
     step.make_eval_step(model, step.LossConfig(cloze_candidates=3))(params, batch)
   with pytest.raises(ValueError, match="at least 2 candidates"):
     step.LossConfig(cloze_candidates=1)
+
+
+def test_label_smoothing_trains_on_the_references_smoothed_loss_and_evaluates_the_plain_one():
+  """(1 - eps) x cross entropy + eps x the mean -log p over the real vocabulary, per Part B token, token-averaged;
+  its gradient as a direct re-statement's; the eval loss stays the plain cross entropy."""
+  import optax
+
+  batch = next(_batches(seed=3))
+  model = GLM(_config())
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1))
+  tx = optax.sgd(1.0)
+  state, shardings = partitioning.init_state(model, tx, mesh, jax.random.key(0), LENGTH)
+  params = jax.device_get(state.params)
+  config = step.LossConfig(label_smoothing=0.1)
+  train_step = step.jit_train_step(step.make_train_step(model, tx, loss_config=config), shardings, mesh)
+  new_state, metrics = train_step(state, partitioning.global_batch(batch, mesh), jax.random.key(1))
+  mask = batch["loss_mask"].astype(np.float32)
+
+  def direct(p, eps):
+    logp = jax.nn.log_softmax(forward(model, p, batch, deterministic=True)[..., :VOCAB], axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["target_ids"][..., None], -1)[..., 0]
+    smooth = -jnp.sum(logp, axis=-1) / VOCAB
+    return jnp.sum(((1 - eps) * nll + eps * smooth) * mask) / mask.sum()
+
+  loss, grads = jax.value_and_grad(direct)(params, 0.1)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  got = jax.tree.map(lambda b, a: b - a, params, jax.device_get(new_state.params))
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6), got, jax.device_get(grads))
+  plain = jax.grad(direct)(params, 0.0)  # the smoothing changes the gradient (near-uniform at init: not the loss)
+  differs = [not np.allclose(g, p, rtol=1e-2, atol=0) for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(plain))]
+  assert any(differs)
+  out = jax.jit(step.make_eval_step(model, config))(params, batch)
+  np.testing.assert_allclose(step.eval_metrics(jax.device_get(out), config)["loss"], direct(params, 0.0), rtol=1e-5)
+  for wrong in (dict(label_smoothing=1.0), dict(label_smoothing=-0.1), dict(label_smoothing=0.1, cloze_candidates=2)):
+    with pytest.raises(ValueError, match="label_smoothing"):
+      step.LossConfig(**wrong)
