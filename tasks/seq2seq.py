@@ -12,6 +12,8 @@ Gin: seq2seq_config.mask: the blank, '[sMASK]' for a model trained with the task
   GLM-10B, the Chinese models, and glm-jax's own), '[MASK]' otherwise (GLM-Large and the other English GLM-Base/Large
   models); no default: a wrong blank trains silently worse. .max_src_length / .max_tgt_length: default the
   reference's for the dataset (glm_jax.data.seq2seq.DATASETS). The row length (TrainConfig.length) must hold both.
+  .decode: glm_jax.infer.DecodeOptions fields for `eval --generate`, over the reference's beam search for the
+  dataset (glm_jax.eval.seq2seq.decode_options; a dataset of your own: beam search, spans up to max_tgt_length).
 Sources and targets cut to fit are counted (`seq2seq/<name>/source_cut`, `target_cut`), skipped lines too.
 """
 
@@ -39,6 +41,7 @@ def seq2seq_config(
   mask: str | None = None,
   max_src_length: int | None = None,
   max_tgt_length: int | None = None,
+  decode: dict | None = None,
 ) -> dict:
   """Where the data is and how the rows are made (see the module docstring)."""
   if mask is not None and mask not in seq2seq.MASKS:
@@ -48,6 +51,7 @@ def seq2seq_config(
     "mask": mask,
     "max_src_length": max_src_length,
     "max_tgt_length": max_tgt_length,
+    "decode": dict(decode or {}),
   }
 
 
@@ -179,7 +183,17 @@ def register_seq2seq_task(name: str, directory: str | None = None) -> str:
     output_features=pretrain.output_features(),
     preprocessors=[functools.partial(seq2seq_preprocessor, name=name)],
   )
+  seq2seq.REGISTERED[task_name(name)] = seq2seq.RegisteredTask(
+    name,
+    functools.partial(load_pairs, name, directory=directory),
+    functools.partial(_settings, name),
+    lambda: seq2seq_config()["decode"],
+  )
   return task_name(name)
+
+
+def _settings(name: str) -> tuple[str, int, int]:
+  return (mask(), *lengths(name))
 
 
 for _dataset in DATASETS:

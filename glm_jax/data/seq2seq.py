@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,6 +53,21 @@ DATASETS = {
   "xsum": Dataset("xsum", ("document", "summary"), 608, 60, 6, 1.0, 10),
   "gigaword": Dataset("gigaword", ("document", "summary"), 192, 32, 5, 0.6, 0),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredTask:
+  """A seqio Task of seq2seq rows (tasks/seq2seq.py registers them): its dataset name, its (source, target) pairs
+  per split, and its current (mask, max_src_length, max_tgt_length), so evaluation decodes the Part A training
+  saw."""
+
+  dataset: str
+  pairs: Callable[[str], list[tuple[str, str]]]
+  settings: Callable[[], tuple[str, int, int]]
+  decode: Callable[[], dict]  # DecodeOptions fields that override the dataset's reference beam search
+
+
+REGISTERED: dict[str, RegisteredTask] = {}  # seqio Task name -> what it reads
 
 _STANDARD_PUNCTUATION = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2019": "'", "\u2018": "'", "\u2013": "-"})
 _GIGAWORD_BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
-from glm_jax.data import superglue
-from glm_jax.eval import cloze as cloze_eval, superglue as superglue_eval
+import jax
+
+from glm_jax.data import seq2seq, superglue, vocab
+from glm_jax.eval import cloze as cloze_eval, seq2seq as seq2seq_eval, superglue as superglue_eval
 from glm_jax.model import GLM
 from glm_jax.train import checkpoints, inputs, loop, partitioning
 from glm_jax.train.experiment import Experiment
@@ -62,7 +66,73 @@ def training_hook(exp: Experiment, cloze_examples: int | None) -> Callable[[Any]
   return cloze_metrics(exp, exp.data.eval_split, cloze_examples or 0)
 
 
-def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None) -> dict[str, float]:
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """`eval --generate`: decode the first `examples` examples of a seq2seq Task's eval split (0: all), `batch_size`
+  a call, score ROUGE `rouge_style` ("plain" or "reference": glm_jax.eval.seq2seq) and write the predictions to
+  `predictions` (a jsonl path)."""
+
+  examples: int
+  predictions: str
+  rouge_style: str = "plain"
+  batch_size: int = 8
+
+  def __post_init__(self):
+    if self.rouge_style not in ("plain", "reference"):
+      raise ValueError(f"rouge_style={self.rouge_style!r}: expected plain or reference")
+    if self.examples < 0 or self.batch_size < 1:
+      raise ValueError(f"--generate={self.examples} must be >= 0 (0: all) and the batch size >= 1")
+
+
+def _family(vocabulary) -> str | None:
+  inner = vocabulary.vocabulary if isinstance(vocabulary, vocab.LazyVocabulary) else vocabulary
+  form = getattr(inner, "saved_form", None)
+  return form[0] if form else None
+
+
+def generation_metrics(exp: Experiment, split: str, settings: Generation) -> Callable[[Any], dict[str, float]]:
+  """params -> ROUGE-1/2/L (rouge1, rouge2, rougeL) of the summaries the model decodes for the experiment's seq2seq
+  Task (glm_jax.eval.seq2seq: each example's Part A as training made it, beam search with the reference's settings
+  for the dataset), and generated_examples; the predictions are written to `settings.predictions`. The reference's
+  ROUGE picks its fix-up as the reference does: PTB for a BERT-WordPiece tokenizer, else gigaword's for Gigaword,
+  else none. Raises ValueError for a Task that is not a seq2seq Task."""
+  name = exp.data.mixture_or_task_name
+  registered = seq2seq.REGISTERED.get(name)
+  if registered is None:
+    raise ValueError(
+      f"eval --generate decodes a seq2seq Task; {name!r} is not one (registered: {sorted(seq2seq.REGISTERED)})"
+    )
+  pairs = registered.pairs(split)
+  pairs = pairs[: settings.examples] if settings.examples else pairs
+  if not pairs:
+    raise ValueError(f"{name}'s {split} split has no examples to decode")
+  mask, max_src_length, max_tgt_length = registered.settings()
+  model, vocabulary = GLM(exp.model), inputs.vocabulary(exp.data)
+  options = seq2seq_eval.decode_options(registered.dataset, max_tgt_length, **registered.decode())
+  sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+  style = None
+  if settings.rouge_style == "reference":
+    style = "ptb" if _family(vocabulary) == "bert" else "gigaword" if registered.dataset == "gigaword" else "none"
+    targets = seq2seq_eval.references_as_tokenized(targets, vocabulary)
+
+  def metrics(params) -> dict[str, float]:
+    predicted = seq2seq_eval.summarize(model, params, vocabulary, sources, mask=mask, max_src_length=max_src_length,
+                                       options=options, batch_size=settings.batch_size, progress=True)  # fmt: skip
+    seq2seq_eval.write_predictions(settings.predictions, sources, predicted, targets)
+    log.info("%d predictions of %s's %s split in %s", len(predicted), name, split, settings.predictions)
+    return {**seq2seq_eval.rouge(predicted, targets, style=style), "generated_examples": float(len(predicted))}
+
+  return metrics
+
+
+def default_predictions_path(checkpoint: str, exp: Experiment) -> str:
+  """Where `eval --generate` writes its predictions unless told: beside the checkpoint's steps."""
+  return os.path.join(checkpoint, f"predictions.{exp.data.mixture_or_task_name}.{exp.data.eval_split}.jsonl")
+
+
+def evaluate(
+  checkpoint: str, exp: Experiment, cloze_examples: int | None = None, generation: Generation | None = None
+) -> dict[str, float]:
   """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
   (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint, and the data's
   vocabulary must be the checkpoint's own): the batches the training loop evaluates on, so a run's final checkpoint
@@ -71,13 +141,24 @@ def evaluate(checkpoint: str, exp: Experiment, cloze_examples: int | None = None
   With `cloze_examples` (a cloze Task), also the cloze metrics of the first `cloze_examples` examples of the split
   (0: all; `cloze_metrics`), as `cloze_<metric>`; a split with no loss rows (ReCoRD's validation examples have no
   one right candidate; test splits) then gives those alone, as does `TrainConfig.eval_steps=0` (the training
-  recipes' setting for a split whose rows do not fit the training layout, e.g. WSC's)."""
+  recipes' setting for a split whose rows do not fit the training layout, e.g. WSC's).
+
+  With `generation` (a seq2seq Task), also the ROUGE of the summaries decoded for the split (`generation_metrics`),
+  on one process (the params may be sharded over its devices)."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
-  if not tc.eval_steps and cloze_examples is None:
+  if cloze_examples is not None and generation is not None:
+    raise ValueError("eval takes --cloze (a cloze Task) or --generate (a seq2seq Task), not both")
+  if not tc.eval_steps and cloze_examples is None and generation is None:
     raise ValueError("TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, or bind eval_steps to at least 1")
-  metrics = None if cloze_examples is None else cloze_metrics(exp, data.eval_split, cloze_examples)
+  if generation is not None and jax.process_count() > 1:
+    raise ValueError("eval --generate decodes on one process (its devices may hold a sharded model): run it alone")
+  metrics = None
+  if cloze_examples is not None:
+    metrics = cloze_metrics(exp, data.eval_split, cloze_examples)
+  elif generation is not None:
+    metrics = generation_metrics(exp, data.eval_split, generation)
   vocabulary = inputs.vocabulary(data)
   inputs.check_fits_model(data, exp.model.vocab_size)
   checkpoints.check_vocabulary(checkpoint, vocabulary)

@@ -33,18 +33,20 @@ MIN_SENTENCE_WORDS = 5  # the reference drops predicted sentences of 4 words or 
 DUPLICATE_RATE = 0.7
 
 
-def decode_options(dataset: str, **overrides) -> DecodeOptions:
+def decode_options(dataset: str, max_tgt_length: int | None = None, **overrides) -> DecodeOptions:
   """The reference's beam search for a dataset (config_tasks/seq_*.sh: --num-beams, --length-penalty,
-  --min-tgt-length, --no-repeat-ngram-size 3, --select-topk; a span of at most --tgt-seq-length tokens)."""
-  d = seq2seq.DATASETS[dataset]
-  settings = dict(
-    strategy="beam",
-    num_beams=d.num_beams,
-    length_penalty=d.length_penalty,
-    min_span_length=d.min_tgt_length,
-    max_span_length=d.max_tgt_length,
-    no_repeat_ngram_size=d.no_repeat_ngram_size,
-  )
+  --min-tgt-length, --no-repeat-ngram-size 3, --select-topk; a span of at most --tgt-seq-length tokens,
+  `max_tgt_length` if given); for another dataset DecodeOptions' beam search with spans of `max_tgt_length`.
+  `overrides`: DecodeOptions fields."""
+  d = seq2seq.DATASETS.get(dataset)
+  settings = {"strategy": "beam"}
+  if d is not None:
+    settings.update(num_beams=d.num_beams, length_penalty=d.length_penalty, min_span_length=d.min_tgt_length,
+                    max_span_length=d.max_tgt_length, no_repeat_ngram_size=d.no_repeat_ngram_size)  # fmt: skip
+  if max_tgt_length is not None:
+    settings["max_span_length"] = max_tgt_length
+  elif d is None:
+    raise ValueError(f"{dataset} has no reference settings: give max_tgt_length")
   return DecodeOptions(**{**settings, **overrides})
 
 
