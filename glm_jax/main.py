@@ -132,7 +132,7 @@ def run(argv: list[str], command_line: bool = False):
       exp, generation = gin_config.experiment(), None
       if args.generate is not None:
         path = args.predictions or evaluate.default_predictions_path(args.checkpoint, exp)
-        generation = evaluate.Generation(args.generate, path, args.rouge_style, args.decode_batch_size)
+        generation = evaluate.GenerateEval(args.generate, path, args.rouge_style, args.decode_batch_size)
       result = evaluate.evaluate(args.checkpoint, exp, args.cloze, generation)
       print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
     case "compile":

@@ -82,6 +82,34 @@ def output_features(vocabulary: seqio.Vocabulary = VOCABULARY) -> dict[str, seqi
   return features
 
 
+class SerializedSource(seqio.DataSource):
+  """Examples read whole when a dataset is made, each one element {"example": its serialization}: `load(split)`
+  returns the strings (the fine-tuning Tasks' sources, tasks/superglue.py and tasks/seq2seq.py, whose
+  preprocessors parse them). Sharded by example; the Task shuffles."""
+
+  def __init__(self, load, splits):
+    self._load = load
+    super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str):
+    return [split]
+
+  def get_dataset(
+    self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None, use_cached=False,
+    num_epochs=1,
+  ):  # fmt: skip
+    del shuffle, seed, sequence_length, use_cached  # one "file"; the Task shuffles examples
+    serialized = list(self._load(split))
+    ds = tf.data.Dataset.from_tensor_slices({"example": tf.constant(serialized, tf.string, shape=[len(serialized)])})
+    if shard_info and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds.repeat(num_epochs)
+
+
 @gin.configurable
 def glm_mixture_rates(token: float = 0.5, sentence: float = 0.3, document: float = 0.2) -> dict[str, float]:
   """Sampling rates of the objectives in every GLM mixture (normalized by seqio)."""

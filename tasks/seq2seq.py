@@ -106,31 +106,8 @@ def load_pairs(dataset: str, split: str, directory: str | None = None) -> list[t
   return pairs
 
 
-class Seq2SeqSource(seqio.DataSource):
-  """A dataset's (source, target) pairs, each one element {"example": JSON [source, target]}, read when a dataset
-  is made."""
-
-  def __init__(self, dataset: str, directory: str | None = None):
-    self.dataset, self.directory = dataset, directory
-    super().__init__(splits=seq2seq.SPLITS, num_input_examples=None, caching_permitted=True)
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str):
-    return [split]
-
-  def get_dataset(
-    self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None, use_cached=False,
-    num_epochs=1,
-  ):  # fmt: skip
-    del shuffle, seed, sequence_length, use_cached  # one "file"; the Task shuffles examples
-    serialized = [json.dumps(pair) for pair in load_pairs(self.dataset, split, self.directory)]
-    ds = tf.data.Dataset.from_tensor_slices({"example": tf.constant(serialized, tf.string, shape=[len(serialized)])})
-    if shard_info and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    return ds.repeat(num_epochs)
+def _serialized_pairs(dataset: str, directory: str | None, split: str) -> list[str]:
+  return [json.dumps(pair) for pair in load_pairs(dataset, split, directory)]
 
 
 def seq2seq_preprocessor(dataset, sequence_length, output_features, *, name: str):
@@ -179,7 +156,7 @@ def register_seq2seq_task(name: str, directory: str | None = None) -> str:
   reference dataset)."""
   seqio.TaskRegistry.add(
     task_name(name),
-    source=Seq2SeqSource(name, directory),
+    source=pretrain.SerializedSource(functools.partial(_serialized_pairs, name, directory), seq2seq.SPLITS),
     output_features=pretrain.output_features(),
     preprocessors=[functools.partial(seq2seq_preprocessor, name=name)],
   )

@@ -93,30 +93,8 @@ def load_examples(task: str, split: str) -> list[superglue_sources.SuperGlueExam
   return [ex for row in rows for ex in superglue_sources.from_tfds(task, row, split=split)]
 
 
-class SuperGlueSource(seqio.DataSource):
-  """A task's examples, each one element {"example": its JSON}, read when a dataset is made."""
-
-  def __init__(self, task: str):
-    self.task = task
-    super().__init__(splits=SPLITS, num_input_examples=None, caching_permitted=True)
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str):
-    return [split]
-
-  def get_dataset(
-    self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None, use_cached=False,
-    num_epochs=1,
-  ):  # fmt: skip
-    del shuffle, seed, sequence_length, use_cached  # one "file"; the Task shuffles examples
-    serialized = [json.dumps(dataclasses.asdict(ex)) for ex in load_examples(self.task, split)]
-    ds = tf.data.Dataset.from_tensor_slices({"example": tf.constant(serialized, tf.string, shape=[len(serialized)])})
-    if shard_info and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    return ds.repeat(num_epochs)
+def _serialized_examples(task: str, split: str) -> list[str]:
+  return [json.dumps(dataclasses.asdict(ex)) for ex in load_examples(task, split)]
 
 
 def cloze_preprocessor(dataset, sequence_length, output_features, *, task: str):
@@ -195,7 +173,7 @@ def task_name(task: str) -> str:
 for _task in TASKS:
   seqio.TaskRegistry.add(
     task_name(_task),
-    source=SuperGlueSource(_task),
+    source=pretrain.SerializedSource(functools.partial(_serialized_examples, _task), SPLITS),
     output_features=output_features(),
     preprocessors=[functools.partial(cloze_preprocessor, task=_task)],
   )

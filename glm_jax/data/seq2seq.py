@@ -26,6 +26,7 @@ import numpy as np
 
 from glm_jax.data import counters, example as example_lib
 from glm_jax.data.example import SpecialIds
+from glm_jax.data.superglue_sources import standardize  # the reference's punctuation_standardization
 
 PROMPT = " Content:"
 SPLITS = ("train", "validation", "test")
@@ -69,14 +70,8 @@ class RegisteredTask:
 
 REGISTERED: dict[str, RegisteredTask] = {}  # seqio Task name -> what it reads
 
-_STANDARD_PUNCTUATION = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2019": "'", "\u2018": "'", "\u2013": "-"})
 _GIGAWORD_BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
 _GIGAWORD_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
-
-
-def standardize(text: str) -> str:
-  """The reference's punctuation_standardization: curly quotes to straight ones, "\u2013" to "-"."""
-  return text.translate(_STANDARD_PUNCTUATION)
 
 
 def gigaword_detokenize(text: str) -> str:

@@ -67,7 +67,7 @@ def training_hook(exp: Experiment, cloze_examples: int | None) -> Callable[[Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class Generation:
+class GenerateEval:
   """`eval --generate`: decode the first `examples` examples of a seq2seq Task's eval split (0: all), `batch_size`
   a call, score ROUGE `rouge_style` ("plain" or "reference": glm_jax.eval.seq2seq) and write the predictions to
   `predictions` (a jsonl path)."""
@@ -90,7 +90,7 @@ def _family(vocabulary) -> str | None:
   return form[0] if form else None
 
 
-def generation_metrics(exp: Experiment, split: str, settings: Generation) -> Callable[[Any], dict[str, float]]:
+def generation_metrics(exp: Experiment, split: str, settings: GenerateEval) -> Callable[[Any], dict[str, float]]:
   """params -> ROUGE-1/2/L (rouge1, rouge2, rougeL) of the summaries the model decodes for the experiment's seq2seq
   Task (glm_jax.eval.seq2seq: each example's Part A as training made it, beam search with the reference's settings
   for the dataset), and generated_examples; the predictions are written to `settings.predictions`. The reference's
@@ -131,7 +131,7 @@ def default_predictions_path(checkpoint: str, exp: Experiment) -> str:
 
 
 def evaluate(
-  checkpoint: str, exp: Experiment, cloze_examples: int | None = None, generation: Generation | None = None
+  checkpoint: str, exp: Experiment, cloze_examples: int | None = None, generation: GenerateEval | None = None
 ) -> dict[str, float]:
   """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
   (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint, and the data's
