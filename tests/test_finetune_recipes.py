@@ -213,3 +213,84 @@ def test_the_docs_table_has_every_recipe_with_its_steps():
     steps, warmup, rows = expected_schedule(task, model)
     assert f"{steps} / {warmup} / {rows} (C {CANDIDATES[task]})" in row.group(0), (task, model)
     assert f"| {TRAIN_EXAMPLES[task]} " in row.group(0), (task, model)
+
+
+# The summarization recipes (gin/finetune/{cnn_dailymail,xsum,gigaword}.gin): GLM-10B as the reference's README runs
+# it, scripts/ds_finetune_seq2seq.sh (SDS) with config_tasks/model_blocklm_10B.sh (M10), config_tasks/seq_<task>.sh
+# (S: seq_cnndm_org.sh, seq_xsum.sh, seq_gigaword.sh) and config_tasks/config_blocklm_10B_cnndm.json (JC).
+# dataset: (epochs S:5, train pairs, src S:18, tgt S:19, min tgt S:20, length penalty S:21, beams S:23; line numbers
+# of seq_cnndm_org.sh, seq_gigaword.sh's TASK_ARGS are one line earlier).
+SEQ2SEQ_REFERENCE = {
+  "cnn_dailymail": (10, 287226, 608, 160, 55, 0.7, 5),
+  "xsum": (6, 204045, 608, 60, 10, 1.0, 6),
+  "gigaword": (10, 3803957, 192, 32, 0, 0.6, 5),
+}
+# Shared: batch 4 a GPU (JC:2) x 1 accumulated (JC:3) x 2 nodes x 8 GPUs (SDS:9-10); lr 5e-6 and weight decay 0.01
+# (JC:26, 32) override --lr and --weight-decay (AR:455-467); Adam betas / eps (JC:27-31), clipping (JC:5); warmup 0.06,
+# linear decay (S:7-8) to 0.1 (AR:152); label smoothing 0.1 (S:10); save / log / eval intervals (S:12-15).
+SEQ2SEQ_SHARED = dict(batch=64, lr=5e-6, weight_decay=0.01, b1=0.9, b2=0.95, eps=1e-8, clip=1.0, warmup=0.06,
+                      smoothing=0.1, log=50, eval_every=1000, eval_steps=100, save=10000)  # fmt: skip
+
+
+def check_seq2seq(dataset: str) -> None:
+  """Asserts that the parsed summarization recipe of `dataset` holds SEQ2SEQ_REFERENCE's and SEQ2SEQ_SHARED's
+  settings, and that the Task builds its rows and decodes with the reference's lengths and beam search."""
+  import tasks
+  from glm_jax.eval import seq2seq as seq2seq_eval
+
+  epochs, pairs, src, tgt, min_tgt, penalty, beams = SEQ2SEQ_REFERENCE[dataset]
+  s = SEQ2SEQ_SHARED
+  exp = gin_config.experiment()
+  m, t, o, data = exp.model, exp.train, exp.optimizer, exp.data
+  assert (m.num_layers, m.hidden_size, m.num_heads, m.max_length) == MODEL["10b"]
+  assert m.dtype == "bfloat16" and m.remat_policy == "full"
+  assert gin.query_parameter("model_from_checkpoint.overrides") == {"dtype": "bfloat16", "remat_policy": "full"}
+  assert (exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor) == MESH["10b"]
+
+  assert (data.mixture_or_task_name, data.eval_split, data.pack) == (f"glm_{dataset}_seq2seq", "validation", False)
+  assert tasks.seq2seq.mask() == "[sMASK]"  # M10's --task-mask
+  assert tasks.seq2seq.lengths(dataset) == (src, tgt)
+  options = seq2seq_eval.decode_options(dataset, tgt, **tasks.seq2seq.seq2seq_config()["decode"])
+  assert (options.strategy, options.num_beams, options.length_penalty) == ("beam", beams, penalty)
+  assert (options.min_span_length, options.max_span_length, options.no_repeat_ngram_size) == (min_tgt, tgt, 3)
+
+  steps = math.ceil(epochs * pairs / s["batch"])
+  assert (t.num_steps, t.batch_size, t.accumulation_steps, t.schedule_steps) == (steps, s["batch"], 1, None)
+  assert src + tgt <= t.length <= m.max_length and t.length - (src + tgt) < 32
+  assert (t.loss.label_smoothing, t.loss.cloze_candidates, t.loss.objective_weights) == (s["smoothing"], None, None)
+  assert (t.log_every, t.eval_every, t.eval_steps, t.checkpoint_every) == (s["log"], s["eval_every"],
+                                                                           s["eval_steps"], s["save"])  # fmt: skip
+  assert (o.learning_rate, o.warmup_steps, o.decay_style, o.decay_steps, o.min_lr_ratio) == (
+    s["lr"], math.floor(steps * s["warmup"] + 0.5), "linear", None, 0.1)  # fmt: skip
+  assert (o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm) == (s["b1"], s["b2"], s["eps"], s["weight_decay"],
+                                                                   s["clip"])  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", sorted(SEQ2SEQ_REFERENCE))
+def test_each_summarization_recipe_holds_its_reference_scripts_settings(dataset):
+  gin_config.parse_gin([f"gin/finetune/{dataset}.gin"], [])
+  check_seq2seq(dataset)
+
+
+@pytest.mark.parametrize(
+  "binding",
+  [
+    "OptimizerConfig.learning_rate = 1e-5",
+    "OptimizerConfig.warmup_steps = 100",
+    "OptimizerConfig.weight_decay = 0.1",
+    "OptimizerConfig.b2 = 0.999",
+    "TrainConfig.num_steps = 1000",
+    "TrainConfig.batch_size = 32",
+    "TrainConfig.length = 512",
+    "LossConfig.label_smoothing = 0.0",
+    "seq2seq_config.mask = '[MASK]'",
+    "seq2seq_config.max_src_length = 512",
+    "seq2seq_config.decode = {'num_beams': 4}",
+    "DataConfig.pack = True",
+    "model_preset.name = 'large'",
+  ],
+)
+def test_a_wrong_summarization_value_fails_the_check(binding):
+  gin_config.parse_gin(["gin/finetune/cnn_dailymail.gin"], [binding])
+  with pytest.raises(AssertionError):
+    check_seq2seq("cnn_dailymail")
