@@ -1,7 +1,7 @@
 """glm-jax's command line, T5X style: `python -m glm_jax.main <command> [-v] ...` (`<command> --help` for its flags).
 
   train     --gin_file=gin/pretrain/quickstart.gin --model_dir=runs/quickstart [--gin.TrainConfig.num_steps=100]
-  eval      --gin_file=gin/pretrain/quickstart.gin --checkpoint=runs/quickstart [--cloze=N | --generate=N]
+  eval      --gin_file=gin/pretrain/quickstart.gin --checkpoint=runs/quickstart [--cloze=N | --generate=N | --lm=N]
   infer     --checkpoint=runs/quickstart --text="The [MASK] is in the module." [--strategy=beam --num_beams=4]
   score     --checkpoint=runs/quickstart --text="It works with [MASK]." --candidate=paths --candidate="the network"
   convert   --from_pytorch=glm-large/ --output_dir=ckpt/glm-large --vocab_files vocab.txt   (needs [convert])
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
   add("--checkpoint", required=True, help="a model_dir written by `train`, or a convert output")
   add("--cloze", type=int, metavar="N", help="also a cloze Task's accuracy on N examples (0: all)")
   add("--generate", type=int, metavar="N", help="a seq2seq Task: decode N examples (0: all), their ROUGE")
+  add("--lm", type=int, metavar="N", help="a zero-shot LM Task (LAMBADA, WikiText): accuracy or perplexity, N rows")
   add("--rouge_style", choices=["plain", "reference"], default="plain", help="ROUGE as rouge-score, or the reference's")
   add("--predictions", help="the decoded predictions' jsonl (default <checkpoint>/predictions.<task>.<split>.jsonl)")
   add("--decode_batch_size", type=int, default=8, help="sources decoded together (--generate)")
@@ -133,7 +134,7 @@ def run(argv: list[str], command_line: bool = False):
       if args.generate is not None:
         path = args.predictions or evaluate.default_predictions_path(args.checkpoint, exp)
         generation = evaluate.GenerateEval(args.generate, path, args.rouge_style, args.decode_batch_size)
-      result = evaluate.evaluate(args.checkpoint, exp, args.cloze, generation)
+      result = evaluate.evaluate(args.checkpoint, exp, args.cloze, generation, args.lm)
       print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
     case "compile":
       result = aot.compile_for_topology(args.topology, gin_config.experiment())

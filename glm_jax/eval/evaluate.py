@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import seqio
 
-from glm_jax.data import seq2seq, superglue, vocab
-from glm_jax.eval import cloze as cloze_eval, seq2seq as seq2seq_eval, superglue as superglue_eval
+from glm_jax.data import feature_converter, language_model, seq2seq, superglue, vocab
+from glm_jax.eval import (
+  cloze as cloze_eval,
+  language_model as lm_eval,
+  seq2seq as seq2seq_eval,
+  superglue as superglue_eval,
+)
+from glm_jax.infer import decode
 from glm_jax.model import GLM
 from glm_jax.train import checkpoints, inputs, loop, partitioning
 from glm_jax.train.experiment import Experiment
@@ -125,13 +133,55 @@ def generation_metrics(exp: Experiment, split: str, settings: GenerateEval) -> C
   return metrics
 
 
+def lm_metrics(exp: Experiment, split: str, examples: int, progress: bool = True) -> Callable[[Any], dict[str, float]]:
+  """params -> the zero-shot LM metrics of the experiment's LM Task (glm_jax.data.language_model.REGISTERED) on the
+  first `examples` rows of `split` (0: all): LAMBADA's accuracy, or perplexity (adjusted too when every row is
+  scored). The rows are the Task's, made with the blank of the model (`exp.model.task_mask`) unless
+  language_model_config.mask names one, `exp.train.batch_size` at a time in TrainConfig.length; every process
+  scores all of them (glm_jax.eval.language_model). Raises ValueError for a Task that is not an LM Task."""
+  name = exp.data.mixture_or_task_name
+  registered = language_model.REGISTERED.get(name)
+  if registered is None:
+    raise ValueError(
+      f"eval --lm scores a zero-shot LM Task; {name!r} is not one (registered: {sorted(language_model.REGISTERED)})"
+    )
+  model, length, batch_size = GLM(exp.model), exp.train.length, exp.train.batch_size
+
+  def rows():
+    with language_model.model_mask(exp.model.task_mask):  # the Task's preprocessors read it while the dataset is made
+      ds = seqio.get_dataset(
+        name,
+        task_feature_lengths=feature_converter.task_feature_lengths(length),
+        dataset_split=split,
+        shuffle=False,
+        num_epochs=1,
+        feature_converter=feature_converter.GLMFeatureConverter(pack=False),
+      )  # every process reads every row: the rows are placed as global arrays
+    rows = ds.as_numpy_iterator()
+    return itertools.islice(rows, examples) if examples else rows
+
+  def metrics(params) -> dict[str, float]:
+    devices = decode.batch_devices(decode.mesh_of(params))
+    stats = lm_eval.row_stats(model, params, lm_eval.batches(rows(), batch_size, devices), progress=progress)
+    if registered.kind == "lambada":
+      return lm_eval.lambada_metrics(stats)
+    original = registered.original_words(split) if not examples else None  # a partial text has no token ratio
+    return lm_eval.perplexity_metrics(stats, original)
+
+  return metrics
+
+
 def default_predictions_path(checkpoint: str, exp: Experiment) -> str:
   """Where `eval --generate` writes its predictions unless told: beside the checkpoint's steps."""
   return os.path.join(checkpoint, f"predictions.{exp.data.mixture_or_task_name}.{exp.data.eval_split}.jsonl")
 
 
 def evaluate(
-  checkpoint: str, exp: Experiment, cloze_examples: int | None = None, generation: GenerateEval | None = None
+  checkpoint: str,
+  exp: Experiment,
+  cloze_examples: int | None = None,
+  generation: GenerateEval | None = None,
+  lm_examples: int | None = None,
 ) -> dict[str, float]:
   """Loss and accuracy of `checkpoint`'s params on `exp.train.eval_steps` batches of the experiment's eval split
   (its data, batch size and length; the model is `exp.model`, which must fit the checkpoint, and the data's
@@ -144,14 +194,24 @@ def evaluate(
   recipes' setting for a split whose rows do not fit the training layout, e.g. WSC's).
 
   With `generation` (a seq2seq Task), also the ROUGE of the summaries decoded for the split (`generation_metrics`),
-  on one process (the params may be sharded over its devices)."""
+  on one process (the params may be sharded over its devices).
+
+  With `lm_examples` (a zero-shot LM Task: LAMBADA, WikiText), also its accuracy or perplexity on the first
+  `lm_examples` rows of the split (0: all; `lm_metrics`), on one process or many."""
   tc, data = exp.train, exp.data
   if not data.eval_split:
     raise ValueError("the experiment has no eval split: bind DataConfig.eval_split (e.g. 'validation')")
-  if cloze_examples is not None and generation is not None:
-    raise ValueError("eval takes --cloze (a cloze Task) or --generate (a seq2seq Task), not both")
-  if not tc.eval_steps and cloze_examples is None and generation is None:
-    raise ValueError("TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, or bind eval_steps to at least 1")
+  given = (("--cloze", cloze_examples), ("--generate", generation), ("--lm", lm_examples))
+  modes = [flag for flag, value in given if value is not None]
+  if len(modes) > 1:
+    raise ValueError(f"eval takes one of --cloze (a cloze Task), --generate (seq2seq), --lm (an LM Task): {modes}")
+  if lm_examples is not None and lm_examples < 0:
+    raise ValueError(f"--lm={lm_examples} must be >= 0 (0: all)")
+  if not tc.eval_steps and not modes:
+    raise ValueError(
+      "TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, --generate=N or --lm=N, or bind eval_steps to at "
+      "least 1"
+    )
   if generation is not None and jax.process_count() > 1:
     raise ValueError("eval --generate decodes on one process (its devices may hold a sharded model): run it alone")
   metrics = None
@@ -159,6 +219,8 @@ def evaluate(
     metrics = cloze_metrics(exp, data.eval_split, cloze_examples)
   elif generation is not None:
     metrics = generation_metrics(exp, data.eval_split, generation)
+  elif lm_examples is not None:
+    metrics = lm_metrics(exp, data.eval_split, lm_examples, progress=jax.process_index() == 0)
   vocabulary = inputs.vocabulary(data)
   inputs.check_fits_model(data, exp.model.vocab_size)
   checkpoints.check_vocabulary(checkpoint, vocabulary)

@@ -222,9 +222,11 @@ class GLM(nn.Module):
     """
     cfg = self.config
     length = input_ids.shape[1]
-    if length > cfg.max_length:
+    # A row of L tokens has position and block-position ids below L, and the tables have max_length + 1 rows, so
+    # rows of max_length + 1 tokens fit (the reference's WikiText windows of --seq-length 1024 on GLM-10B).
+    if length > cfg.max_length + 1:
       raise ValueError(
-        f"sequence length {length} exceeds max_length={cfg.max_length} of the position tables "
+        f"sequence length {length} exceeds max_length={cfg.max_length} of the position tables (+ 1) "
         f"(raise GLMConfig.max_length or shorten the inputs)"
       )
     sep, segment_ids = mask_lib.canonicalize(sep, segment_ids, length)
