@@ -101,9 +101,10 @@ def _family(vocabulary) -> str | None:
 def generation_metrics(exp: Experiment, split: str, settings: GenerateEval) -> Callable[[Any], dict[str, float]]:
   """params -> ROUGE-1/2/L (rouge1, rouge2, rougeL) of the summaries the model decodes for the experiment's seq2seq
   Task (glm_jax.eval.seq2seq: each example's Part A as training made it, beam search with the reference's settings
-  for the dataset), and generated_examples; the predictions are written to `settings.predictions`. The reference's
-  ROUGE picks its fix-up as the reference does: PTB for a BERT-WordPiece tokenizer, else gigaword's for Gigaword,
-  else none. Raises ValueError for a Task that is not a seq2seq Task."""
+  for the dataset), and generated_examples; the predictions are written to `settings.predictions` (by process 0:
+  every process passes all the examples to glm_jax.infer.generate, which decodes them together on the params' mesh).
+  The reference's ROUGE picks its fix-up as the reference does: PTB for a BERT-WordPiece tokenizer, else gigaword's
+  for Gigaword, else none. Raises ValueError for a Task that is not a seq2seq Task."""
   name = exp.data.mixture_or_task_name
   registered = seq2seq.REGISTERED.get(name)
   if registered is None:
@@ -124,10 +125,12 @@ def generation_metrics(exp: Experiment, split: str, settings: GenerateEval) -> C
     targets = seq2seq_eval.references_as_tokenized(targets, vocabulary)
 
   def metrics(params) -> dict[str, float]:
+    chief = jax.process_index() == 0
     predicted = seq2seq_eval.summarize(model, params, vocabulary, sources, mask=mask, max_src_length=max_src_length,
-                                       options=options, batch_size=settings.batch_size, progress=True)  # fmt: skip
-    seq2seq_eval.write_predictions(settings.predictions, sources, predicted, targets)
-    log.info("%d predictions of %s's %s split in %s", len(predicted), name, split, settings.predictions)
+                                       options=options, batch_size=settings.batch_size, progress=chief)  # fmt: skip
+    if chief:  # every process decoded every example
+      seq2seq_eval.write_predictions(settings.predictions, sources, predicted, targets)
+      log.info("%d predictions of %s's %s split in %s", len(predicted), name, split, settings.predictions)
     return {**seq2seq_eval.rouge(predicted, targets, style=style), "generated_examples": float(len(predicted))}
 
   return metrics
@@ -194,7 +197,7 @@ def evaluate(
   recipes' setting for a split whose rows do not fit the training layout, e.g. WSC's).
 
   With `generation` (a seq2seq Task), also the ROUGE of the summaries decoded for the split (`generation_metrics`),
-  on one process (the params may be sharded over its devices).
+  on one process or many (each decodes every example with the params where they lie; process 0 writes them).
 
   With `lm_examples` (a zero-shot LM Task: LAMBADA, WikiText), also its accuracy or perplexity on the first
   `lm_examples` rows of the split (0: all; `lm_metrics`), on one process or many."""
@@ -212,8 +215,6 @@ def evaluate(
       "TrainConfig.eval_steps=0 evaluates no loss: pass --cloze=N, --generate=N or --lm=N, or bind eval_steps to at "
       "least 1"
     )
-  if generation is not None and jax.process_count() > 1:
-    raise ValueError("eval --generate decodes on one process (its devices may hold a sharded model): run it alone")
   metrics = None
   if cloze_examples is not None:
     metrics = cloze_metrics(exp, data.eval_split, cloze_examples)

@@ -156,6 +156,7 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
   cache = programs.prefill(params, place(part_a), place(part_a_len), capacity=capacity)
   base = jax.random.key(options.seed)
   keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(base, s[0]), s[1]))(jnp.asarray(streams))
+  keys = np.asarray(jax.random.key_data(keys))  # host data: every process places the same rows
   spans: list[list[list[int]]] = [[] for _ in prompts]
   scores: list[list[float]] = [[] for _ in prompts]
   for j in range(num_blanks):
@@ -230,8 +231,6 @@ def rows_placer(mesh: Mesh | None):
   rows = NamedSharding(mesh, P(BATCH_AXES))
 
   def place(x):
-    if isinstance(x, jax.Array):  # e.g. random keys made on this process
-      return jax.device_put(x, rows)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, rows, lambda index: host[index])
 
@@ -251,10 +250,23 @@ def _programs(model: GLM, options: DecodeOptions, stops: tuple[int, ...], sop: i
   wrap = (lambda fn: fn) if mesh is None else (lambda fn: with_mesh_rules(fn, mesh))
   beams = options.num_beams if options.strategy == "beam" else 1
   prefill_program = jax.jit(wrap(functools.partial(prefill, model, beams)), static_argnames="capacity")
-  fill = jax.jit(
-    wrap(functools.partial(_fill_blank, model, options, stops, sop)), static_argnames="commit", donate_argnums=1
-  )
+  fill_blank = functools.partial(_fill_blank, model, options, stops, sop)
+  if mesh is not None:
+    fill_blank = _replicating_results(fill_blank, mesh)
+  fill = jax.jit(wrap(fill_blank), static_argnames="commit", donate_argnums=1)
   return _Programs(prefill_program, fill, rows_placer(mesh))
+
+
+def _replicating_results(fill_blank, mesh: Mesh):
+  """fill_blank with its spans (tokens, lengths, scores) replicated over the mesh, so that every process of a
+  multi-process mesh reads all rows' spans (the cache stays split as it is)."""
+  everywhere = NamedSharding(mesh, P())
+
+  def fill(*args, **kwargs):
+    cache, *spans = fill_blank(*args, **kwargs)
+    return cache, *(jax.lax.with_sharding_constraint(x, everywhere) for x in spans)
+
+  return fill
 
 
 def prefill(model: GLM, beams: int, params, part_a, part_a_len, *, capacity: int) -> KVCache:
@@ -338,9 +350,11 @@ def sample_logits(log_probs, keys, temperature: float, top_k: int, top_p: float)
 
 
 def _fill_blank(model: GLM, options, stops, sop, params, cache: KVCache, positions, active, keys, blank, *, commit):
-  """Fills one blank of each row (`positions` [B]: its index in Part A; rows not `active` skip it) and, with
-  `commit`, writes the chosen span into the cache. Returns (cache, tokens [B, S], lengths [B], scores [B])."""
+  """Fills one blank of each row (`positions` [B]: its index in Part A; rows not `active` skip it; `keys`: each
+  row's random key data) and, with `commit`, writes the chosen span into the cache. Returns (cache, tokens [B, S],
+  lengths [B], scores [B])."""
   start = cache.lengths
+  keys = jax.random.wrap_key_data(keys)  # [B, 2] uint32 -> keys
   if options.strategy == "beam":
     cache, tokens, lengths, scores = _beam_search(model, options, stops, sop, params, cache, positions, active)
   else:

@@ -1,5 +1,6 @@
-"""Candidate scoring on a mesh that spans 2 processes (localhost, 2 CPU devices each, gloo): every process passes the
-same prompts and reads the scores one process computes alone. Run as a script, this file is the child process."""
+"""Candidate scoring and blank infilling on a mesh that spans 2 processes (localhost, 2 CPU devices each, gloo): every
+process passes the same prompts and reads the scores and spans one process computes alone (greedy, sampled, beam
+search). Run as a script, this file is the child process."""
 
 from __future__ import annotations
 
@@ -26,16 +27,24 @@ CANDIDATES = [
 TIMEOUT_S = 300
 
 
-def _scores(model, params) -> dict[str, list[list[float]]]:
+def _results(model, params) -> dict[str, list]:
   from glm_jax.data.example import SpecialIds
-  from glm_jax.infer import scoring
+  from glm_jax.infer import DecodeOptions, generate, scoring
 
   ids = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=6, gmask=7, sop=4, eop=5)
-  scores = {}
+  results = {}
   for kind, eop in (("log_likelihood", True), ("greedy", False)):
     got = scoring.score_spans(model, params, PROMPTS, BLANKS, CANDIDATES, ids=ids, eop=eop, greedy=kind == "greedy")
-    scores[kind] = [s.tolist() for s in got]
-  return scores
+    results[kind] = [s.tolist() for s in got]
+  # Five prompts on 4 batch devices: a bucket of 8 rows, 3 of them padding; stops end spans at different steps.
+  stops = (ids.eop, ids.eos, *range(8, 20))
+  for strategy in ("greedy", "sample", "beam"):
+    options = DecodeOptions(
+      strategy=strategy, max_span_length=5, num_beams=2, no_repeat_ngram_size=2, top_k=8, seed=3, stop_ids=stops
+    )
+    got = generate(model, params, [*PROMPTS, PROMPTS[0]], ids=ids, options=options)
+    results[f"decode_{strategy}"] = [[g.spans, g.scores] for g in got]
+  return results
 
 
 def _model():
@@ -61,11 +70,11 @@ def _child(coordinator: str, process_id: int, out: str) -> None:
   shardings = partitioning.logical_shardings(partitioning.abstract_boxed_params(model, 8), mesh)
   sharded = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), params, shardings)
   assert not jax.tree.leaves(sharded)[0].is_fully_addressable
-  pathlib.Path(out).write_text(json.dumps(_scores(model, sharded)))
+  pathlib.Path(out).write_text(json.dumps(_results(model, sharded)))
 
 
 @pytest.mark.slow
-def test_two_processes_score_as_one(tmp_path):
+def test_two_processes_score_and_decode_as_one(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
@@ -98,13 +107,21 @@ def test_two_processes_score_as_one(tmp_path):
     for log in logs:
       log.close()
   assert codes == [0, 0], "\n".join((tmp_path / f"child.{p}.log").read_text()[-3000:] for p in range(2))
-  want = _scores(*_model())  # this process alone, unsharded
+  want = _results(*_model())  # this process alone, unsharded
   assert sum(want["greedy"][-1]) == 1.0, want["greedy"]
+  lengths = [len(spans[0]) for spans, _ in want["decode_sample"] + want["decode_beam"]]
+  assert len(set(lengths)) > 2, lengths  # rows end their spans at different steps
   for out in outs:
     got = json.loads(out.read_text())
     for g, w in zip(got["log_likelihood"], want["log_likelihood"]):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     assert got["greedy"] == want["greedy"]
+    for strategy in ("decode_greedy", "decode_sample", "decode_beam"):
+      assert [spans for spans, _ in got[strategy]] == [spans for spans, _ in want[strategy]], strategy
+      np.testing.assert_allclose(
+        [s for _, scores in got[strategy] for s in scores], [s for _, scores in want[strategy] for s in scores],
+        rtol=1e-4, atol=1e-4,
+      )  # fmt: skip
 
 
 if __name__ == "__main__":
