@@ -4,6 +4,9 @@ of a document but its first exactly once; WikiText's detokenization."""
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -63,6 +66,23 @@ def test_lambada_passages_split_at_their_last_word_the_strict_way():
 
   assert lm.lambada_tokens(" she gave the book back to  mary ", encode) == ([1], [2])
   assert calls == ["she gave the book back to", " mary"]  # the context stripped, the word with a leading space
+
+
+GPT2_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "vocab"
+
+
+@pytest.mark.skipif(not (GPT2_DIR / "gpt2-vocab.json").exists(), reason="GPT-2 vocabulary not in ../shared/vocab")
+def test_a_lambada_passage_with_glm_10b_tokenizer():
+  # GLM-10B's byte-level BPE ("Ġ" a space): the last word keeps its space, so it is the token the text would have.
+  pytest.importorskip("tokenizers")
+  from glm_jax.data import tokenizers
+
+  gpt2 = tokenizers.gpt2_bpe(str(GPT2_DIR / "gpt2-vocab.json"), str(GPT2_DIR / "gpt2-merges.txt"))
+  token_ids = json.loads((GPT2_DIR / "gpt2-vocab.json").read_text(encoding="utf-8"))
+  context, answer = lm.lambada_tokens("She opened the door and saw her grandmother", gpt2.encode)
+  assert context == [token_ids[t] for t in ["She", "Ġopened", "Ġthe", "Ġdoor", "Ġand", "Ġsaw", "Ġher"]]
+  assert answer == [token_ids["Ġgrandmother"]]
+  assert gpt2.encode("grandmother") != answer  # without the space: other tokens
 
 
 def test_windows_layout_is_the_references():

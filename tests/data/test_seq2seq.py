@@ -3,6 +3,9 @@ plain-text source's reading and clean-up."""
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -81,3 +84,39 @@ def test_plain_text_is_read_cleaned_and_bad_lines_skipped_and_counted(tmp_path):
     seq2seq.read_plain_text(str(tmp_path), "validation", "xsum")
   with pytest.raises(FileNotFoundError, match="test.source does not exist"):
     seq2seq.read_plain_text(str(tmp_path), "test", "xsum")
+
+
+VOCAB_DIR = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "vocab"
+
+
+def _published_vocabularies():
+  """The tokenizers of the published checkpoints in ../shared/vocab, with each token's id read from its file."""
+  pytest.importorskip("tokenizers")
+  from glm_jax.data import tokenizers
+
+  if not (VOCAB_DIR / "gpt2-vocab.json").exists() or not (VOCAB_DIR / "bert-base-uncased-vocab.txt").exists():
+    pytest.skip("the published vocabularies are not in ../shared/vocab")
+  bert_file = VOCAB_DIR / "bert-base-uncased-vocab.txt"
+  bert_ids = {t: i for i, t in enumerate(bert_file.read_text(encoding="utf-8").splitlines())}
+  gpt2_ids = json.loads((VOCAB_DIR / "gpt2-vocab.json").read_text(encoding="utf-8"))
+  return {
+    "bert": (tokenizers.bert_wordpiece(str(bert_file)), bert_ids),
+    "gpt2": (tokenizers.gpt2_bpe(str(VOCAB_DIR / "gpt2-vocab.json"), str(VOCAB_DIR / "gpt2-merges.txt")), gpt2_ids),
+  }
+
+
+# The reference's prompt for GLM-Large (BERT, lowercased WordPiece) and GLM-10B (GPT-2 byte-level BPE, "Ġ" a space):
+# " Content:" and the source with a leading space.
+PUBLISHED_PROMPTS = {
+  "bert": ("[MASK]", ["content", ":", "the", "module", "reads", "the"]),
+  "gpt2": ("[sMASK]", ["ĠContent", ":", "ĠThe", "Ġmodule", "Ġreads", "Ġthe"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(PUBLISHED_PROMPTS))
+def test_the_prompt_with_the_published_tokenizers(family):
+  vocabulary, token_ids = _published_vocabularies()[family]
+  ids = _ids(vocabulary)
+  mask, tokens = PUBLISHED_PROMPTS[family]
+  got = seq2seq.part_a("The module reads the file.", vocabulary, ids, mask=mask, max_src_length=8)
+  assert got == [ids.cls, ids.mask if mask == "[MASK]" else ids.smask, *(token_ids[t] for t in tokens)]
