@@ -85,3 +85,52 @@ def empty_gin_config():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture
+def two_processes(tmp_path):
+  """run(script, args_of) starts `python script *args_of(coordinator, p)` for p = 0, 1: 2 processes on localhost
+  with 2 CPU devices each, a free coordinator port, the repo importable; waits (timeout_s) and fails with the
+  children's log tails unless both exit 0. Their logs are tmp_path/child.<p>.log."""
+  import pathlib
+  import socket
+  import subprocess
+  import sys
+
+  repo = pathlib.Path(__file__).resolve().parents[1]
+
+  def run(script, args_of, timeout_s: float = 300) -> None:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_")}
+    env.update(
+      XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="2",
+      PYTHONPATH=os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")])),
+    )
+    paths = [tmp_path / f"child.{p}.log" for p in range(2)]
+    logs = [open(path, "w") for path in paths]
+    children = [
+      subprocess.Popen(
+        [sys.executable, str(script), *args_of(coordinator, p)],
+        cwd=repo,
+        env=env,
+        stdout=logs[p],
+        stderr=subprocess.STDOUT,
+      )  # fmt: skip
+      for p in range(2)
+    ]
+    try:
+      codes = [c.wait(timeout=timeout_s) for c in children]
+    finally:
+      for c in children:
+        if c.poll() is None:
+          c.kill()
+      for log in logs:
+        log.close()
+    assert codes == [0, 0], "\n".join(path.read_text()[-3000:] for path in paths)
+
+  return run

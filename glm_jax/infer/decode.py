@@ -156,13 +156,13 @@ def generate(model: GLM, params, prompts: Sequence[Sequence[int]], *, ids: Speci
   cache = programs.prefill(params, place(part_a), place(part_a_len), capacity=capacity)
   base = jax.random.key(options.seed)
   keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(base, s[0]), s[1]))(jnp.asarray(streams))
-  keys = np.asarray(jax.random.key_data(keys))  # host data: every process places the same rows
+  keys = place(np.asarray(jax.random.key_data(keys)))  # as host data: every process places the same rows
   spans: list[list[list[int]]] = [[] for _ in prompts]
   scores: list[list[float]] = [[] for _ in prompts]
   for j in range(num_blanks):
     active = counts > j
     cache, tokens, lengths, blank_scores = programs.fill(
-      params, cache, place(positions[:, j]), place(active), place(keys), jnp.int32(j), commit=j + 1 < num_blanks
+      params, cache, place(positions[:, j]), place(active), keys, jnp.int32(j), commit=j + 1 < num_blanks
     )
     tokens, lengths, blank_scores = (np.asarray(x) for x in (tokens, lengths, blank_scores))
     for r in range(len(prompts)):

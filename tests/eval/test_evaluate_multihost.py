@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = "multihost_toy"
 TIMEOUT_S = 300
 SOURCES = [
@@ -109,41 +106,12 @@ def _data(directory: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_evaluate_as_one(tmp_path):
+def test_two_processes_evaluate_as_one(tmp_path, two_processes):
   _data(tmp_path)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-  env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_")}
-  env.update(
-    XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-  )
   shared = tmp_path / "predictions.2.jsonl"
   outs = [tmp_path / f"results.{p}.json" for p in range(2)]
-  logs = [open(tmp_path / f"child.{p}.log", "w") for p in range(2)]
-  children = [
-    subprocess.Popen(
-      [sys.executable, __file__, str(tmp_path), str(shared), coordinator, str(p), str(outs[p])],
-      cwd=REPO,
-      env=env,
-      stdout=logs[p],
-      stderr=subprocess.STDOUT,
-    )
-    for p in range(2)
-  ]
-  try:
-    codes = [c.wait(timeout=TIMEOUT_S) for c in children]
-  finally:
-    for c in children:
-      if c.poll() is None:
-        c.kill()
-    for log in logs:
-      log.close()
-  assert codes == [0, 0], "\n".join((tmp_path / f"child.{p}.log").read_text()[-3000:] for p in range(2))
+  two_processes(__file__, lambda coordinator, p: [str(tmp_path), str(shared), coordinator, str(p), str(outs[p])],
+                TIMEOUT_S)  # fmt: skip
 
   alone = tmp_path / "predictions.1.jsonl"
   want = _evaluate(tmp_path, alone, [])  # this process, its 8 devices

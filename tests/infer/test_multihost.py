@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 PROMPTS = [[2, 12, 13, 3, 14, 15], [2, 7, 16], [2, 17, 18, 19, 20, 6, 21, 22, 1], [2, 9, 3, 10, 11]]
 BLANKS = [3, 1, 5, 2]
 # The last prompt's candidates are every token alone: greedy decoding writes exactly one of them.
@@ -74,39 +71,9 @@ def _child(coordinator: str, process_id: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_score_and_decode_as_one(tmp_path):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-  env = {k: v for k, v in os.environ.items() if not k.startswith("GLM_JAX_")}
-  env.update(
-    XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-  )
+def test_two_processes_score_and_decode_as_one(tmp_path, two_processes):
   outs = [tmp_path / f"scores.{p}.json" for p in range(2)]
-  logs = [open(tmp_path / f"child.{p}.log", "w") for p in range(2)]
-  children = [
-    subprocess.Popen(
-      [sys.executable, __file__, coordinator, str(p), str(outs[p])],
-      cwd=REPO,
-      env=env,
-      stdout=logs[p],
-      stderr=subprocess.STDOUT,
-    )
-    for p in range(2)
-  ]
-  try:
-    codes = [c.wait(timeout=TIMEOUT_S) for c in children]
-  finally:
-    for c in children:
-      if c.poll() is None:
-        c.kill()
-    for log in logs:
-      log.close()
-  assert codes == [0, 0], "\n".join((tmp_path / f"child.{p}.log").read_text()[-3000:] for p in range(2))
+  two_processes(__file__, lambda coordinator, p: [coordinator, str(p), str(outs[p])], TIMEOUT_S)
   want = _results(*_model())  # this process alone, unsharded
   assert sum(want["greedy"][-1]) == 1.0, want["greedy"]
   lengths = [len(spans[0]) for spans, _ in want["decode_sample"] + want["decode_beam"]]
