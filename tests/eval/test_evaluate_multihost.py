@@ -132,4 +132,9 @@ if __name__ == "__main__":
   hosts = [f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={process}"]
   results = _evaluate(pathlib.Path(directory), pathlib.Path(predictions), hosts)
   pathlib.Path(out).write_text(json.dumps(results))
+  # Leave only when both processes are done: the coordination service's shutdown barrier (os._exit skips the atexit
+  # one), so process 0 cannot close its sockets while process 1 still reads the last collective's data.
+  import jax
+
+  jax.distributed.shutdown()
   os._exit(0)

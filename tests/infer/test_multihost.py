@@ -93,4 +93,9 @@ def test_two_processes_score_and_decode_as_one(tmp_path, two_processes):
 
 if __name__ == "__main__":
   _child(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+  # Leave only when both processes are done: the coordination service's shutdown barrier (os._exit skips the atexit
+  # one), so process 0 cannot close its sockets while process 1 still reads the last collective's data.
+  import jax
+
+  jax.distributed.shutdown()
   os._exit(0)
