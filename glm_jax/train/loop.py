@@ -28,6 +28,7 @@ Faults:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -61,6 +62,12 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 MODEL_CONFIG_FILE = "model_config.json"
+
+# How many dispatched steps the host may run ahead of the devices. Two keep an accelerator fed (one running, one
+# queued). Unbounded run-ahead (between log steps the host reads nothing back) fills XLA:CPU's per-device limit of
+# in-flight computations, and a multi-device launch that then waits for a slot holds a thread of the pool that the
+# waiting computations need: with several host devices the run deadlocks in its next all-reduce (seen in CI).
+MAX_STEPS_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +334,7 @@ def train(
   finite = faults.FiniteGuard()
   preemption = faults.PreemptionWatch()
   window_start, window_steps = time.perf_counter(), 0
+  in_flight: collections.deque = collections.deque()
   try:
     for step in range(start, tc.num_steps):
       try:
@@ -337,6 +345,9 @@ def train(
           f"{tc.batch_size}): check the Task's train split (`python -m glm_jax.main inspect --split ...`)"
         ) from None
       state, metrics = train_step(state, partitioning.global_batch(batch, mesh), dropout_rng)
+      in_flight.append(metrics["loss"])
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        in_flight.popleft().block_until_ready()
       step_done = step + 1
       finite.update(step_done, metrics)
       window_steps += 1
