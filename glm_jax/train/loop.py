@@ -63,11 +63,13 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 MODEL_CONFIG_FILE = "model_config.json"
 
-# How many dispatched steps the host may run ahead of the devices. Two keep an accelerator fed (one running, one
-# queued). Unbounded run-ahead (between log steps the host reads nothing back) fills XLA:CPU's per-device limit of
-# in-flight computations, and a multi-device launch that then waits for a slot holds a thread of the pool that the
-# waiting computations need: with several host devices the run deadlocks in its next all-reduce (seen in CI).
-MAX_STEPS_IN_FLIGHT = 2
+# How many dispatched steps the host may run ahead of the devices: enough to keep an accelerator fed and to overlap
+# the host's input work with a CPU's compute, few enough that a step and its metric update (about 2 computations
+# a step per device) stay well under XLA:CPU's limit of 32 in-flight computations per device. Unbounded run-ahead
+# (between log steps the host reads nothing back) reached it, and a multi-device launch waiting for a slot holds one
+# of the client's max(cores, devices) threads that the queued computations need: with 8 host devices the run
+# deadlocked in its next all-reduce (7 of 8 participants arrived; seen in CI).
+MAX_STEPS_IN_FLIGHT = 4
 
 
 @dataclasses.dataclass(frozen=True)
