@@ -2,13 +2,15 @@
 
 Tasks (`glm_{objective}_{source}`, objective in token / sentence / document):
   glm_*_embedded  the embedded corpus (Python's documentation, built offline; glm_jax.data.sources)
+  glm_*_facts     one-sentence facts of a small world (glm_jax.data.facts): the quickstart's corpus, with its own
+                  default vocabulary (glm_jax.data.vocab.facts_vocabulary)
   glm_*_text      the user's .txt / .jsonl files: glob from $GLM_JAX_TEXT_FILES (validation split: a hashed 5%
                   of the documents, or the files of $GLM_JAX_TEXT_VALIDATION_FILES), or the gin bindings
                   `text_files_config.pattern = '...'`, `text_files_config.validation_pattern = '...'`
   glm_*_c4        TFDS c4/en at `c4_config.version` (default 3.1.0, what TFDS 4.9 builds; a prepared 3.0.1, as T5X
                   and MaxText read, loads too) from `c4_config.data_dir` (default $TFDS_DATA_DIR), checked at the
                   first read (prepare it first: `tfds build c4/en:3.1.0 --data_dir=DIR`)
-Mixtures `glm_embedded`, `glm_text`, `glm_c4`: the three objectives of one source at the rates of
+Mixtures `glm_embedded`, `glm_facts`, `glm_text`, `glm_c4`: the three objectives of one source at the rates of
 `glm_mixture_rates` (GLM-10B's 0.5 token / 0.3 sentence / 0.2 document by default).
 `register_tfds_tasks(source_name, tfds_name)` adds the same Tasks and Mixture over any other TFDS text dataset.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import gin
 import seqio
@@ -46,17 +49,18 @@ _OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, 
 
 
 @gin.configurable
-def task_vocabulary(checkpoint: str | None = None) -> seqio.Vocabulary:
+def task_vocabulary(checkpoint: str | None = None, default: Callable[[], seqio.Vocabulary] | None = None):
   """The vocabulary of every glm_* and cloze Task, read when a dataset is made: the default glm-jax SentencePiece
-  vocabulary, or (`task_vocabulary.checkpoint = DIR`) the one kept with a checkpoint (a converted THUDM one, whose
-  model.gin binds this, or a train model_dir), so a model trains and is evaluated on these Tasks with its own
-  tokenizer and special-token ids."""
+  vocabulary (or `default()`, the glm_*_facts Tasks' own), or (`task_vocabulary.checkpoint = DIR`) the one kept with
+  a checkpoint (a converted THUDM one, whose model.gin binds this, or a train model_dir), so a model trains and is
+  evaluated on these Tasks with its own tokenizer and special-token ids."""
   if checkpoint is None:
-    return _default_vocabulary()
+    return (default or _default_vocabulary)()
   return _checkpoint_vocabulary(checkpoint)
 
 
 _default_vocabulary = functools.cache(vocab.default_vocabulary)  # read (or trained) once per process
+_facts_vocabulary = functools.cache(vocab.facts_vocabulary)
 
 
 @functools.cache
@@ -153,13 +157,15 @@ def _rate(objective: str, task: seqio.Task) -> float:
   return glm_mixture_rates()[objective]
 
 
-def register_tasks(source_name: str, source: seqio.DataSource, first_preprocessors=()) -> None:
+def register_tasks(
+  source_name: str, source: seqio.DataSource, first_preprocessors=(), vocabulary: seqio.Vocabulary = VOCABULARY
+) -> None:
   """Registers glm_{objective}_{source_name} for each objective and the Mixture glm_{source_name}."""
   for objective in OBJECTIVES:
     seqio.TaskRegistry.add(
       f"glm_{objective}_{source_name}",
       source=source,
-      output_features=output_features(),
+      output_features=output_features(vocabulary),
       preprocessors=[*first_preprocessors, functools.partial(objective_preprocessor, objective=objective)],
     )
   seqio.MixtureRegistry.add(
@@ -179,5 +185,8 @@ def register_tfds_tasks(source_name: str, tfds_name, text_key: str = "text") -> 
 
 
 register_tasks("embedded", sources.EmbeddedCorpusSource())
+# Its own default vocabulary (trained with the facts too): the tiny world's words are one piece each.
+FACTS_VOCABULARY = vocab.LazyVocabulary(functools.partial(task_vocabulary, default=_facts_vocabulary), cache=False)
+register_tasks("facts", sources.FactsSource(), vocabulary=FACTS_VOCABULARY)
 register_tasks("text", sources.TextFilesSource(text_files_config))
 register_tfds_tasks("c4", c4_config)

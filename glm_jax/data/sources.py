@@ -8,6 +8,8 @@
   (b) The user's text files (`TextFilesSource`): `.txt` (documents separated by blank lines) and `.jsonl`
       (one {"text": ...} object a line). A document goes to `validation` by a hash of its text (so the split
       is stable across runs and file orders) unless a separate validation glob is given.
+  (a') The facts corpus (`FactsSource`): one-sentence facts of a small world (glm_jax.data.facts), the quickstart's
+      corpus, on which a filled blank is right or wrong.
   (c) Any TFDS text dataset by name (`tfds_source`, e.g. "c4/en:3.1.0"), via seqio.TfdsDataSource; the glm_*_c4
       Tasks use `CheckedTfdsSource`, which resolves the version at the first read and checks it is loadable.
 
@@ -34,7 +36,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from glm_jax.data import cache_dir, counters, file_lock
+from glm_jax.data import cache_dir, counters, facts, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,14 @@ class EmbeddedCorpusSource(_DocumentSource):
       split=split, shuffle_files=shuffle, read_config=tfds.ReadConfig(shuffle_seed=seed)
     )
     return ds.map(lambda ex: {"text": ex["text"]}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class FactsSource(_DocumentSource):
+  """seqio source over the one-sentence documents of glm_jax.data.facts (the quickstart's corpus), made in memory."""
+
+  def _documents(self, split, shuffle, seed):
+    ds = tf.data.Dataset.from_tensor_slices({"text": facts.documents(split)})
+    return ds.shuffle(facts.SIZES[split], seed=seed) if shuffle else ds
 
 
 # (b) The user's text files.

@@ -169,6 +169,6 @@ def test_eval_lm_scores_a_checkpoint_through_the_eval_recipes(data, tmp_path):
   want = lm_eval.perplexity_metrics(stats, (words, 1))
   assert got["lm_loss"] == pytest.approx(want["lm_loss"], rel=1e-2)
   assert got["lm_adjusted_ppl"] == pytest.approx(want["lm_adjusted_ppl"], rel=1e-2)
-  with pytest.raises(ValueError, match="eval --lm scores a zero-shot LM Task; 'glm_embedded'"):
+  with pytest.raises(ValueError, match="eval --lm scores a zero-shot LM Task; 'glm_facts'"):
     main.run(["eval", "--gin_file=gin/pretrain/quickstart.gin", f"--checkpoint={ckpt}", "--lm=0",
               "--gin.TrainConfig.eval_steps=0", "--gin.DataConfig.eval_split='validation'"])  # fmt: skip

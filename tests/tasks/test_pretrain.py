@@ -58,7 +58,7 @@ def test_fixed_names_are_registered_and_tfds_is_not_read(glm_tasks):
   for objective in ("token", "sentence", "document"):
     for source in ("embedded", "text", "c4"):
       assert seqio.get_mixture_or_task(f"glm_{objective}_{source}").name == f"glm_{objective}_{source}"
-  for mixture in ("glm_embedded", "glm_text", "glm_c4"):
+  for mixture in ("glm_embedded", "glm_facts", "glm_text", "glm_c4"):
     assert len(seqio.get_mixture_or_task(mixture).tasks) == 3
   c4 = seqio.get_mixture_or_task("glm_token_c4").source
   assert isinstance(c4, sources.CheckedTfdsSource) and c4._source is None  # resolved and checked at first use
@@ -102,6 +102,31 @@ def test_task_end_to_end(glm_tasks, objective, pack):
     for name in a:
       np.testing.assert_array_equal(a[name], b[name])
   assert any(not np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other))
+
+
+def test_facts_tasks_blank_the_facts_in_a_vocabulary_that_spells_each_word_in_one_piece(glm_tasks):
+  from glm_jax.data import facts
+
+  vocabulary = seqio.get_mixture_or_task("glm_facts").output_features["input_ids"].vocabulary
+  assert vocabulary != glm_tasks.VOCABULARY  # its own, not the default vocabulary the other Tasks share
+  words = {w for s in facts.sentences() for w in s.text.rstrip(".").split()}
+  assert all(len(vocabulary.encode(w)) == 1 for w in words), "a word of the world in pieces"
+  special = example.SpecialIds.from_vocabulary(vocabulary)
+  world = {s.text for s in facts.sentences()}
+  for objective in ("token", "sentence", "document"):
+    ds = seqio.get_dataset(
+      f"glm_{objective}_facts",
+      feature_converter.task_feature_lengths(L),
+      dataset_split="validation",
+      shuffle=False,
+      feature_converter=feature_converter.GLMFeatureConverter(True),
+    )
+    for row in ds.take(2).as_numpy_iterator():
+      segments = _segments(row)
+      assert len(segments) > 1  # one-sentence documents pack several to a row
+      for ex in segments:
+        assert _objective(ex, special) == objective
+        assert vocabulary.decode(example.reconstruct(ex, special).tolist()).strip() in world
 
 
 def _objective_counts(glm_tasks, n: int) -> dict[str, int]:
