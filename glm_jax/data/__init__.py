@@ -5,10 +5,12 @@ Modules:
   example           the GLM example layout (Part A / Part B, 2D positions, sep) and `SpecialIds`, the one record
                     of the special token ids (also `glm_jax.data.SpecialIds`).
   vocab             SentencePiece vocabulary with every GLM special token; `default_vocabulary()` (trained offline
-                    on the embedded corpus, cached); save / load / fingerprint of every vocabulary family.
+                    on the embedded corpus, cached), `facts_vocabulary()` (the facts Tasks'); save / load /
+                    fingerprint of every vocabulary family.
   tokenizers        the THUDM tokenizers (BERT WordPiece, GPT-2 and RoBERTa BPE, Chinese SentencePiece).
   sources           the embedded corpus (Python's own documentation as a TFDS dataset), user .txt/.jsonl
-                    files, any TFDS text dataset; every source yields {"text": tf.string}.
+                    files, any TFDS text dataset, the facts corpus; every source yields {"text": tf.string}.
+  facts             one-sentence facts of a small world, the quickstart's corpus, and the quiz that grades fills.
   blank_infilling   the numpy corruption core (token / sentence / document objectives).
   preprocessors     seqio preprocessors that run the core inside tf.data, one seed per document.
   feature_converter GLMFeatureConverter: task features -> fixed-length model features (packed or padded).
