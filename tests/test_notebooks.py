@@ -29,20 +29,12 @@ def code_cells(path: str, parameters: str) -> list[str]:
   return cells
 
 
-def test_there_is_a_quickstart_notebook():
-  assert any(p.endswith("quickstart.ipynb") for p in NOTEBOOKS)
+def test_there_are_the_quickstart_and_generation_notebooks():
+  names = {os.path.basename(p) for p in NOTEBOOKS}
+  assert {"quickstart.ipynb", "generate.ipynb"} <= names
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, tmp_path, monkeypatch):
-  monkeypatch.chdir(gin_config.REPO_ROOT)
-  namespace: dict = {}
-  for i, source in enumerate(code_cells(path, f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp_path / 'run')!r}")):
-    try:
-      exec(compile(source, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)  # noqa: S102
-    finally:
-      gin.clear_config()
+def _check_quickstart(namespace: dict, tmp_path) -> None:
   # The README's first command in short: a real seqio mixture, checkpoints, metrics, a loss curve, filled blanks.
   summary, filled, model_dir = namespace["summary"], namespace["filled"], tmp_path / "run"
   assert summary["steps"] == 8 and summary["final_eval_loss"] is not None
@@ -56,3 +48,35 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   # The quiz: 100 blanked answers graded (an 8-step model gets few or none right; tests/test_main.py checks that a
   # trained one gets many).
   assert len(namespace["fills"]) == 100 and 0.0 <= namespace["accuracy"] <= 1.0
+
+
+def _check_generate(namespace: dict, tmp_path) -> None:
+  # A random GLM written in THUDM's format, converted, given a tokenizer, then decoded three ways in one batch.
+  assert namespace["config"].num_layers == 2 and (tmp_path / "work" / "pytorch" / "pytorch_model.bin").exists()
+  texts, results = namespace["TEXTS"], namespace["results"]
+  assert set(results) == {"greedy", "sample", "beam"}
+  for rows in results.values():
+    assert [r.text for r in rows] == texts and [len(r.spans) for r in rows] == [1, 2, 1, 1]
+    assert all("[MASK]" not in r.output and len(r.scores) == len(r.spans) for r in rows)
+  assert rows[3].output.startswith(texts[3])  # the text without a blank, continued
+
+
+NOTEBOOK_CASES = {
+  "quickstart.ipynb": (lambda tmp: f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp / 'run')!r}", _check_quickstart),
+  "generate.ipynb": (lambda tmp: f"PYTORCH_CHECKPOINT = None\nVOCAB_FILES = []\nWORK_DIR = {str(tmp / 'work')!r}",
+                     _check_generate),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+  parameters, check = NOTEBOOK_CASES[os.path.basename(path)]  # every notebook has its small settings and checks
+  monkeypatch.chdir(gin_config.REPO_ROOT)
+  namespace: dict = {}
+  for i, source in enumerate(code_cells(path, parameters(tmp_path))):
+    try:
+      exec(compile(source, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)  # noqa: S102
+    finally:
+      gin.clear_config()
+  check(namespace, tmp_path)
