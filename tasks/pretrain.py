@@ -49,7 +49,9 @@ _OBJECTIVE_FACTORIES = {"token": TokenObjective, "sentence": SentenceObjective, 
 
 
 @gin.configurable
-def task_vocabulary(checkpoint: str | None = None, default: Callable[[], seqio.Vocabulary] | None = None):
+def task_vocabulary(
+  checkpoint: str | None = None, default: Callable[[], seqio.Vocabulary] | None = None
+) -> seqio.Vocabulary:
   """The vocabulary of every glm_* and cloze Task, read when a dataset is made: the default glm-jax SentencePiece
   vocabulary (or `default()`, the glm_*_facts Tasks' own), or (`task_vocabulary.checkpoint = DIR`) the one kept with
   a checkpoint (a converted THUDM one, whose model.gin binds this, or a train model_dir), so a model trains and is

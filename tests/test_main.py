@@ -180,6 +180,7 @@ def test_score_and_infer_subcommands_run_on_the_checkpoint(tmp_path, capsys):
   np.testing.assert_allclose(per_token, [want[1] / len(vocab.default_vocabulary().encode("the network"))], rtol=1e-5)
 
   # infer, on the same checkpoint: flags -> DecodeOptions -> generate; --input / --output as JSON lines.
+  from glm_jax.data import example as example_lib
   from glm_jax.data.example import SpecialIds
   from glm_jax.infer import DecodeOptions, generate, infilling
 
@@ -189,7 +190,7 @@ def test_score_and_infer_subcommands_run_on_the_checkpoint(tmp_path, capsys):
   vocabulary = vocab.default_vocabulary()
   ids = SpecialIds.from_vocabulary(vocabulary)
   prompts = [
-    infilling.prompt(infilling.encode(vocabulary, t, ids), ids, config.task_mask)[0]
+    infilling.prompt(example_lib.encode_text(vocabulary, t, ids), ids, config.task_mask)[0]
     for t in ("It works [MASK] b", "It works")
   ]
   options = DecodeOptions(strategy="beam", num_beams=2, max_span_length=3, length_penalty=0.5)

@@ -101,6 +101,18 @@ def blank_positions(part_a: Sequence[int], ids: SpecialIds) -> list[int]:
   return [i for i, token in enumerate(part_a) if token in ids.masks]
 
 
+def encode_text(vocabulary, text: str, ids: SpecialIds) -> list[int]:
+  """The tokens of a user's text with blanks (Part A of `infer` and `score`), without a whitespace-only token just
+  before a blank. SentencePiece spells the space of "is [MASK]" as a piece of its own, which a pretrained model never
+  saw before a blank: in pretraining the masked span took its first word's leading space with it."""
+  tokens = list(vocabulary.encode(text))
+  return [
+    t
+    for t, following in zip(tokens, [*tokens[1:], None])
+    if not (following in ids.masks and t not in ids.masks and not vocabulary.decode([t]).strip())
+  ]
+
+
 def from_spans(part_a: Sequence[int], spans: Sequence[Span], ids: SpecialIds) -> dict[str, np.ndarray]:
   """The example of Part A (token ids) and its spans in Part B order, each (its blank's index in Part A, tokens).
 

@@ -5,11 +5,11 @@
       first use. A document is a run of consecutive paragraphs of one topic, at least `MIN_DOCUMENT_CHARS`
       long (a topic shorter than that is one document);
       one document in `VALIDATION_EVERY` (in corpus order) is `validation`, the rest `train`.
+  (a') The facts corpus (`FactsSource`): one-sentence facts of a small world (glm_jax.data.facts), the quickstart's
+      corpus, on which a filled blank is right or wrong.
   (b) The user's text files (`TextFilesSource`): `.txt` (documents separated by blank lines) and `.jsonl`
       (one {"text": ...} object a line). A document goes to `validation` by a hash of its text (so the split
       is stable across runs and file orders) unless a separate validation glob is given.
-  (a') The facts corpus (`FactsSource`): one-sentence facts of a small world (glm_jax.data.facts), the quickstart's
-      corpus, on which a filled blank is right or wrong.
   (c) Any TFDS text dataset by name (`tfds_source`, e.g. "c4/en:3.1.0"), via seqio.TfdsDataSource; the glm_*_c4
       Tasks use `CheckedTfdsSource`, which resolves the version at the first read and checks it is loadable.
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from etils import epath
 from tqdm import tqdm
 
+from glm_jax.data import example
 from glm_jax.data.example import SpecialIds
 from glm_jax.infer.decode import DecodeOptions, generate
 from glm_jax.model import GLM
@@ -33,18 +34,6 @@ class Infilled:
 
   def as_json(self) -> dict:
     return dataclasses.asdict(self)
-
-
-def encode(vocabulary, text: str, ids: SpecialIds) -> list[int]:
-  """The tokens of `text` without a whitespace-only token just before a blank. SentencePiece spells the space of
-  "is [MASK]" as a piece of its own, which a pretrained model never saw before a blank: in pretraining the masked
-  span took its first word's leading space with it."""
-  tokens = list(vocabulary.encode(text))
-  return [
-    t
-    for t, following in zip(tokens, [*tokens[1:], None])
-    if not (following in ids.masks and t not in ids.masks and not vocabulary.decode([t]).strip())
-  ]
 
 
 def prompt(token_ids: Sequence[int], ids: SpecialIds, task_mask: bool) -> tuple[list[int], bool]:
@@ -70,7 +59,7 @@ def infill(
   """Fills the blanks of every text, `batch_size` texts per call of glm_jax.infer.generate (`progress(n)` after each
   call). Raises ValueError naming the first text longer than the model."""
   ids = SpecialIds.from_vocabulary(vocabulary)
-  prompts = [prompt(encode(vocabulary, text, ids), ids, model.config.task_mask) for text in texts]
+  prompts = [prompt(example.encode_text(vocabulary, text, ids), ids, model.config.task_mask) for text in texts]
   for i, (tokens, _) in enumerate(prompts):
     if len(tokens) > model.config.max_length:
       raise ValueError(

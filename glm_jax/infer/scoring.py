@@ -185,7 +185,7 @@ def score_candidates(
   in `text` (Part A = [CLS] + its tokens), divided by its scored tokens ** length_penalty (1: per token). Raises
   ValueError unless `text` has exactly one mask."""
   ids = SpecialIds.from_vocabulary(vocabulary)
-  part_a = [ids.cls, *vocabulary.encode(text)]
+  part_a = [ids.cls, *example_lib.encode_text(vocabulary, text, ids)]
   masks = example_lib.blank_positions(part_a, ids)
   if len(masks) != 1:
     raise ValueError(f"scoring needs exactly one [MASK], [sMASK] or [gMASK] in the text; found {len(masks)}")

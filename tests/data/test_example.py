@@ -144,3 +144,18 @@ def test_the_record_is_importable_from_the_data_package():
   from glm_jax.data import SpecialIds
 
   assert SpecialIds is example.SpecialIds
+
+
+def test_encode_drops_the_lone_space_piece_before_a_blank(default_vocabulary_glm):
+  vocabulary = default_vocabulary_glm(0, 16)[0]
+  ids = example.SpecialIds.from_vocabulary(vocabulary)
+  space = vocabulary.tokenizer.piece_to_id("\u2581")
+  for text in ("The value is [MASK].", "[MASK] is the value.", "A [MASK] [sMASK] b"):
+    raw = list(vocabulary.encode(text))
+    assert space in raw  # what SentencePiece makes of the space before a blank (or of the text's start)
+    tokens = example.encode_text(vocabulary, text, ids)
+    assert space not in tokens and [t for t in raw if t != space] == tokens
+  # A space piece not followed by a blank stays (this vocabulary spells "capital" as "\u2581", "cap", "it", "al").
+  raw = list(vocabulary.encode("The capital is [MASK]."))
+  tokens = example.encode_text(vocabulary, "The capital is [MASK].", ids)
+  assert raw.count(space) == 2 and tokens.count(space) == 1 and len(tokens) == len(raw) - 1

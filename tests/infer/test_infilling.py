@@ -38,21 +38,6 @@ def test_splice_spans_keeps_the_text_and_fills_masks_in_order():
   assert infilling.filled_tokens([2, 10, 3, 11, 7, 1], [[20, 21], [22]], IDS) == [10, 20, 21, 11, 22]
 
 
-def test_encode_drops_the_lone_space_piece_before_a_blank(default_vocabulary_glm):
-  vocabulary = default_vocabulary_glm(0, 16)[0]
-  ids = SpecialIds.from_vocabulary(vocabulary)
-  space = vocabulary.tokenizer.piece_to_id("\u2581")
-  for text in ("The value is [MASK].", "[MASK] is the value.", "A [MASK] [sMASK] b"):
-    raw = list(vocabulary.encode(text))
-    assert space in raw  # what SentencePiece makes of the space before a blank (or of the text's start)
-    tokens = infilling.encode(vocabulary, text, ids)
-    assert space not in tokens and [t for t in raw if t != space] == tokens
-  # A space piece not followed by a blank stays (this vocabulary spells "capital" as "\u2581", "cap", "it", "al").
-  raw = list(vocabulary.encode("The capital is [MASK]."))
-  tokens = infilling.encode(vocabulary, "The capital is [MASK].", ids)
-  assert raw.count(space) == 2 and tokens.count(space) == 1 and len(tokens) == len(raw) - 1
-
-
 def test_infill_fills_blanks_and_continues_texts_without_one(default_vocabulary_glm):
   vocabulary, model, params = default_vocabulary_glm(2, 128)
   texts = ["The [MASK] module provides functions for working with [MASK] paths.", "A text to continue"]

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from glm_jax.data import example
 from glm_jax.data.example import SpecialIds
 from glm_jax.infer import recompute, scoring
 from glm_jax.model import GLM, GLMConfig
@@ -136,6 +137,12 @@ def test_score_candidates_reads_one_mask_of_the_text(default_vocabulary_glm):
   lengths = [len(vocabulary.encode(c)) for c in candidates]
   assert all(s < 0 for s in summed)
   np.testing.assert_allclose(mean, np.asarray(summed) / lengths, rtol=1e-6)
+  ids = SpecialIds.from_vocabulary(vocabulary)
+  part_a = [ids.cls, *example.encode_text(vocabulary, text, ids)]  # the space before [MASK] dropped, as infer does
+  assert len(part_a) < len(vocabulary.encode(text)) + 1
+  tokens = [list(vocabulary.encode(c)) for c in candidates]
+  (oracle,) = scoring.score_spans(model, params, [part_a], [part_a.index(ids.mask)], [tokens], ids=ids)
+  np.testing.assert_allclose(summed, oracle, rtol=1e-6)
   with pytest.raises(ValueError, match="exactly one .*found 0"):
     scoring.score_candidates(model, params, vocabulary, "no blank here", candidates)
   with pytest.raises(ValueError, match="exactly one .*found 2"):
