@@ -29,9 +29,9 @@ def code_cells(path: str, parameters: str) -> list[str]:
   return cells
 
 
-def test_there_are_the_quickstart_and_generation_notebooks():
+def test_there_are_the_quickstart_generation_and_fine_tuning_notebooks():
   names = {os.path.basename(p) for p in NOTEBOOKS}
-  assert {"quickstart.ipynb", "generate.ipynb"} <= names
+  assert {"quickstart.ipynb", "generate.ipynb", "finetune_cloze.ipynb"} <= names
 
 
 def _check_quickstart(namespace: dict, tmp_path) -> None:
@@ -61,10 +61,28 @@ def _check_generate(namespace: dict, tmp_path) -> None:
   assert rows[3].output.startswith(texts[3])  # the text without a blank, continued
 
 
+def _check_finetune_cloze(namespace: dict, tmp_path) -> None:
+  # The toy RTE fine-tuned from scratch as cloze questions: the loss falls, and the fine-tuned model answers most
+  # validation questions right where the untrained one is near chance (50%).
+  assert len(namespace["train"]) == 400 and len(namespace["validation"]) == 40
+  evals = namespace["evals"]
+  assert [r["step"] for r in evals] == [20, 40, 60, 80] and all("cloze_accuracy" in r for r in evals)
+  accuracy = namespace["accuracy"]
+  assert accuracy["fine-tuned"]["cloze_num_examples"] == 40
+  assert accuracy["fine-tuned"]["cloze_accuracy"] >= 0.9, accuracy
+  assert accuracy["untrained"]["cloze_accuracy"] <= 0.8, accuracy
+  assert accuracy["fine-tuned"]["loss"] < accuracy["untrained"]["loss"]
+  # The final evaluation of the training run and `eval` of its checkpoint agree.
+  assert evals[-1]["cloze_accuracy"] == accuracy["fine-tuned"]["cloze_accuracy"]
+  assert [len(s) for s in namespace["scores"]] == [2] * 8
+
+
 NOTEBOOK_CASES = {
   "quickstart.ipynb": (lambda tmp: f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp / 'run')!r}", _check_quickstart),
   "generate.ipynb": (lambda tmp: f"PYTORCH_CHECKPOINT = None\nVOCAB_FILES = []\nWORK_DIR = {str(tmp / 'work')!r}",
                      _check_generate),
+  "finetune_cloze.ipynb": (lambda tmp: f"DATA_DIR = None\nMODEL_GIN = None\nNUM_STEPS = 80\nMODEL_DIR = "
+                           f"{str(tmp / 'run')!r}", _check_finetune_cloze),
 }  # fmt: skip
 
 

@@ -1,12 +1,18 @@
-"""A learnable synthetic blank-infilling task in numpy, for tests and smoke runs without the corpus.
+"""Learnable synthetic data for tests, demos and smoke runs without a corpus or a download.
 
-Each document is an arithmetic run of token ids (start, start+1, ...) so a masked span is predictable from
-its neighbours. Rows are glm_jax.data.example's model features (unpacked: one segment per row) over a vocabulary
-whose special ids are `SYNTHETIC_IDS` and whose ordinary tokens are `FIRST_TOKEN`..`vocab_size - 1`.
+A blank-infilling task in numpy: each document is an arithmetic run of token ids (start, start+1, ...) so a masked
+span is predictable from its neighbours. Rows are glm_jax.data.example's model features (unpacked: one segment per
+row) over a vocabulary whose special ids are `SYNTHETIC_IDS` and whose ordinary tokens are
+`FIRST_TOKEN`..`vocab_size - 1`.
+
+A toy RTE (`write_toy_rte`): files in the SuperGLUE distribution's format whose label follows a rule a tiny model
+learns in a minute of fine-tuning, for the cloze notebook and the fine-tuning tests.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -59,3 +65,30 @@ def synthetic_batches(
   rng = np.random.default_rng(seed)
   while True:
     yield example_lib.batch([synthetic_example(rng, length, vocab_size, **example_kwargs) for _ in range(batch_size)])
+
+
+TOY_RTE_SUBJECTS = ("the module", "this function", "the parser", "that class", "the manual")
+TOY_RTE_ADJECTIVES = ("fast", "slow", "clear", "broken", "useful", "wrong")
+
+
+def write_toy_rte(directory: str, train: int = 400, validation: int = 40, seed: int = 0) -> str:
+  """Writes `directory`/RTE/{train,val}.jsonl as the SuperGLUE distribution lays RTE out (premise, hypothesis,
+  label, idx) and returns `directory` (a superglue_config.data_dir). The rule: the premise "S is X." entails the
+  hypothesis "it is Y." exactly when X is Y; labels are drawn evenly, so chance is 50%."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.join(directory, "RTE"), exist_ok=True)
+  for split, n in (("train", train), ("val", validation)):
+    lines = []
+    for i in range(n):
+      adjective, other = rng.choice(TOY_RTE_ADJECTIVES, 2, replace=False)
+      entailed = bool(rng.integers(0, 2))
+      record = {
+        "premise": f"{rng.choice(TOY_RTE_SUBJECTS)} is {adjective}.",
+        "hypothesis": f"it is {adjective if entailed else other}.",
+        "label": "entailment" if entailed else "not_entailment",
+        "idx": i,
+      }
+      lines.append(json.dumps(record) + "\n")
+    with open(os.path.join(directory, "RTE", f"{split}.jsonl"), "w") as f:
+      f.writelines(lines)
+  return directory

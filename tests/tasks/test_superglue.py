@@ -198,63 +198,6 @@ def test_an_eval_split_without_rows_is_refused_at_once_without_a_hook(tmp_path):
     main.run(["eval", f"--gin_file={tmp_path / 'task.gin'}", f"--checkpoint={tmp_path / 'run'}"])
 
 
-def _toy_rte(directory: pathlib.Path) -> None:
-  """RTE-format files of a learnable rule: the hypothesis entails the premise when it repeats its adjective."""
-  import json
-
-  rng = np.random.default_rng(0)
-  subjects = ["the module", "this function", "the parser", "that class", "the manual"]
-  adjectives = ["fast", "slow", "clear", "broken", "useful", "wrong"]
-  (directory / "RTE").mkdir(parents=True)
-  for split, n in (("train", 400), ("val", 40)):
-    lines = []
-    for i in range(n):
-      adjective, other = rng.choice(adjectives, 2, replace=False)
-      entailed = bool(rng.integers(0, 2))
-      premise = f"{rng.choice(subjects)} is {adjective}."
-      hypothesis = f"it is {adjective if entailed else other}."
-      label = "entailment" if entailed else "not_entailment"
-      lines.append(json.dumps({"premise": premise, "hypothesis": hypothesis, "label": label, "idx": i}))
-    (directory / "RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-
-
-TOY = """
-include 'gin/models/tiny.gin'
-model_preset.overrides = {'max_length': 48, 'num_layers': 2}
-experiment.data = @DataConfig()
-DataConfig.mixture_or_task_name = 'glm_rte_superglue'
-DataConfig.eval_split = 'validation'
-DataConfig.pack = False
-DataConfig.candidates = 2
-experiment.train_config = @TrainConfig()
-TrainConfig.num_steps = 80
-TrainConfig.batch_size = 16
-TrainConfig.length = 48
-TrainConfig.log_every = 20
-TrainConfig.eval_every = 80
-TrainConfig.eval_steps = 2
-TrainConfig.checkpoint_every = 80
-TrainConfig.loss = @LossConfig()
-LossConfig.cloze_candidates = 2
-experiment.optimizer_config = @OptimizerConfig()
-OptimizerConfig.learning_rate = 3e-3
-OptimizerConfig.warmup_steps = 0
-OptimizerConfig.decay_style = 'constant'
-superglue_config.data_dir = '{data}'
-superglue_config.loss = 'cross_entropy'
-superglue_config.multi_token = True
-"""
-
-
-@pytest.mark.slow
-def test_fine_tuning_with_the_cross_entropy_loss_beats_chance(tmp_path):
-  _toy_rte(tmp_path / "data")
-  (tmp_path / "toy.gin").write_text(TOY.replace("{data}", str(tmp_path / "data")))
-  gin_file = f"--gin_file={tmp_path / 'toy.gin'}"
-  main.run(["train", gin_file, f"--model_dir={tmp_path / 'run'}"])
-  trained = main.run(["eval", gin_file, f"--checkpoint={tmp_path / 'run'}", "--cloze=0"])
-  assert trained["cloze_num_examples"] == 40 and trained["cloze_accuracy"] >= 0.9, trained
-  zero = ["--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0"]
-  main.run(["train", gin_file, f"--model_dir={tmp_path / 'untrained'}", *zero])
-  untrained = main.run(["eval", gin_file, f"--checkpoint={tmp_path / 'untrained'}", "--cloze=0", *zero])
-  assert untrained["cloze_accuracy"] <= 0.8, untrained
+# Fine-tuning with the cross-entropy loss learns a cloze task: notebooks/finetune_cloze.ipynb fine-tunes a tiny GLM on
+# the toy RTE (glm_jax.data.synthetic.write_toy_rte, gin/finetune/toy_rte.gin) and tests/test_notebooks.py checks that
+# it then gets >= 90% of the validation questions right while the untrained model gets <= 80%.
