@@ -17,7 +17,8 @@ import tempfile
 # optimizations cost more than they save (a third of a typical step test's time). Benchmarks and the README
 # commands run with XLA's defaults. Subprocesses started by tests keep these flags (only the device count changes).
 _flags = os.environ.get("XLA_FLAGS", "").split()
-for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+_TEST_ONLY_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0")
+for _flag in _TEST_ONLY_FLAGS:
   if _flag not in _flags:  # xdist workers inherit the controller's flags
     _flags.append(_flag)
 os.environ["XLA_FLAGS"] = " ".join(_flags)
@@ -134,3 +135,47 @@ def two_processes(tmp_path):
     assert codes == [0, 0], "\n".join(path.read_text()[-3000:] for path in paths)
 
   return run
+
+
+# The quickstart's recipe (gin/pretrain/quickstart.gin) shortened to under a minute of training: rows of 64 tokens,
+# QUICKSTART_STEPS steps at a higher learning rate. The README's 800 steps get about four in five quiz blanks right.
+QUICKSTART_STEPS = 400
+QUICKSTART_FLAGS = (
+  "--gin.TrainConfig.length=64",
+  "--gin.model_preset.overrides={'max_length': 64}",
+  "--gin.OptimizerConfig.learning_rate=3e-3",
+  "--gin.OptimizerConfig.warmup_steps=20",
+  f"--gin.TrainConfig.eval_every={QUICKSTART_STEPS}",
+  f"--gin.TrainConfig.checkpoint_every={QUICKSTART_STEPS}",
+)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+  """(model_dir, steps, gin flags) of the shortened quickstart, trained once per test session and shared by the tests
+  that need a trained model (tests/test_main.py's accuracy test and the quickstart notebook's): xdist workers meet
+  under the parent of their base temps, where the first one trains while the other waits on a lock. It trains as
+  the README's command does, in its own process on one CPU device with XLA's optimizations (the tests' unoptimized
+  code generation and 8 host devices would take half as long again). Tests read it; one that would write into it
+  works on a copy."""
+  import pathlib
+  import subprocess
+  import sys
+
+  from glm_jax.data import file_lock
+  from glm_jax.train import checkpoints
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  run = root / "quickstart-short"
+  with file_lock(str(root / "quickstart-short.lock")):
+    if checkpoints.latest_step(str(run)) != QUICKSTART_STEPS:
+      shutil.rmtree(run, ignore_errors=True)
+      env = dict(os.environ, XLA_FLAGS=" ".join(f for f in _flags if f not in _TEST_ONLY_FLAGS))
+      argv = ["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={run}",
+              f"--gin.TrainConfig.num_steps={QUICKSTART_STEPS}", *QUICKSTART_FLAGS]  # fmt: skip
+      done = subprocess.run([sys.executable, "-m", "glm_jax.main", *argv], cwd=pathlib.Path(__file__).parents[1],
+                            env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+      assert done.returncode == 0, done.stderr[-3000:]
+  return str(run), QUICKSTART_STEPS, QUICKSTART_FLAGS

@@ -309,31 +309,21 @@ def test_command_line_errors_are_one_line_with_exit_status_2_and_a_traceback_und
 
 
 @pytest.mark.slow
-def test_the_quickstart_model_learns_its_facts(tmp_path):
-  """The quickstart's recipe, shortened to a minute (rows of 64 tokens, 400 steps): greedy fills of blanked answers
-  are right far more often than by chance (an untrained model gets none; the README's 800 steps, about four in
-  five). It depends on the prompt losing SentencePiece's lone space before each blank: without, none is right."""
+def test_the_quickstart_model_learns_its_facts(quickstart_run, tmp_path):
+  """The quickstart's recipe, shortened to under a minute (tests/conftest.py's quickstart_run): greedy fills of
+  blanked answers are right far more often than by chance (an untrained model gets none; the README's 800 steps,
+  about four in five). It depends on the prompt losing SentencePiece's lone space before each blank: without, none
+  is right."""
   from glm_jax.data import facts
 
-  shorter = [
-    "--gin.TrainConfig.num_steps=400",
-    "--gin.TrainConfig.length=64",
-    "--gin.model_preset.overrides={'max_length': 64}",
-    "--gin.OptimizerConfig.learning_rate=3e-3",
-    "--gin.OptimizerConfig.warmup_steps=20",
-    "--gin.TrainConfig.eval_every=400",
-    "--gin.TrainConfig.checkpoint_every=400",
-  ]
-  untrained = [
-    "--gin.TrainConfig.num_steps=1",
-    "--gin.OptimizerConfig.learning_rate=0.0",
-    "--gin.OptimizerConfig.warmup_steps=0",
-  ]
+  trained, _, flags = quickstart_run
+  untrained = str(tmp_path / "untrained")
+  main.run(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={untrained}", *flags,
+            "--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0",
+            "--gin.OptimizerConfig.warmup_steps=0"])  # fmt: skip
   quiz = facts.quiz(100)
   right = {}
-  for name, overrides in (("trained", []), ("untrained", untrained)):
-    run = str(tmp_path / name)
-    main.run(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={run}", *shorter, *overrides])
+  for name, run in (("trained", trained), ("untrained", untrained)):
     filled = main.run(["infer", f"--checkpoint={run}", "--batch_size=50", *(f"--text={s.masked()}" for s in quiz)])
     right[name] = sum(facts.fill_is_correct(f.spans[0], s) for f, s in zip(filled, quiz))
   assert right["trained"] >= 10 and right["untrained"] <= 1, right

@@ -4,6 +4,7 @@
 import glob
 import json
 import os
+import shutil
 
 import gin
 import matplotlib
@@ -34,20 +35,30 @@ def test_there_are_the_quickstart_generation_and_fine_tuning_notebooks():
   assert {"quickstart.ipynb", "generate.ipynb", "finetune_cloze.ipynb"} <= names
 
 
+def _quickstart_parameters(tmp_path, request) -> str:
+  # The session's shortened quickstart run (tests/conftest.py), copied: the notebook's train cell resumes it, finished,
+  # so the notebook trains no further and its cells after it see a trained model.
+  trained, steps, flags = request.getfixturevalue("quickstart_run")
+  shutil.copytree(trained, tmp_path / "run")
+  return f"NUM_STEPS = {steps}\nMODEL_DIR = {str(tmp_path / 'run')!r}\nTRAIN_FLAGS = {list(flags)!r}"
+
+
 def _check_quickstart(namespace: dict, tmp_path) -> None:
   # The README's first command in short: a real seqio mixture, checkpoints, metrics, a loss curve, filled blanks.
   summary, filled, model_dir = namespace["summary"], namespace["filled"], tmp_path / "run"
-  assert summary["steps"] == 8 and summary["final_eval_loss"] is not None
+  steps = namespace["NUM_STEPS"]
+  assert summary["steps"] == steps and summary["first_loss"] is None  # resumed at its last step: nothing to train
   for name in ("metrics.jsonl", "loss_curve.png", "operative_config.gin", "model_config.json", "tensorboard"):
     assert (model_dir / name).exists(), name
-  assert "8" in {p.name for p in model_dir.iterdir()}
+  assert str(steps) in {p.name for p in model_dir.iterdir()}
+  assert [r["step"] for r in namespace["records"] if r["split"] == "eval"] == [steps]
   capital, day, continued = filled  # two texts with a blank each, and a text continued
   assert capital.output.startswith("The capital of France is ") and capital.output.endswith(".")
   assert day.output.startswith("After Monday comes ") and "[MASK]" not in capital.output + day.output
   assert continued.output.startswith("The opposite of hot is") and len(continued.spans) == 1
-  # The quiz: 100 blanked answers graded (an 8-step model gets few or none right; tests/test_main.py checks that a
-  # trained one gets many).
-  assert len(namespace["fills"]) == 100 and 0.0 <= namespace["accuracy"] <= 1.0
+  # The quiz: 100 blanked answers graded; the trained model gets many right (an untrained one: at most 1, as
+  # tests/test_main.py checks).
+  assert len(namespace["fills"]) == 100 and namespace["accuracy"] >= 0.1, namespace["accuracy"]
 
 
 def _check_generate(namespace: dict, tmp_path) -> None:
@@ -78,21 +89,21 @@ def _check_finetune_cloze(namespace: dict, tmp_path) -> None:
 
 
 NOTEBOOK_CASES = {
-  "quickstart.ipynb": (lambda tmp: f"NUM_STEPS = 8\nMODEL_DIR = {str(tmp / 'run')!r}", _check_quickstart),
-  "generate.ipynb": (lambda tmp: f"PYTORCH_CHECKPOINT = None\nVOCAB_FILES = []\nWORK_DIR = {str(tmp / 'work')!r}",
+  "quickstart.ipynb": (_quickstart_parameters, _check_quickstart),
+  "generate.ipynb": (lambda tmp, _: f"PYTORCH_CHECKPOINT = None\nVOCAB_FILES = []\nWORK_DIR = {str(tmp / 'work')!r}",
                      _check_generate),
-  "finetune_cloze.ipynb": (lambda tmp: f"DATA_DIR = None\nMODEL_GIN = None\nNUM_STEPS = 80\nMODEL_DIR = "
+  "finetune_cloze.ipynb": (lambda tmp, _: f"DATA_DIR = None\nMODEL_GIN = None\nNUM_STEPS = 80\nMODEL_DIR = "
                            f"{str(tmp / 'run')!r}", _check_finetune_cloze),
 }  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, tmp_path, monkeypatch, request):
   parameters, check = NOTEBOOK_CASES[os.path.basename(path)]  # every notebook has its small settings and checks
   monkeypatch.chdir(gin_config.REPO_ROOT)
   namespace: dict = {}
-  for i, source in enumerate(code_cells(path, parameters(tmp_path))):
+  for i, source in enumerate(code_cells(path, parameters(tmp_path, request))):
     try:
       exec(compile(source, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)  # noqa: S102
     finally:
