@@ -280,7 +280,7 @@ def test_compile_subcommand_in_process_needs_the_deviceless_environment():
 
 def _command_line(*argv, timeout=300):
   """`python -m glm_jax.main ...` as a user runs it: (exit status, stdout lines, stderr lines)."""
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as on a user's command line
+  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}  # as a user's
   done = subprocess.run(
     [sys.executable, "-m", "glm_jax.main", *argv],
     cwd=gin_config.REPO_ROOT,
