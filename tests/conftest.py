@@ -15,7 +15,9 @@ import tempfile
 
 # Unoptimized CPU code generation: the tests' programs are small and compiled once or twice each, so LLVM's
 # optimizations cost more than they save (a third of a typical step test's time). Benchmarks and the README
-# commands run with XLA's defaults. Subprocesses started by tests keep these flags (only the device count changes).
+# commands run with XLA's defaults. Subprocesses started by tests keep these flags (the multi-process tests change
+# only the device count), except those that run a command as a user does (tests/test_main.py's `_command_line`,
+# `quickstart_run`): they start with XLA's defaults.
 _flags = os.environ.get("XLA_FLAGS", "").split()
 _TEST_ONLY_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0")
 for _flag in _TEST_ONLY_FLAGS:
@@ -155,8 +157,8 @@ def quickstart_run(tmp_path_factory):
   """(model_dir, steps, gin flags) of the shortened quickstart, trained once per test session and shared by the tests
   that need a trained model (tests/test_main.py's accuracy test and the quickstart notebook's): xdist workers meet
   under the parent of their base temps, where the first one trains while the other waits on a lock. It trains as
-  the README's command does, in its own process on one CPU device with XLA's optimizations (the tests' unoptimized
-  code generation and 8 host devices would take half as long again). Tests read it; one that would write into it
+  the README's command does, in its own process on one CPU device with XLA's optimizations (with the tests'
+  unoptimized code generation, 350 of its steps took 88 s instead of 50 s). Tests read it; one that would write into it
   works on a copy."""
   import pathlib
   import subprocess

@@ -51,7 +51,8 @@ def _check_quickstart(namespace: dict, tmp_path) -> None:
   for name in ("metrics.jsonl", "loss_curve.png", "operative_config.gin", "model_config.json", "tensorboard"):
     assert (model_dir / name).exists(), name
   assert str(steps) in {p.name for p in model_dir.iterdir()}
-  assert [r["step"] for r in namespace["records"] if r["split"] == "eval"] == [steps]
+  evals = [r for r in namespace["records"] if r["split"] == "eval"]  # the loss curve's points, as trained
+  assert [r["step"] for r in evals] == [steps] and 0 < evals[0]["loss"] < namespace["records"][0]["loss"]
   capital, day, continued = filled  # two texts with a blank each, and a text continued
   assert capital.output.startswith("The capital of France is ") and capital.output.endswith(".")
   assert day.output.startswith("After Monday comes ") and "[MASK]" not in capital.output + day.output
