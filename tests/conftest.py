@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import typing
 
 # Unoptimized CPU code generation: the tests' programs are small and compiled once or twice each, so LLVM's
 # optimizations cost more than they save (a third of a typical step test's time). Benchmarks and the README
@@ -147,19 +148,27 @@ QUICKSTART_FLAGS = (
   "--gin.model_preset.overrides={'max_length': 64}",
   "--gin.OptimizerConfig.learning_rate=3e-3",
   "--gin.OptimizerConfig.warmup_steps=20",
-  f"--gin.TrainConfig.eval_every={QUICKSTART_STEPS}",
-  f"--gin.TrainConfig.checkpoint_every={QUICKSTART_STEPS}",
+  f"--gin.TrainConfig.eval_every={QUICKSTART_STEPS // 2}",
+  f"--gin.TrainConfig.checkpoint_every={QUICKSTART_STEPS // 2}",
 )
 
 
+class QuickstartRun(typing.NamedTuple):
+  model_dir: str
+  steps: int
+  flags: tuple[str, ...]
+  stdout: list[str]  # the command's output as a terminal shows it, a line each (the progress bar redraws with "\r")
+  stderr: list[str]
+
+
 @pytest.fixture(scope="session")
-def quickstart_run(tmp_path_factory):
-  """(model_dir, steps, gin flags) of the shortened quickstart, trained once per test session and shared by the tests
-  that need a trained model (tests/test_main.py's accuracy test and the quickstart notebook's): xdist workers meet
-  under the parent of their base temps, where the first one trains while the other waits on a lock. It trains as
-  the README's command does, in its own process on one CPU device with XLA's optimizations (with the tests'
-  unoptimized code generation, 350 of its steps took 88 s instead of 50 s). Tests read it; one that would write into it
-  works on a copy."""
+def quickstart_run(tmp_path_factory) -> QuickstartRun:
+  """The shortened quickstart, trained once per test session and shared by the tests that need a trained model or
+  the README command's output (tests/test_main.py, the quickstart notebook's test): xdist workers meet under the
+  parent of their base temps, where the first one trains while the other waits on a lock. It runs as a user runs
+  the README's command: `python -m glm_jax.main train` in its own process, on one CPU device with XLA's
+  optimizations (with the tests' unoptimized code generation, 350 of its steps took 88 s instead of 50 s), without
+  the tests' TF_CPP_MIN_LOG_LEVEL. Tests read it; one that would write into it works on a copy."""
   import pathlib
   import subprocess
   import sys
@@ -170,14 +179,18 @@ def quickstart_run(tmp_path_factory):
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent
-  run = root / "quickstart-short"
+  run, out, err = (root / f"quickstart-short{suffix}" for suffix in ("", ".stdout", ".stderr"))
   with file_lock(str(root / "quickstart-short.lock")):
-    if checkpoints.latest_step(str(run)) != QUICKSTART_STEPS:
+    if checkpoints.latest_step(str(run)) != QUICKSTART_STEPS or not err.exists():
       shutil.rmtree(run, ignore_errors=True)
-      env = dict(os.environ, XLA_FLAGS=" ".join(f for f in _flags if f not in _TEST_ONLY_FLAGS))
+      env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+      env["XLA_FLAGS"] = " ".join(f for f in _flags if f not in _TEST_ONLY_FLAGS)
       argv = ["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={run}",
               f"--gin.TrainConfig.num_steps={QUICKSTART_STEPS}", *QUICKSTART_FLAGS]  # fmt: skip
       done = subprocess.run([sys.executable, "-m", "glm_jax.main", *argv], cwd=pathlib.Path(__file__).parents[1],
                             env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
       assert done.returncode == 0, done.stderr[-3000:]
-  return str(run), QUICKSTART_STEPS, QUICKSTART_FLAGS
+      out.write_text(done.stdout)
+      err.write_text(done.stderr)
+  lines = [path.read_text().split("\n")[:-1] for path in (out, err)]
+  return QuickstartRun(str(run), QUICKSTART_STEPS, QUICKSTART_FLAGS, *lines)
