@@ -235,13 +235,16 @@ def test_eval_subcommand_gives_a_runs_final_eval_loss_again(tmp_path, capsys):
     )
 
 
-def _compile_command(*flags):
-  """`python -m glm_jax.main compile ...` as a user runs it (it re-runs itself with the deviceless compilers)."""
+def _compile_command(*flags, reexec: bool = True):
+  """`python -m glm_jax.main compile ...` as a user runs it (it re-runs itself with the deviceless compilers), or,
+  with reexec=False, started in their environment (one interpreter start-up fewer)."""
   try:
     deviceless.environment()
   except FileNotFoundError as error:
     pytest.skip(str(error))
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # as on a user's command line
+  if not reexec:
+    env = deviceless.environment(env)
   return subprocess.run(
     [
       sys.executable,
@@ -269,7 +272,9 @@ def test_compile_subcommand_says_whether_the_experiment_fits_a_tpu_slice():
   fits = re.search(r"fits: peak ([\d.]+) GiB per chip .* (\d+) Mosaic \(attention\) kernel calls", done.stdout)
   assert fits and 0 < float(fits.group(1)) < 1 and int(fits.group(2)) >= 3, done.stdout
   # 8192 rows of L=128 per chip: their float32 logits alone (8192 x 128 x 4096 x 4 bytes) are the chip's 16 GiB.
-  done = _compile_command("--gin.model_preset.overrides={'num_heads': 2}", "--gin.TrainConfig.batch_size=32768")
+  done = _compile_command(
+    "--gin.model_preset.overrides={'num_heads': 2}", "--gin.TrainConfig.batch_size=32768", reexec=False
+  )
   assert done.returncode == 1 and "does not fit: RESOURCE_EXHAUSTED" in done.stdout, done.stdout + done.stderr[-2000:]
 
 
