@@ -24,13 +24,13 @@ experiment.data = @DataConfig()
 DataConfig.mixture_or_task_name = '{TASK}'
 DataConfig.eval_split = 'validation'
 experiment.train_config = @TrainConfig()
-TrainConfig.num_steps = 60
+TrainConfig.num_steps = 40
 TrainConfig.batch_size = 16
 TrainConfig.length = 32
-TrainConfig.log_every = 20
-TrainConfig.eval_every = 60
+TrainConfig.log_every = 10
+TrainConfig.eval_every = 40
 TrainConfig.eval_steps = 2
-TrainConfig.checkpoint_every = 60
+TrainConfig.checkpoint_every = 40
 experiment.optimizer_config = @OptimizerConfig()
 OptimizerConfig.learning_rate = 3e-3
 OptimizerConfig.warmup_steps = 0
@@ -71,7 +71,7 @@ def test_fine_tuning_on_a_cloze_task_learns_the_verbalizers(tmp_path, clean_gin)
   (tmp_path / "toy.gin").write_text(GIN)
   run = str(tmp_path / "run")
   summary = main.run(["train", f"--gin_file={tmp_path / 'toy.gin'}", f"--model_dir={run}"])
-  assert summary["steps"] == 60
+  assert summary["steps"] == 40
   result = main.run(["eval", f"--gin_file={tmp_path / 'toy.gin'}", f"--checkpoint={run}", "--cloze=0"])
   assert result["cloze_examples"] == 40
   assert result["cloze_accuracy"] >= 0.9, result
