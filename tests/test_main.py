@@ -326,10 +326,9 @@ def test_the_quickstart_model_learns_its_facts(quickstart_run, tmp_path):
   from glm_jax.data import facts
 
   trained, flags = quickstart_run.model_dir, quickstart_run.flags
-  untrained = str(tmp_path / "untrained")
+  untrained = str(tmp_path / "untrained")  # num_steps=0: the initialized model, saved as step 0
   main.run(["train", "--gin_file=gin/pretrain/quickstart.gin", f"--model_dir={untrained}", *flags,
-            "--gin.TrainConfig.num_steps=1", "--gin.OptimizerConfig.learning_rate=0.0",
-            "--gin.OptimizerConfig.warmup_steps=0"])  # fmt: skip
+            "--gin.TrainConfig.num_steps=0"])  # fmt: skip
   quiz = facts.quiz(100)
   right = {}
   for name, run in (("trained", trained), ("untrained", untrained)):

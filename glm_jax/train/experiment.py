@@ -188,7 +188,10 @@ def format_summary(summary: dict, model_dir: str) -> str:
   """The line `train` ends with: steps, time, first and last losses, where the checkpoints are."""
   if summary["preempted"]:
     return f"preempted at step {summary['steps']}: checkpoint saved in {model_dir}; rerun the command to resume"
-  losses = [f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"] if summary["final_loss"] else []
+  if summary["first_loss"] is None:  # num_steps=0 (the untrained model, saved as step 0), or a finished run resumed
+    losses = ["no step to train"]
+  else:
+    losses = [f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"]
   if summary["final_eval_loss"] is not None:
     losses.append(f"eval loss {summary['final_eval_loss']:.3f}")
   final_eval = summary.get("final_eval") or {}

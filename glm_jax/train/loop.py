@@ -76,6 +76,8 @@ MAX_STEPS_IN_FLIGHT = 4
 class TrainConfig:
   """One training run. batch_size is global (all processes); length is the packed row length."""
 
+  # 0: no step; a run that starts afresh saves its initialized state as checkpoint 0, the untrained model that
+  # `eval`, `score` and `infer` read as a baseline.
   num_steps: int = 1000
   batch_size: int = 8
   length: int = 256
@@ -105,7 +107,9 @@ class TrainConfig:
         f"TrainConfig.max_to_keep={self.max_to_keep} would delete every checkpoint right after it is written (a "
         f"preemption's save included); keep at least 1, or None to keep them all"
       )
-    for name in ("num_steps", "batch_size", "length", "log_every", "eval_every", "checkpoint_every"):
+    if self.num_steps < 0:
+      raise ValueError(f"TrainConfig.num_steps={self.num_steps} must be at least 0 (0: save the untrained model)")
+    for name in ("batch_size", "length", "log_every", "eval_every", "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be at least 1")
     if self.eval_steps < 0:
@@ -114,6 +118,11 @@ class TrainConfig:
   @property
   def total_schedule_steps(self) -> int:
     return self.schedule_steps or self.num_steps
+
+  def built_schedule_steps(self, warmup_steps: int) -> int:
+    """The steps the optimizer is built with: total_schedule_steps, or for a run of no steps any length its warmup
+    fits in (no update runs, and the optimizer state's shapes do not depend on the schedule)."""
+    return self.total_schedule_steps or max(warmup_steps, 1)
 
 
 def init_from_checkpoint(
@@ -233,8 +242,9 @@ def train_program(
       f"(make it a multiple of {batch_devices})"
     )
   model = GLM(model_config)
-  tx = optimizer.make_optimizer(optimizer_config, tc.total_schedule_steps)
-  schedule = optimizer.learning_rate_schedule(optimizer_config, tc.total_schedule_steps)
+  schedule_steps = tc.built_schedule_steps(optimizer_config.warmup_steps)
+  tx = optimizer.make_optimizer(optimizer_config, schedule_steps)
+  schedule = optimizer.learning_rate_schedule(optimizer_config, schedule_steps)
   shardings = partitioning.state_shardings(partitioning.abstract_boxed_params(model, tc.length), tx, mesh)
   train_step = step_lib.jit_train_step(
     step_lib.make_train_step(model, tx, schedule, tc.accumulation_steps, tc.loss), shardings, mesh
@@ -289,7 +299,8 @@ def train(
   # Restored straight into the state's shapes and shardings: a resume holds one state, never a fresh one beside it.
   abstract, _ = partitioning.abstract_state(model, tx, mesh, tc.length, shardings)
   state = checkpoints.restore_latest(manager, abstract, data_iterator)
-  if state is not None:
+  fresh = state is None
+  if not fresh:
     log.info("restored step %d from %s", int(state.step), model_dir)
     if tc.init_checkpoint:
       log.info("init_checkpoint %s is not read: the run resumes from its own checkpoint", tc.init_checkpoint)
@@ -338,6 +349,8 @@ def train(
   window_start, window_steps = time.perf_counter(), 0
   in_flight: collections.deque = collections.deque()
   try:
+    if fresh and tc.num_steps == 0:  # the untrained model, as a checkpoint
+      checkpoints.save(manager, state, model_config, data_iterator=data_iterator, step=0, force=True)
     for step in range(start, tc.num_steps):
       try:
         batch = next(train_batches)

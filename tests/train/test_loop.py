@@ -175,6 +175,32 @@ def test_a_run_with_its_own_checkpoint_resumes_it_and_never_reads_init_checkpoin
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_num_steps_0_saves_the_untrained_model_as_step_0_which_a_longer_run_trains_on_from(tmp_path, caplog):
+  from glm_jax.data import synthetic
+  from glm_jax.train import experiment
+
+  oc = optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
+
+  def run(name, num_steps, batches, oc=oc):
+    tc = loop.TrainConfig(num_steps=num_steps, batch_size=8, length=LENGTH, log_every=1)
+    return loop.train(CONFIG, tc, oc, MESH, batches, str(tmp_path / name), progress=False)
+
+  # No batch is read, and a warmup longer than the run does not matter: no update runs.
+  untrained = run("run", 0, iter([]), optimizer.OptimizerConfig(warmup_steps=5))
+  assert untrained["steps"] == 0 and untrained["first_loss"] is None
+  assert checkpoints.latest_step(str(tmp_path / "run")) == 0
+  line = experiment.format_summary({**untrained, "seconds": 3.0}, "runs/x")
+  assert line == "trained to step 0 in 3 s: no step to train; checkpoints in runs/x"  # launch_tpu.sh's finished line
+  # Checkpoint 0 is the state a fresh run starts from: trained on from it, the run logs a fresh run's losses.
+  with caplog.at_level(logging.INFO):
+    resumed = run("run", 2, synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size))
+  assert "restored step 0" in caplog.text
+  fresh = run("fresh", 2, synthetic.synthetic_batches(8, LENGTH, CONFIG.vocab_size))
+  assert (resumed["first_loss"], resumed["final_loss"]) == (fresh["first_loss"], fresh["final_loss"])
+  with pytest.raises(ValueError, match="num_steps=-1 must be at least 0"):
+    loop.TrainConfig(num_steps=-1)
+
+
 def test_a_config_that_would_keep_no_checkpoint_is_refused():
   with pytest.raises(ValueError, match="max_to_keep=0 would delete every checkpoint .* keep at least 1, or None"):
     loop.TrainConfig(max_to_keep=0)
