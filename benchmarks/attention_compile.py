@@ -48,8 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--skip_gpu", action="store_true")
   parser.add_argument("--skip_tpu", action="store_true")
   parser.add_argument("--quick", action="store_true", help="fewer cases (the test suite's run)")
+  parser.add_argument("--dtypes", default=None, help="only the cases of these dtypes (comma-separated); default: all")
   parser.add_argument("--json", default=None, help="also write the results here")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  known = {case[0] for case in GPU_CASES + TPU_CASES}
+  if args.dtypes is not None and not set(args.dtypes.split(",")) <= known:
+    parser.error(f"--dtypes={args.dtypes}: not a dtype of the cases ({', '.join(sorted(known))})")
+  return args
 
 
 def _grad_program(implementation: str, shape, dtype, dropout_rate: float, sharding=None, **options):
@@ -77,6 +82,7 @@ def _grad_program(implementation: str, shape, dtype, dropout_rate: float, shardi
 
 def gpu_results(args) -> list[dict]:
   cases = GPU_CASES[::3] if args.quick else GPU_CASES  # quick: bf16 D=64 (GLM's) and f32 D=128
+  cases = [case for case in cases if _chosen(args, case[0])]
   blocks = [tuple(int(n) for n in text.split("x")) for text in args.gpu_blocks.split(",") if text] or [None]
   results = []
   for dtype, head_dim in cases:
@@ -105,6 +111,10 @@ def gpu_results(args) -> list[dict]:
   return results
 
 
+def _chosen(args, dtype: str) -> bool:
+  return args.dtypes is None or dtype in args.dtypes.split(",")
+
+
 def _blocks(implementation: str, dtype: str, head_dim: int, block) -> str:
   if block is not None:
     return f"{block[0]}x{block[1]}"
@@ -120,7 +130,8 @@ def tpu_results(args) -> list[dict]:
     device = deviceless.tpu_devices(topology)[0]  # the kernels run per device: one device's program
     sharding = jax.sharding.SingleDeviceSharding(device)
     kind = device.device_kind
-    cases = TPU_CASES[:1] if args.quick and topology != topologies[0] else TPU_CASES
+    cases = [case for case in TPU_CASES if _chosen(args, case[0])]
+    cases = cases[:1] if args.quick and topology != topologies[0] else cases
     for dtype, head_dim, length, dropout_rate in cases:
       options = {} if args.tpu_vmem_limit_bytes is None else dict(vmem_limit_bytes=args.tpu_vmem_limit_bytes)
       traced = _grad_program("pallas_tpu", (2, length, 2, head_dim), dtype, dropout_rate, sharding, **options)
