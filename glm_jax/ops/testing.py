@@ -202,29 +202,31 @@ def assert_dropout_matches_reference(implementation: str, dropout_rate: float = 
   cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
   key = jax.random.key(4)
 
-  def loss(fn):
-    def f(q, k, v):
-      out = fn(q, k, v)
+  def loss(fn):  # the key is an argument: another key runs the same compiled program
+    def f(q, k, v, key):
+      out = fn(q, k, v, key)
       return jnp.sum(out.astype(jnp.float32) * cotangent), out
 
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
-  kernel = lambda q, k, v, key=key: ops.attention(  # noqa: E731
-    q,
-    k,
-    v,
-    sep=sep,
-    segment_ids=segment_ids,
-    implementation=implementation,
-    dropout_rate=dropout_rate,
-    dropout_rng=key,
-    **options,
+  kernel = loss(
+    lambda q, k, v, key: ops.attention(
+      q,
+      k,
+      v,
+      sep=sep,
+      segment_ids=segment_ids,
+      implementation=implementation,
+      dropout_rate=dropout_rate,
+      dropout_rng=key,
+      **options,
+    )
   )
-  (_, got), got_grads = loss(kernel)(q, k, v)
+  (_, got), got_grads = kernel(q, k, v, key)
   (_, want), want_grads = loss(
-    lambda q, k, v: reference_with_kernel_dropout(q, k, v, sep, segment_ids, dropout_rate, key)
-  )(q, k, v)
+    lambda q, k, v, key: reference_with_kernel_dropout(q, k, v, sep, segment_ids, dropout_rate, key)
+  )(q, k, v, key)
   for name, g, w in zip(("out", "dq", "dk", "dv"), (got, *got_grads), (want, *want_grads)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5, err_msg=name)
-  (_, other), _ = loss(functools.partial(kernel, key=jax.random.key(5)))(q, k, v)
+  (_, other), _ = kernel(q, k, v, jax.random.key(5))
   assert not np.allclose(np.asarray(other), np.asarray(got))
