@@ -36,6 +36,8 @@ import dataclasses
 import logging
 import os
 import re
+import sys
+import types
 from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
@@ -253,6 +255,31 @@ def agreed_steps(steps) -> list[int]:
   return sorted({int(s) for s in every if s >= 0}, reverse=True)
 
 
+def _is_abandoned_read_noise(unraisable) -> bool:
+  """What a failed orbax read leaves behind: its other shards' TensorStore reads finish after orbax has closed
+  the read's event loop ("Event loop is closed", from the loop's callbacks) or are collected unfinished (orbax's
+  read coroutines). Each would print a traceback to stderr; the failure itself is reported once, by the caller."""
+  if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return isinstance(unraisable.object, types.CoroutineType) and "orbax" in (code.co_filename if code else "")
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops _is_abandoned_read_noise's messages from now on (installed once, after a failed read); every other
+  unraisable exception still reaches the hook that was there."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_glm_jax_quiet_reads", False):
+    return
+
+  def hook(unraisable):
+    if not _is_abandoned_read_noise(unraisable):
+      previous(unraisable)
+
+  hook._glm_jax_quiet_reads = True
+  sys.unraisablehook = hook
+
+
 def _read_everywhere(read):
   """Runs `read()` on this process and agrees on the outcome with the others: (its result, None) when it
   succeeded on every process, else (None, the reason). Every process must call this the same number of times.
@@ -266,6 +293,7 @@ def _read_everywhere(read):
   try:
     result, error = read(), None
   except Exception as e:  # noqa: BLE001  (any failure to read a step makes that step unusable)
+    _quiet_abandoned_reads()
     result, error = None, _reason(e)
     fatal = e if _out_of_memory(e) else None
   # Out of memory is this run's fault, not the checkpoint's: it stops every process and moves nothing aside.
