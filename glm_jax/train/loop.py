@@ -76,8 +76,8 @@ MAX_STEPS_IN_FLIGHT = 4
 class TrainConfig:
   """One training run. batch_size is global (all processes); length is the packed row length."""
 
-  # 0: no step; a run that starts afresh saves its initialized state as checkpoint 0, the untrained model that
-  # `eval`, `score` and `infer` read as a baseline.
+  # 0: no step; a run that starts afresh saves its starting state (initialized, or init_checkpoint's params) as
+  # checkpoint 0, a baseline that `eval`, `score` and `infer` read like any checkpoint.
   num_steps: int = 1000
   batch_size: int = 8
   length: int = 256
