@@ -15,6 +15,11 @@ and the ratios of decode tokens/s against batch 1 and against the baseline in th
 greedy path (glm_jax.infer.recompute: one forward over the whole padded row per new token, batch 1), the path
 `infer` took before the cache. The bound is the time to read, per decoding step, the weights once and every row's
 cache (its mean length over the span) at the memory bandwidth measured here (a large array summed once, best of 5).
+The matmul ceiling is the other bound: B / the time of one step's matrix products alone (each layer's four weight
+matrices and the tied logits, at M = B rows, with the model's own weights, timed as one jitted chain, best of 5, a
+trivial call's time subtracted): the rate the batch would decode at if attention, norms and the loop cost nothing.
+Both bounds are upper bounds; the lower one binds. At batch 1 the two are close; at batch 8 and 32 on a CPU the
+products run far below the chip's peak and the matmul ceiling is the lower one.
 """
 
 from __future__ import annotations
@@ -48,6 +53,44 @@ def memory_bandwidth(jax, jnp) -> float:
   return x.nbytes / best
 
 
+def matmul_step(jax, jnp, params, batch: int):
+  """A jitted function of x [batch, E] that runs one decoding step's matrix products with the model's weights
+  (unstacked: per layer the query_key_value, attention output, h->4h and 4h->h kernels, then the logits
+  against the word embeddings), each product's input a slice of the previous output, so nothing is skipped."""
+  layers = sorted((k for k in params if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+  words = params["word_embeddings"]["embedding"]
+  hidden = words.shape[1]
+  kernels = []
+  for name in layers:
+    layer = params[name]
+    qkv = layer["attention"]["query_key_value"]["kernel"]
+    out = layer["attention"]["dense"]["kernel"]
+    kernels += [qkv.reshape(hidden, -1), out.reshape(-1, hidden)]
+    kernels += [layer["mlp"]["dense_h_to_4h"]["kernel"], layer["mlp"]["dense_4h_to_h"]["kernel"]]
+
+  @jax.jit
+  def step(x, kernels, words):
+    for w in kernels:
+      x = (x[:, : w.shape[0]] @ w).astype(x.dtype)
+    return jnp.einsum("be,ve->bv", x[:, :hidden], words)
+
+  x = jnp.ones((batch, hidden), words.dtype)
+  return lambda: step(x, kernels, words).block_until_ready()
+
+
+def dispatch_seconds(jax, jnp) -> float:
+  """The time of a call of a trivial jitted function (subtracted from the matmul chain's)."""
+  x = jnp.ones((8,), jnp.float32)
+  touch = jax.jit(lambda x: x + 1)
+  return _best(lambda: touch(x).block_until_ready())
+
+
+def _best(fn, calls: int = 5, rounds: int = 5) -> float:
+  """Seconds of one call of fn, best over `rounds` of `calls` calls (after one untimed call)."""
+  fn()
+  return min(_timed(lambda: [fn() for _ in range(calls)]) / calls for _ in range(rounds))
+
+
 def _timed(fn) -> float:
   start = time.perf_counter()
   fn()
@@ -59,6 +102,7 @@ def main(argv=None):
   import os
 
   os.environ.setdefault("JAX_PLATFORMS", args.platform if args.platform != "gpu" else "cuda")
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -66,7 +110,7 @@ def main(argv=None):
   from glm_jax.data.example import SpecialIds
   from glm_jax.infer import recompute
   from glm_jax.infer.decode import DecodeOptions, generate
-  from glm_jax.model import GLM, preset
+  from glm_jax.model import GLM, preset, unstack_layers
   from glm_jax.model.config import num_params
 
   dtype = args.dtype or ("float32" if args.platform == "cpu" else "bfloat16")
@@ -75,9 +119,11 @@ def main(argv=None):
   ids = SpecialIds(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7)
   dummy = jnp.ones((1, 8), jnp.int32)
   params = jax.jit(lambda key: model.init(key, dummy, dummy, dummy, sep=jnp.array([4]))["params"])(jax.random.key(0))
+  unrolled = unstack_layers(nn.unbox(params), config.num_layers)
   rng = np.random.default_rng(0)
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   bandwidth = memory_bandwidth(jax, jnp)
+  dispatch = dispatch_seconds(jax, jnp)
   cache_bytes_per_token = 2 * config.num_layers * config.hidden_size * jnp.dtype(dtype).itemsize
   mean_cache = args.prompt_length + 1 + args.new_tokens / 2
   options = DecodeOptions(max_span_length=args.new_tokens, stop_ids=())
@@ -104,8 +150,8 @@ def main(argv=None):
     baseline = args.new_tokens / steady
     print(f"full recompute (baseline), batch 1: {baseline:8.2f} tokens/s   first call {first:6.1f} s")
   print("| batch | decode tokens/s | vs full recompute | vs batch 1 | bound tokens/s | of bound | prefill s "
-        "| end to end tokens/s | first call s |")  # fmt: skip
-  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        "| matmul ceiling tokens/s | of ceiling | end to end tokens/s | first call s |")  # fmt: skip
+  print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   one_token = dataclasses.replace(options, max_span_length=1)
   batch_one = None
   for batch in (int(b) for b in args.batch_sizes.split(",")):
@@ -119,9 +165,11 @@ def main(argv=None):
     batch_one = batch_one or rate
     step_bytes = weight_bytes + batch * mean_cache * cache_bytes_per_token
     bound = batch * bandwidth / step_bytes
+    ceiling = batch / max(_best(matmul_step(jax, jnp, unrolled, batch)) - dispatch, 1e-9)
     versus = f"{rate / baseline:.1f}x" if baseline else "-"
     print(f"| {batch} | {rate:.1f} | {versus} | {rate / batch_one:.1f}x | {bound:.1f} | {rate / bound:.0%} | "
-          f"{prefill:.2f} | {batch * args.new_tokens / whole:.1f} | {first:.1f} |")  # fmt: skip
+          f"{prefill:.2f} | {ceiling:.1f} | {rate / ceiling:.0%} | {batch * args.new_tokens / whole:.1f} | "
+          f"{first:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

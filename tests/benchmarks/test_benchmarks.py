@@ -66,3 +66,14 @@ def test_data_throughput_runs_every_part_on_a_small_corpus():
     "(c) seqio Task end to end",
   ):
     assert f"| {part}" in out, part
+
+
+@pytest.mark.slow
+def test_decode_prints_each_batch_against_both_bounds():
+  out = _run(
+    "benchmarks/decode.py", "--preset", "tiny", "--prompt_length", "16", "--new_tokens", "4", "--batch_sizes", "1,2",
+    "--repeats", "1", "--skip_baseline",
+  )  # fmt: skip
+  rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+  assert len(rows) == 2 and all(len(row) == 11 for row in rows), out
+  assert all(float(row[7]) > 0 and row[8].strip().endswith("%") for row in rows), out  # the matmul ceiling, its share
