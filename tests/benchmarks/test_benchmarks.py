@@ -77,3 +77,10 @@ def test_decode_prints_each_batch_against_both_bounds():
   rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
   assert len(rows) == 2 and all(len(row) == 11 for row in rows), out
   assert all(float(row[7]) > 0 and row[8].strip().endswith("%") for row in rows), out  # the matmul ceiling, its share
+
+
+@pytest.mark.slow
+def test_matmul_rows_prints_each_row_count_against_one_row():
+  args = ("--k", "64", "--n", "128", "--rows", "1,8", "--matrices", "2", "--square", "64")
+  out = _run("benchmarks/matmul_rows.py", *args)
+  assert "| 1 |" in out and "| 1.00x |" in out and "| 8 |" in out and "64^3 product" in out, out
